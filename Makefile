@@ -1,0 +1,56 @@
+# rigor: every target sets up what it needs. Quick start: `make demo`, `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.rigor-installed
+OUT ?= results
+CONFIG ?= configs/experiment/digits_baseline.yaml
+
+.PHONY: setup demo test lint pytest schema lock bench clean
+
+setup: $(STAMP)
+
+# Re-install whenever the lock or the package metadata changes.
+$(STAMP): locks/requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "rigor needs Python >= 3.11"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r locks/requirements.lock "setuptools>=68" wheel
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# Train on the embedded digits, then check and summarise the manifest the run wrote.
+demo: setup
+	@set -e; \
+	manifest=$$($(PY) scripts/train.py --config $(CONFIG) --set run.output_root=$(OUT)); \
+	$(PY) scripts/manifest.py validate $$manifest; \
+	$(PY) scripts/manifest.py show $$manifest; \
+	echo "demo: run folder $$(dirname $$manifest)"
+
+test: setup lint pytest
+
+lint: setup
+	$(VENV)/bin/ruff check src scripts tests
+	$(VENV)/bin/black --check --quiet src scripts tests
+	$(VENV)/bin/mypy src/rigor
+
+pytest: setup
+	$(VENV)/bin/pytest -q
+
+schema: setup
+	$(PY) -m rigor.schema --write
+
+bench: setup
+	$(VENV)/bin/pytest -q benchmarks --benchmark-only -p no:randomly -o addopts=""
+
+# Regenerate the pip lock from pyproject.toml in a throw-away environment.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet -e '.[dev]' nbclient nbformat ipykernel nbstripout fastapi uvicorn httpx submitit
+	{ echo "# rigor pip lock: every distribution of the dev environment, pinned (regenerate: make lock)."; \
+	  echo "# torch 2.14.1 + torchvision 0.29.2 come from the package index (their CUDA builds run on CPU)."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | sort -f; } > locks/requirements.lock
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(OUT) .mypy_cache .ruff_cache

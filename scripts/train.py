@@ -1,0 +1,39 @@
+"""Train a model from a composed YAML config; writes a run folder with a manifest.
+
+    python scripts/train.py --config configs/experiment/digits_baseline.yaml [--set k=v ...]
+
+Exit codes: 0 ok, 1 unexpected, 2 invalid config, 4 env mismatch (strict), 5 artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from rigor.cli import add_common_flags, run_main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, load the config, and train."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="experiment YAML (composes via defaults:)")
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set training.lr=3e-4 (repeatable, applied in order)",
+    )
+    add_common_flags(parser)
+    args = parser.parse_args(argv)
+
+    from rigor.config import load_config
+
+    resolved = load_config(args.config, sets=args.sets)
+    from rigor.training.run import train
+
+    manifest = train(resolved, env_policy=args.env_policy, force=args.force)
+    print(manifest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

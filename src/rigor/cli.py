@@ -1,0 +1,59 @@
+"""Shared command-line plumbing: common flags and the exit-code wrapper."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+from rigor.errors import RigorError
+
+ENV_POLICIES = ("strict", "warn", "ignore")
+
+
+def add_common_flags(parser: argparse.ArgumentParser, *, env: bool = True) -> None:
+    """Add ``--debug`` and, for stages that touch a manifest, ``--env-policy``/``--force``."""
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error"
+    )
+    if env:
+        parser.add_argument(
+            "--env-policy",
+            choices=ENV_POLICIES,
+            default=None,
+            help="how to treat environment mismatches (default: the config's env.policy, warn)",
+        )
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="go on despite a strict env mismatch or a checkpoint/config hash mismatch",
+        )
+
+
+def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run a script's ``main`` and map errors to the documented exit codes.
+
+    Known errors print one ``error:`` line; unexpected ones print one line and exit 1.
+    With ``--debug`` in ``argv`` the traceback is shown as well.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        return main(args)
+    except RigorError as err:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one place that turns crashes into exit 1
+        if debug:
+            traceback.print_exc()
+        print(
+            f"error: unexpected {type(err).__name__}: {err} (re-run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1

@@ -1,0 +1,131 @@
+"""Config system: compose YAML, apply overrides, validate all at once, emit the schema."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from rigor.config.compose import Composed, compose_files, display, parse_env, parse_set
+from rigor.config.models import Config
+from rigor.errors import ConfigError
+from rigor.io import sha256_json
+
+__all__ = ["Config", "ResolvedConfig", "load_config", "config_json_schema", "config_hash"]
+
+# Settings that say where a run is written, not what it computes: left out of the hash.
+_HASH_EXCLUDED = (("run", "output_root"),)
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """A validated config and how it came to be."""
+
+    config: Config
+    raw: dict[str, Any]
+    sources: list[str]
+    config_file: str
+
+    @property
+    def resolved(self) -> dict[str, Any]:
+        """The validated config as plain JSON-able data."""
+        return self.config.model_dump(mode="json")
+
+    @property
+    def hash(self) -> str:
+        """sha256 of the resolved config without its output location."""
+        return config_hash(self.resolved)
+
+
+def config_hash(resolved: Mapping[str, Any]) -> str:
+    """sha256 of a resolved config dict, ignoring where the run is written."""
+    data = copy.deepcopy(dict(resolved))
+    for path in _HASH_EXCLUDED:
+        node = data
+        for key in path[:-1]:
+            node = node.get(key, {})
+        node.pop(path[-1], None)
+    return sha256_json(data)
+
+
+def load_config(
+    path: str | Path,
+    sets: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+    sweep: Mapping[str, Any] | None = None,
+    config_root: str | Path | None = None,
+) -> ResolvedConfig:
+    """Compose ``path``, apply env, ``--set`` and sweep overrides, and validate.
+
+    Args:
+        path: the experiment (or any) YAML file.
+        sets: ``section.key=value`` strings, applied in order.
+        environ: environment to read ``RIGOR__*`` overrides from (default: ``os.environ``).
+        sweep: dotted-key overrides from a sweep, applied last.
+        config_root: where ``/name`` and ``{group: name}`` entries resolve; default: the
+            nearest ancestor of ``path`` holding ``default.yaml``.
+
+    Raises:
+        ConfigError: with every problem found, each naming the field and its source.
+    """
+    path = Path(path)
+    composed = compose_files(path, Path(config_root) if config_root else None)
+    raw = copy.deepcopy(composed.values)
+    sources = sorted(set(composed.origins.values()))
+    environ = os.environ if environ is None else environ
+    for name, key, value in parse_env(environ):
+        composed.set_path(key, value, f"environment variable {name}")
+    for item in sets:
+        key, value = parse_set(item)
+        composed.set_path(key, value, f"override --set {item}")
+    for dotted, value in (sweep or {}).items():
+        composed.set_path(tuple(dotted.split(".")), value, f"sweep override {dotted}={value!r}")
+    config = validate(composed, display(path))
+    return ResolvedConfig(config=config, raw=raw, sources=sources, config_file=display(path))
+
+
+def validate(composed: Composed, label: str) -> Config:
+    """Validate composed values; every error names its field path and source."""
+    try:
+        return Config.model_validate(composed.values)
+    except ValidationError as err:
+        lines = [_describe(error, composed) for error in err.errors()]
+        count = len(lines)
+        header = f"invalid config {label} ({count} error{'s' if count > 1 else ''}):"
+        raise ConfigError("\n  - ".join([header, *lines])) from None
+
+
+def _describe(error: Any, composed: Composed) -> str:
+    loc = [str(part) for part in error["loc"]]
+    field = ".".join(loc) or "<top level>"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        message = "unknown key"
+    elif kind == "missing":
+        message = "required key is missing"
+    else:
+        message = error["msg"]
+        if "input" in error and not isinstance(error["input"], dict):
+            message += f" (got {error['input']!r})"
+    return f"{field}: {message} [from {composed.origin_of(loc)}]"
+
+
+def config_json_schema() -> dict[str, Any]:
+    """The JSON Schema (Draft 2020-12) of :class:`Config`."""
+    schema = Config.model_json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://rigor.local/schema/config.schema.json",
+        **schema,
+    }
+
+
+def render_config_schema() -> str:
+    """The committed text of ``schema/config.schema.json``."""
+    return json.dumps(config_json_schema(), indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,180 @@
+"""Pydantic v2 models of a run's config.
+
+Every hyperparameter is a required field here: its default value lives in
+``configs/default.yaml`` and nowhere else, so there is one place to read it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class RunConfig(Section):
+    """Identity of the run and where it writes."""
+
+    name: str = Field(
+        description="Experiment name; part of the run id, so letters, digits, _ . - only.",
+        pattern=NAME_PATTERN,
+        max_length=64,
+    )
+    output_root: str = Field(
+        description="Root of every output path; runs go to <output_root>/runs/<run_id>/."
+    )
+    seed: int = Field(ge=0, description="Seed for python, numpy, torch and the data splits.")
+    determinism: bool = Field(
+        description="Use deterministic algorithms only (torch.use_deterministic_algorithms)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        description="Where to train: auto picks cuda when available, else cpu."
+    )
+
+
+class SplitFractions(Section):
+    """Fractions of the four splits; they must sum to 1."""
+
+    train: float = Field(gt=0, lt=1, description="Share of groups that fit weights.")
+    val_select: float = Field(
+        gt=0, lt=1, description="Share that picks checkpoints and early-stops."
+    )
+    val_calib: float = Field(
+        gt=0, lt=1, description="Share that fits temperature, thresholds and conformal sets."
+    )
+    val_test: float = Field(gt=0, lt=1, description="Share that is only ever reported.")
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.val_select + self.val_calib + self.val_test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, got {total:.6g}")
+        return self
+
+
+class TransformConfig(Section):
+    """Input transforms: one API over torchvision's v1 and v2 transforms."""
+
+    version: Literal["v1", "v2"] = Field(
+        description="v1: torchvision.transforms; v2: torchvision.transforms.v2."
+    )
+    normalize: bool = Field(
+        description="Normalize inputs with per-channel mean/std computed on the train split."
+    )
+
+
+class DataConfig(Section):
+    """Which dataset, which of its tasks, and how it is split and loaded."""
+
+    name: str = Field(description="Registered dataset name (e.g. digits).")
+    tasks: list[str] = Field(
+        min_length=1, description="Tasks to train, chosen among those the dataset offers."
+    )
+    splits: SplitFractions = Field(description="Fractions of train/val_select/val_calib/val_test.")
+    transforms: TransformConfig = Field(description="Input transforms.")
+    num_workers: int = Field(ge=0, le=64, description="DataLoader worker processes.")
+
+
+class ModelConfig(Section):
+    """Backbone and heads."""
+
+    backbone: str = Field(description="Registered backbone name (e.g. cnn_small).")
+    channels: list[int] = Field(
+        min_length=1, description="Conv channel widths of cnn_small, one entry per block."
+    )
+    dropout: float = Field(ge=0, lt=1, description="Dropout before each head.")
+    weights_path: str | None = Field(
+        description="Local file of backbone weights to load; null builds from scratch."
+    )
+    freeze_backbone: bool = Field(description="Train the heads only.")
+
+
+class TrainingConfig(Section):
+    """The training loop."""
+
+    epochs: int = Field(ge=1, le=10_000, description="Passes over the train split.")
+    batch_size: int = Field(ge=1, description="Training batch size.")
+    eval_batch_size: int = Field(ge=1, description="Batch size for evaluation and prediction.")
+    lr: float = Field(gt=0, le=10, description="Peak learning rate.")
+    grad_clip: float | None = Field(
+        gt=0, description="Clip the global gradient norm to this value; null disables."
+    )
+    max_steps_per_epoch: int | None = Field(
+        ge=1, description="Stop each epoch after this many steps (for smoke runs); null: all."
+    )
+    monitor: str = Field(
+        pattern=r"^val_select/[a-z0-9_]+$",
+        description="Metric that picks the best checkpoint; must be on val_select.",
+    )
+    monitor_mode: Literal["max", "min"] = Field(description="Whether the monitor should rise.")
+
+
+class OptimizerConfig(Section):
+    """Optimizer and its hyperparameters."""
+
+    name: Literal["adamw", "sgd"] = Field(description="Optimizer.")
+    weight_decay: float = Field(ge=0, description="Decoupled weight decay (AdamW) or L2 (SGD).")
+    betas: tuple[float, float] = Field(description="AdamW betas.")
+    momentum: float = Field(ge=0, lt=1, description="SGD momentum.")
+
+
+class SchedulerConfig(Section):
+    """Learning-rate schedule, stepped once per optimizer step."""
+
+    name: Literal["none", "cosine", "step"] = Field(description="Schedule shape.")
+    warmup_epochs: float = Field(ge=0, description="Linear warmup length in epochs (cosine).")
+    min_lr_ratio: float = Field(ge=0, le=1, description="Final lr as a share of the peak (cosine).")
+    step_epochs: int = Field(ge=1, description="Epochs between decays (step).")
+    gamma: float = Field(gt=0, le=1, description="Decay factor (step).")
+
+
+class LoggingConfig(Section):
+    """What the tracking helper writes."""
+
+    log_every_n_steps: int = Field(ge=1, description="Write a steps.jsonl row every N steps.")
+    tensorboard: bool = Field(description="Also write TensorBoard event files under logs/tb/.")
+    progress: Literal["auto", "always", "never"] = Field(
+        description="Progress bars: auto shows them only on an interactive terminal outside CI."
+    )
+
+
+class EnvConfig(Section):
+    """Environment policy: how installed packages are compared with the lock."""
+
+    policy: Literal["strict", "warn", "ignore"] = Field(
+        description="strict fails (exit 4) on a mismatch, warn records it, ignore skips the check."
+    )
+    lockfile: str = Field(
+        description="Lock to compare with: a pip lock (name==version) or a conda-lock YAML."
+    )
+
+
+class Config(Section):
+    """A whole run's config, as validated after composition and overrides."""
+
+    run: RunConfig = Field(description="Run identity and output root.")
+    data: DataConfig = Field(description="Dataset, tasks and splits.")
+    model: ModelConfig = Field(description="Backbone and heads.")
+    training: TrainingConfig = Field(description="Training loop.")
+    optimizer: OptimizerConfig = Field(description="Optimizer.")
+    scheduler: SchedulerConfig = Field(description="Learning-rate schedule.")
+    logging: LoggingConfig = Field(description="Logs, TensorBoard and progress bars.")
+    env: EnvConfig = Field(description="Environment policy and lockfile.")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> Config:
+        if self.scheduler.name == "cosine" and self.scheduler.warmup_epochs >= self.training.epochs:
+            raise ValueError(
+                f"scheduler.warmup_epochs ({self.scheduler.warmup_epochs}) must be shorter than "
+                f"training.epochs ({self.training.epochs})"
+            )
+        if len(set(self.data.tasks)) != len(self.data.tasks):
+            raise ValueError(f"data.tasks has duplicates: {self.data.tasks}")
+        return self

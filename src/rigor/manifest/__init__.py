@@ -1,0 +1,122 @@
+"""The run manifest: schema validation, artifact hashing, atomic writes and stage entries.
+
+This package imports no torch, so ``scripts/manifest.py`` answers in well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator, FormatChecker
+
+from rigor.errors import ArtifactError, ManifestError
+from rigor.io import atomic_write_json, sha256_file
+from rigor.manifest.schema import MANIFEST_SCHEMA, MANIFEST_VERSION
+
+__all__ = [
+    "MANIFEST_VERSION",
+    "load_manifest",
+    "validate_manifest",
+    "verify_manifest",
+    "write_manifest",
+    "hash_files",
+    "append_stage",
+    "referenced_paths",
+]
+
+_VALIDATOR = Draft202012Validator(MANIFEST_SCHEMA, format_checker=FormatChecker())
+
+
+def load_manifest(path: str | Path) -> dict[str, Any]:
+    """Read and validate a manifest; raises ManifestError (exit 3) on any violation."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path}")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    validate_manifest(manifest, label=str(path))
+    return manifest  # type: ignore[no-any-return]
+
+
+def validate_manifest(manifest: Any, label: str = "manifest") -> None:
+    """Check the schema, then that every referenced path has a recorded sha256."""
+    errors = sorted(_VALIDATOR.iter_errors(manifest), key=lambda e: e.json_path)
+    if errors:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ManifestError(f"{label}: schema violation at {first.json_path}: {first.message}{more}")
+    hashed = manifest["sha256"]
+    for json_path, rel in referenced_paths(manifest):
+        if rel not in hashed:
+            raise ManifestError(f"{label}: {json_path} lists {rel!r}, which has no entry in $.sha256")
+
+
+def referenced_paths(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """Yield (JSON path, relative path) for every artifact a manifest refers to."""
+    for key in ("config_path", "config_raw_path", "config_resolved_path", "best_checkpoint"):
+        yield f"$.{key}", manifest[key]
+    yield "$.dataset.split.path", manifest["dataset"]["split"]["path"]
+    for index, rel in enumerate(manifest["checkpoints"]):
+        yield f"$.checkpoints[{index}]", rel
+    for kind, paths in manifest["artifacts"].items():
+        for index, rel in enumerate(paths):
+            yield f"$.artifacts.{kind}[{index}]", rel
+    for s_index, stage in enumerate(manifest["stages"]):
+        for index, rel in enumerate(stage["outputs"]):
+            yield f"$.stages[{s_index}].outputs[{index}]", rel
+
+
+def resolve_inside(run_dir: Path, rel: str) -> Path:
+    """Resolve ``rel`` under ``run_dir``; a path (or symlink) that leaves it is refused."""
+    root = run_dir.resolve()
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root):
+        raise ArtifactError(f"{rel}: resolves to {target}, outside the run folder {root}")
+    return target
+
+
+def verify_manifest(manifest: dict[str, Any], run_dir: Path, only: Iterable[str] | None = None) -> None:
+    """Re-hash listed artifacts (all, or ``only`` these); ArtifactError names every bad one."""
+    wanted = manifest["sha256"] if only is None else {rel: manifest["sha256"][rel] for rel in only}
+    problems = []
+    for rel, expected in sorted(wanted.items()):
+        try:
+            target = resolve_inside(run_dir, rel)
+        except ArtifactError as err:
+            problems.append(str(err))
+            continue
+        if not target.is_file():
+            problems.append(f"{rel}: missing")
+        elif sha256_file(target) != expected:
+            problems.append(f"{rel}: sha256 changed since the manifest was written")
+    if problems:
+        listing = "\n  - ".join(problems)
+        raise ArtifactError(f"{len(problems)} artifact(s) failed verification in {run_dir}:\n  - {listing}")
+
+
+def hash_files(run_dir: Path, rels: Iterable[str]) -> dict[str, str]:
+    """sha256 of each relative path under ``run_dir``."""
+    return {rel: sha256_file(resolve_inside(run_dir, rel)) for rel in rels}
+
+
+def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> Path:
+    """Validate, then write ``manifest.json`` atomically; never writes an invalid manifest."""
+    validate_manifest(manifest, label="manifest about to be written")
+    path = run_dir / "manifest.json"
+    atomic_write_json(path, manifest)
+    return path
+
+
+def append_stage(manifest_path: Path, stage: dict[str, Any], outputs: list[str]) -> dict[str, Any]:
+    """Record a finished stage and the hashes of its outputs, replacing the manifest atomically."""
+    manifest = load_manifest(manifest_path)
+    run_dir = manifest_path.parent
+    manifest["sha256"].update(hash_files(run_dir, outputs))
+    manifest["stages"].append({**stage, "outputs": sorted(outputs)})
+    write_manifest(run_dir, manifest)
+    return manifest

@@ -1,0 +1,122 @@
+"""The one logging helper every stage uses: metric keys, JSONL/CSV/TensorBoard writers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rigor.config.models import LoggingConfig
+from rigor.io import atomic_write_text
+
+T = TypeVar("T")
+
+
+def metric_key(metric: str, split: str, task: str | None = None) -> str:
+    """``metric/split`` or ``metric/task/split``, e.g. ``loss/train``, ``acc/digit/val_select``."""
+    return f"{metric}/{task}/{split}" if task else f"{metric}/{split}"
+
+
+def monitor_to_key(monitor: str) -> str:
+    """Turn a monitor ``val_select/acc`` into its metric key ``acc/val_select``."""
+    split, metric = monitor.split("/", 1)
+    return metric_key(metric, split)
+
+
+def progress_enabled(mode: str) -> bool:
+    """Bars on an interactive terminal only (never in CI or when output is piped)."""
+    if mode != "auto":
+        return mode == "always"
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+class Tracker:
+    """Writes ``logs/steps.jsonl``, ``logs/epochs.csv`` and TensorBoard events under a run."""
+
+    def __init__(self, run_dir: Path, cfg: LoggingConfig, start_step: int = 0) -> None:
+        self.cfg = cfg
+        self.logs = run_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.steps_path = self.logs / "steps.jsonl"
+        self.epochs_path = self.logs / "epochs.csv"
+        self.epoch_rows: list[dict[str, Any]] = _read_csv(self.epochs_path)
+        self.writer: Any = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(self.logs / "tb"), purge_step=start_step or None)
+
+    def should_log_step(self, step: int) -> bool:
+        """True every ``log_every_n_steps`` optimizer steps."""
+        return step % self.cfg.log_every_n_steps == 0
+
+    def log_step(self, step: int, values: dict[str, float]) -> None:
+        """Append one per-step row (JSONL) and write the scalars to TensorBoard."""
+        row = {"step": step, **{key: _clean(value) for key, value in values.items()}}
+        with open(self.steps_path, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        self._scalars(step, values)
+
+    def log_epoch(self, epoch: int, step: int, values: dict[str, float]) -> None:
+        """Record one per-epoch row in ``epochs.csv`` (rewritten atomically) and TensorBoard."""
+        self.epoch_rows = [row for row in self.epoch_rows if int(row["epoch"]) < epoch]
+        self.epoch_rows.append({"epoch": epoch, "step": step, **values})
+        columns = list(dict.fromkeys(key for row in self.epoch_rows for key in row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.epoch_rows)
+        atomic_write_text(self.epochs_path, buffer.getvalue())
+        self._scalars(step, values)
+
+    def truncate_steps(self, last_step: int) -> None:
+        """Drop step rows after ``last_step`` (a resumed run replays them)."""
+        if not self.steps_path.exists():
+            return
+        kept = [
+            line
+            for line in self.steps_path.read_text().splitlines()
+            if line and json.loads(line)["step"] <= last_step
+        ]
+        atomic_write_text(self.steps_path, "".join(line + "\n" for line in kept))
+
+    def progress(self, items: Iterable[T], total: int, desc: str) -> Iterator[T]:
+        """Wrap ``items`` in a tqdm bar when bars are enabled."""
+        if not progress_enabled(self.cfg.progress):
+            yield from items
+            return
+        from tqdm import tqdm
+
+        yield from tqdm(items, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def _scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is None:
+            return
+        for key, value in values.items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                self.writer.add_scalar(key, value, global_step=step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        """Flush and close TensorBoard files."""
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))

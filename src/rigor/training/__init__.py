@@ -1,0 +1,1 @@
+"""Plain-PyTorch training: policy, loop, checkpoints, and the train task function."""

@@ -16,10 +16,16 @@ from rigor.cli import add_common_flags, run_main
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, load the config, and train."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, help="experiment YAML (composes via defaults:)")
     parser.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. --set training.lr=3e-4 (repeatable, applied in order)",
     )
     add_common_flags(parser)

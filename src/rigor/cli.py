@@ -14,9 +14,7 @@ ENV_POLICIES = ("strict", "warn", "ignore")
 
 def add_common_flags(parser: argparse.ArgumentParser, *, env: bool = True) -> None:
     """Add ``--debug`` and, for stages that touch a manifest, ``--env-policy``/``--force``."""
-    parser.add_argument(
-        "--debug", action="store_true", help="show the full traceback of an error"
-    )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     if env:
         parser.add_argument(
             "--env-policy",
@@ -53,7 +51,8 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
         if debug:
             traceback.print_exc()
         print(
-            f"error: unexpected {type(err).__name__}: {err} (re-run with --debug for the traceback)",
+            f"error: unexpected {type(err).__name__}: {err} "
+            "(re-run with --debug for the traceback)",
             file=sys.stderr,
         )
         return 1

@@ -1,7 +1,7 @@
 """Emit the committed JSON Schemas under ``schema/`` from their single definitions.
 
-    python -m rigor.schema --write   # regenerate
-    python -m rigor.schema --check   # exit 1 when a committed file is stale
+python -m rigor.schema --write   # regenerate
+python -m rigor.schema --check   # exit 1 when a committed file is stale
 """
 
 from __future__ import annotations

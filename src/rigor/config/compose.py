@@ -5,7 +5,8 @@ Precedence is list order, later wins:
 < environment (``RIGOR__SECTION__KEY``) < ``--set section.key=value`` < sweep overrides.
 
 A ``defaults:`` entry is one of:
-- ``/name`` : the file ``<config_root>/name.yaml``;
+- ``/name`` : the file ``<config_root>/name.yaml``, where the config root is the nearest
+  ancestor folder of the listing file that holds ``default.yaml``;
 - ``rel/path.yaml`` : a file relative to the file that lists it;
 - ``{group: name}`` : ``<config_root>/<group>/<name>.yaml`` placed under the key ``group``;
   when a group is selected twice, the later selection replaces the earlier one;
@@ -62,7 +63,9 @@ class Composed:
             node = target.setdefault(key, {})
             if not isinstance(node, dict):
                 where = ".".join(path[: depth + 1])
-                raise ConfigError(f"{source}: cannot set {'.'.join(path)}: {where} is not a section")
+                raise ConfigError(
+                    f"{source}: cannot set {'.'.join(path)}: {where} is not a section"
+                )
             target = node
         if isinstance(value, dict):
             target[path[-1]] = {}
@@ -130,13 +133,20 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{display(path)}: top level must be a mapping, got {type(data).__name__}")
+        raise ConfigError(
+            f"{display(path)}: top level must be a mapping, got {type(data).__name__}"
+        )
     return data
 
 
-def expand_layers(path: Path, root: Path, stack: tuple[Path, ...] = ()) -> list[Layer]:
-    """Expand ``path`` and its ``defaults:`` into ordered layers (later wins)."""
+def expand_layers(path: Path, root: Path | None, stack: tuple[Path, ...] = ()) -> list[Layer]:
+    """Expand ``path`` and its ``defaults:`` into ordered layers (later wins).
+
+    ``/name`` and group entries resolve under ``root`` or, when it is None, under the
+    config tree of the file that lists them (see :func:`find_config_root`).
+    """
     path = path.resolve()
+    here = root or find_config_root(path)
     if path in stack:
         chain = " -> ".join(display(p) for p in (*stack, path))
         raise ConfigError(f"cycle in defaults: {chain}")
@@ -152,7 +162,7 @@ def expand_layers(path: Path, root: Path, stack: tuple[Path, ...] = ()) -> list[
             layers.append(own)
             placed_self = True
         elif isinstance(entry, str):
-            target = root / f"{entry[1:]}" if entry.startswith("/") else path.parent / entry
+            target = here / entry[1:] if entry.startswith("/") else path.parent / entry
             if target.suffix not in (".yaml", ".yml"):
                 target = target.with_suffix(".yaml")
             layers.extend(expand_layers(target, root, (*stack, path)))
@@ -160,7 +170,7 @@ def expand_layers(path: Path, root: Path, stack: tuple[Path, ...] = ()) -> list[
             group, name = next(iter(entry.items()))
             if not isinstance(group, str) or not isinstance(name, str) or not group.isidentifier():
                 raise ConfigError(f"{display(path)}: bad defaults entry {entry!r}")
-            group_layers = expand_layers(root / group / f"{name}.yaml", root, (*stack, path))
+            group_layers = expand_layers(here / group / f"{name}.yaml", root, (*stack, path))
             layers = [layer for layer in layers if layer.group != group]
             layers.extend(Layer(layer.source, layer.body, group) for layer in group_layers)
         else:
@@ -175,7 +185,6 @@ def expand_layers(path: Path, root: Path, stack: tuple[Path, ...] = ()) -> list[
 
 def compose_files(path: Path, root: Path | None = None) -> Composed:
     """Merge ``path`` with everything its ``defaults:`` lists, in precedence order."""
-    root = root or find_config_root(path)
     composed = Composed()
     for layer in expand_layers(path, root):
         prefix = (layer.group,) if layer.group else ()
@@ -220,6 +229,8 @@ def parse_env(environ: Mapping[str, str]) -> list[tuple[str, tuple[str, ...], An
         try:
             value = parse_value(environ[name])
         except yaml.YAMLError as err:
-            raise ConfigError(f"malformed environment override {name}: value is not valid YAML") from err
+            raise ConfigError(
+                f"malformed environment override {name}: value is not valid YAML"
+            ) from err
         found.append((name, parts, value))
     return found

@@ -108,5 +108,7 @@ def build_dataset(cfg: DataConfig) -> DatasetSource:
     import rigor.data.digits  # noqa: F401  (registers the embedded datasets)
 
     if cfg.name not in DATASETS:
-        raise ConfigError(f"data.name: unknown dataset {cfg.name!r} (registered: {sorted(DATASETS)})")
+        raise ConfigError(
+            f"data.name: unknown dataset {cfg.name!r} (registered: {sorted(DATASETS)})"
+        )
     return DATASETS[cfg.name](cfg)

@@ -25,10 +25,10 @@ def build_transform(
     if cfg.version == "v2":
         from torchvision.transforms import v2
 
-        return v2.Normalize(mean=mean, std=std)  # type: ignore[no-any-return]
+        return v2.Normalize(mean=mean, std=std)
     from torchvision import transforms
 
-    return transforms.Normalize(mean=mean, std=std)  # type: ignore[no-any-return]
+    return transforms.Normalize(mean=mean, std=std)
 
 
 def transforms_record(cfg: TransformConfig, mean: list[float], std: list[float]) -> dict[str, Any]:

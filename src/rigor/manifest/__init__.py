@@ -40,7 +40,7 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         raise ManifestError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
     validate_manifest(manifest, label=str(path))
-    return manifest  # type: ignore[no-any-return]
+    return manifest
 
 
 def validate_manifest(manifest: Any, label: str = "manifest") -> None:
@@ -49,11 +49,15 @@ def validate_manifest(manifest: Any, label: str = "manifest") -> None:
     if errors:
         first = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ManifestError(f"{label}: schema violation at {first.json_path}: {first.message}{more}")
+        raise ManifestError(
+            f"{label}: schema violation at {first.json_path}: {first.message}{more}"
+        )
     hashed = manifest["sha256"]
     for json_path, rel in referenced_paths(manifest):
         if rel not in hashed:
-            raise ManifestError(f"{label}: {json_path} lists {rel!r}, which has no entry in $.sha256")
+            raise ManifestError(
+                f"{label}: {json_path} lists {rel!r}, which has no entry in $.sha256"
+            )
 
 
 def referenced_paths(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
@@ -80,7 +84,9 @@ def resolve_inside(run_dir: Path, rel: str) -> Path:
     return target
 
 
-def verify_manifest(manifest: dict[str, Any], run_dir: Path, only: Iterable[str] | None = None) -> None:
+def verify_manifest(
+    manifest: dict[str, Any], run_dir: Path, only: Iterable[str] | None = None
+) -> None:
     """Re-hash listed artifacts (all, or ``only`` these); ArtifactError names every bad one."""
     wanted = manifest["sha256"] if only is None else {rel: manifest["sha256"][rel] for rel in only}
     problems = []
@@ -96,7 +102,9 @@ def verify_manifest(manifest: dict[str, Any], run_dir: Path, only: Iterable[str]
             problems.append(f"{rel}: sha256 changed since the manifest was written")
     if problems:
         listing = "\n  - ".join(problems)
-        raise ArtifactError(f"{len(problems)} artifact(s) failed verification in {run_dir}:\n  - {listing}")
+        raise ArtifactError(
+            f"{len(problems)} artifact(s) failed verification in {run_dir}:\n  - {listing}"
+        )
 
 
 def hash_files(run_dir: Path, rels: Iterable[str]) -> dict[str, str]:

@@ -150,10 +150,14 @@ def enforce(mismatches: list[Mismatch], policy: str, force: bool, against: str) 
             "  fix: run 'make setup' to install the locked versions, "
             "or pass --force to go on and record the mismatch"
         )
-    print(f"warning: {len(mismatches)} package(s) differ from {against}:\n{listing}", file=sys.stderr)
+    print(
+        f"warning: {len(mismatches)} package(s) differ from {against}:\n{listing}", file=sys.stderr
+    )
 
 
-def environment_record(policy: str, force: bool, mismatches: list[Mismatch], against: str) -> dict[str, Any]:
+def environment_record(
+    policy: str, force: bool, mismatches: list[Mismatch], against: str
+) -> dict[str, Any]:
     """The ``environment`` block of a manifest or stage entry."""
     packages = installed_packages()
     return {
@@ -173,7 +177,9 @@ def check_lock(lockfile: str, policy: str, force: bool) -> tuple[Lock | None, di
     if policy == "ignore" and not path.is_file():
         return None, environment_record(policy, force, [], "nothing (policy ignore)")
     lock = read_lock(path)
-    mismatches = [] if policy == "ignore" else compare(lock.pins, installed_packages(), lock.optional)
+    mismatches = (
+        [] if policy == "ignore" else compare(lock.pins, installed_packages(), lock.optional)
+    )
     enforce(mismatches, policy, force, f"the lock {lock.name}")
     return lock, environment_record(policy, force, mismatches, f"lock {lock.name}")
 

@@ -44,7 +44,9 @@ def runtime_info() -> dict[str, Any]:
     device = "cpu"
     if torch_mod is not None:
         cuda = torch_mod.version.cuda
-        cudnn = torch_mod.backends.cudnn.version() if torch_mod.backends.cudnn.is_available() else None
+        cudnn = (
+            torch_mod.backends.cudnn.version() if torch_mod.backends.cudnn.is_available() else None
+        )
         available = bool(torch_mod.cuda.is_available())
         if available:
             device = torch_mod.cuda.get_device_name(0)

@@ -54,16 +54,28 @@ def _config(manifest_path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def diff(path_a: Path, a: dict[str, Any], path_b: Path, b: dict[str, Any]) -> list[tuple[str, str, str]]:
+def diff(
+    path_a: Path, a: dict[str, Any], path_b: Path, b: dict[str, Any]
+) -> list[tuple[str, str, str]]:
     """Rows (key, value in A, value in B) for config, environment, git, data and metrics."""
     sections = {
         "config": (_config(path_a, a), _config(path_b, b)),
         "git": (a["git"], b["git"]),
         "env": (
-            {"python": a["python"], "torch": a["torch"], "cuda": a["cuda"], "lock": a["env_lock"],
-             "packages": a["environment"]["packages"]},
-            {"python": b["python"], "torch": b["torch"], "cuda": b["cuda"], "lock": b["env_lock"],
-             "packages": b["environment"]["packages"]},
+            {
+                "python": a["python"],
+                "torch": a["torch"],
+                "cuda": a["cuda"],
+                "lock": a["env_lock"],
+                "packages": a["environment"]["packages"],
+            },
+            {
+                "python": b["python"],
+                "torch": b["torch"],
+                "cuda": b["cuda"],
+                "lock": b["env_lock"],
+                "packages": b["environment"]["packages"],
+            },
         ),
         "data": (
             {"content_hash": a["dataset"]["content_hash"], **a["dataset"]["hashes"]},

@@ -102,7 +102,13 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "env_lock": {
                 "oneOf": [
                     {"type": "null"},
-                    _obj({"name": {"type": "string"}, "hash": SHA256, "kind": {"enum": ["pip", "conda-lock"]}}),
+                    _obj(
+                        {
+                            "name": {"type": "string"},
+                            "hash": SHA256,
+                            "kind": {"enum": ["pip", "conda-lock"]},
+                        }
+                    ),
                 ]
             },
             "environment": ENVIRONMENT,
@@ -116,8 +122,14 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                         {
                             "path": RELPATH,
                             "seed": {"type": "integer"},
-                            "fractions": {"type": "object", "additionalProperties": {"type": "number"}},
-                            "sizes": {"type": "object", "additionalProperties": {"type": "integer"}},
+                            "fractions": {
+                                "type": "object",
+                                "additionalProperties": {"type": "number"},
+                            },
+                            "sizes": {
+                                "type": "object",
+                                "additionalProperties": {"type": "integer"},
+                            },
                         }
                     ),
                     "hashes": _obj(

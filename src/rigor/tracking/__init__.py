@@ -50,7 +50,9 @@ class Tracker:
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.logs / "tb"), purge_step=start_step or None)
+            self.writer = SummaryWriter(
+                log_dir=str(self.logs / "tb"), purge_step=start_step or None
+            )
 
     def should_log_step(self, step: int) -> bool:
         """True every ``log_every_n_steps`` optimizer steps."""

@@ -18,7 +18,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write_with(path, lambda handle: torch.save(state, handle))
 
 
-def load_checkpoint(path: Path, config_hash: str | None = None, force: bool = False) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, config_hash: str | None = None, force: bool = False
+) -> dict[str, Any]:
     """Load with ``weights_only=True``; refuse missing keys and a different config hash."""
     if not path.is_file():
         raise ArtifactError(f"checkpoint not found: {path}")

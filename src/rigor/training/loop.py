@@ -67,6 +67,7 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses, before the schedule moves
         optimizer.step()
         scheduler.step()
         state.step += 1
@@ -78,9 +79,7 @@ def train_epoch(
             sums[key] = sums.get(key, 0.0) + value * len(inputs)
         if tracker.should_log_step(state.step):
             elapsed = max(time.perf_counter() - started, 1e-9)
-            values.update(
-                {"lr": scheduler.get_last_lr()[0], "grad_norm": float(norm), "samples_per_s": count / elapsed}
-            )
+            values.update({"lr": lr, "grad_norm": float(norm), "samples_per_s": count / elapsed})
             tracker.log_step(state.step, values)
     return {key: value / max(count, 1) for key, value in sums.items()}
 
@@ -105,7 +104,9 @@ def predict(model: nn.Module, loader: DataLoader[Any], device: torch.device) -> 
     }
 
 
-def split_metrics(preds: dict[str, Any], tasks: dict[str, TaskSpec], split: str) -> dict[str, float]:
+def split_metrics(
+    preds: dict[str, Any], tasks: dict[str, TaskSpec], split: str
+) -> dict[str, float]:
     """Loss per task and in total, accuracy (classification) or MAE (regression), per split."""
     metrics: dict[str, float] = {}
     accs, maes = [], []

@@ -35,7 +35,8 @@ def pick_device(name: str) -> torch.device:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
     """Two groups: decayed weights, and norms/biases (1-D parameters) with no weight decay."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim <= 1 else decay).append(param)

@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -93,7 +93,9 @@ def train(resolved: ResolvedConfig, env_policy: str | None = None, force: bool =
     summary = fit(run_dir, prepared)
     outputs = write_predictions(run_dir, prepared)
     metrics = {**summary["final"], **outputs.pop("metrics")}
-    atomic_write_json(run_dir / "metrics.json", {"metrics": metrics, "training": summary["training"]})
+    atomic_write_json(
+        run_dir / "metrics.json", {"metrics": metrics, "training": summary["training"]}
+    )
     manifest = build_manifest(run_id, run_dir, prepared, metrics, summary["training"], outputs)
     return write_manifest(run_dir, manifest)
 
@@ -139,18 +141,31 @@ def fit(run_dir: Path, prepared: Prepared) -> dict[str, Any]:
     optimizer = build_optimizer(model, cfg.training, cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.training.epochs, steps)
     tracker = Tracker(run_dir, cfg.logging)
-    monitor, sign = monitor_to_key(cfg.training.monitor), (1 if cfg.training.monitor_mode == "max" else -1)
+    monitor, sign = monitor_to_key(cfg.training.monitor), (
+        1 if cfg.training.monitor_mode == "max" else -1
+    )
     state, best, best_epoch, started = StepState(), -float("inf"), -1, time.perf_counter()
     for epoch in range(cfg.training.epochs):
         state.epoch = epoch
         assert isinstance(train_loader.sampler, EpochSampler)
         train_loader.sampler.set_epoch(epoch)
         train_values = train_epoch(
-            model, train_loader, optimizer, scheduler, tasks, cfg.training.grad_clip,
-            cfg.training.max_steps_per_epoch, device, tracker, state,
+            model,
+            train_loader,
+            optimizer,
+            scheduler,
+            tasks,
+            cfg.training.grad_clip,
+            cfg.training.max_steps_per_epoch,
+            device,
+            tracker,
+            state,
         )
-        values = {**train_values, **split_metrics(predict(model, select_loader, device), tasks, "val_select")}
-        values["lr"] = scheduler.get_last_lr()[0]
+        values = {
+            **train_values,
+            **split_metrics(predict(model, select_loader, device), tasks, "val_select"),
+        }
+        values["lr"] = float(scheduler.get_last_lr()[0])
         tracker.log_epoch(epoch, state.step, values)
         improved = sign * values[monitor] > best
         if improved:
@@ -167,8 +182,10 @@ def fit(run_dir: Path, prepared: Prepared) -> dict[str, Any]:
         save_checkpoint(run_dir / "checkpoints" / "last.pt", checkpoint)
         if improved:
             save_checkpoint(run_dir / "checkpoints" / "best.pt", checkpoint)
-        print(f"epoch {epoch}: {monitor}={values[monitor]:.4f} loss/train={values['loss/train']:.4f}",
-              file=sys.stderr)
+        print(
+            f"epoch {epoch}: {monitor}={values[monitor]:.4f} loss/train={values['loss/train']:.4f}",
+            file=sys.stderr,
+        )
     tracker.close()
     wall = time.perf_counter() - started
     return {
@@ -190,16 +207,27 @@ def write_predictions(run_dir: Path, prepared: Prepared) -> dict[str, Any]:
     metrics: dict[str, float] = {}
     paths = []
     for split in EVAL_SPLITS:
-        preds = predict(prepared.model, loader(prepared, prepared.splits[split], False), prepared.device)
+        preds = predict(
+            prepared.model, loader(prepared, prepared.splits[split], False), prepared.device
+        )
         metrics.update(split_metrics(preds, prepared.dataset.tasks, split))
         arrays = {"ids": preds["ids"], "tasks": np.asarray(sorted(preds["outputs"]))}
         for task in preds["outputs"]:
             arrays[f"logits_{task}"] = preds["outputs"][task]
             arrays[f"targets_{task}"] = preds["targets"][task]
         rel = f"predictions/{split}.npz"
-        atomic_write_with(run_dir / rel, lambda handle, a=arrays: np.savez(handle, **a))
+        save_npz(run_dir / rel, arrays)
         paths.append(rel)
     return {"metrics": metrics, "predictions": paths}
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write arrays to an ``.npz`` atomically (no pickled objects: plain dtypes only)."""
+
+    def write(handle: IO[bytes]) -> None:
+        np.savez(handle, **arrays)  # type: ignore[arg-type]
+
+    atomic_write_with(path, write)
 
 
 def build_manifest(
@@ -239,7 +267,9 @@ def build_manifest(
         "torch": runtime["torch"],
         "cuda": runtime["cuda"],
         "provenance": provenance(cfg.run.seed, cfg.run.determinism, str(prepared.device)),
-        "env_lock": None if lock is None else {"name": lock.name, "hash": lock.sha256, "kind": lock.kind},
+        "env_lock": (
+            None if lock is None else {"name": lock.name, "hash": lock.sha256, "kind": lock.kind}
+        ),
         "environment": prepared.environment,
         "dataset": {
             "name": dataset.name,
@@ -254,7 +284,11 @@ def build_manifest(
             },
             "hashes": split_json["sha256"],
         },
-        "encoder": {"arch": cfg.model.backbone, "dim": prepared.model.feature_dim, "weights": cfg.model.weights_path},
+        "encoder": {
+            "arch": cfg.model.backbone,
+            "dim": prepared.model.feature_dim,
+            "weights": cfg.model.weights_path,
+        },
         "transforms": prepared.transforms,
         "checkpoints": checkpoints,
         "best_checkpoint": "checkpoints/best.pt",
@@ -273,7 +307,10 @@ def build_manifest(
                 "finished_at": iso(finished),
                 "duration_s": round((finished - prepared.started).total_seconds(), 3),
                 "command": list(sys.argv),
-                "options": {"config": prepared.resolved.config_file, "sources": prepared.resolved.sources},
+                "options": {
+                    "config": prepared.resolved.config_file,
+                    "sources": prepared.resolved.sources,
+                },
                 "outputs": every,
                 "summary": training,
                 "environment": prepared.environment,

@@ -1,0 +1,52 @@
+"""Shared fixtures: the real shipped configs, shrunk, writing into temporary folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+SMOKE = CONFIGS / "experiment" / "smoke.yaml"
+
+
+def load_script(name: str) -> ModuleType:
+    """Import ``scripts/<name>.py`` as a module so tests call its ``main`` in-process."""
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def run_script() -> Callable[..., int]:
+    """Run a script's main through the exit-code wrapper, as the command line would."""
+    from rigor.cli import run_main
+
+    def run(name: str, *argv: str) -> int:
+        return run_main(load_script(name).main, list(argv))
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def smoke_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One smoke training run shared by the tests that only read its outputs."""
+    from rigor.config import load_config
+    from rigor.training.run import train
+
+    out = tmp_path_factory.mktemp("smoke")
+    resolved = load_config(SMOKE, sets=[f"run.output_root={out}"], environ={})
+    return train(resolved, env_policy="ignore")
+
+
+@pytest.fixture
+def python() -> str:
+    """The interpreter running the tests (the project's virtual environment)."""
+    return sys.executable

@@ -1,0 +1,85 @@
+"""Splits, transforms statistics, the LR schedule, and atomic writes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import SMOKE
+
+from rigor.config import load_config
+from rigor.config.models import SchedulerConfig, SplitFractions
+from rigor.data.splits import SPLITS, make_splits
+from rigor.errors import ConfigError
+from rigor.io import atomic_write_text
+from rigor.training.policy import lr_factor
+
+FRACTIONS = SplitFractions(train=0.6, val_select=0.1, val_calib=0.15, val_test=0.15)
+
+
+def test_splits_are_disjoint_complete_and_sized() -> None:
+    groups = [f"g{i}" for i in range(1000)]
+    splits = make_splits(groups, FRACTIONS, seed=0)
+    rows = [row for name in SPLITS for row in splits[name]]
+    assert sorted(rows) == list(range(1000))
+    assert [len(splits[name]) for name in SPLITS] == [600, 100, 150, 150]
+
+
+def test_splits_keep_groups_together_and_ignore_row_order() -> None:
+    groups = [f"patient{i % 37}" for i in range(500)]
+    splits = make_splits(groups, FRACTIONS, seed=3)
+    seen = {}
+    for name in SPLITS:
+        for row in splits[name]:
+            assert seen.setdefault(groups[row], name) == name
+    shuffled = list(reversed(groups))
+    again = make_splits(shuffled, FRACTIONS, seed=3)
+    as_groups = {name: sorted({shuffled[r] for r in again[name]}) for name in SPLITS}
+    assert as_groups == {name: sorted({groups[r] for r in splits[name]}) for name in SPLITS}
+    assert make_splits(groups, FRACTIONS, seed=4) != splits
+
+
+def test_too_few_groups_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="would be empty"):
+        make_splits(["a", "b", "c"], FRACTIONS, seed=0)
+
+
+def test_cosine_schedule_values() -> None:
+    cfg = SchedulerConfig(
+        name="cosine", warmup_epochs=1, min_lr_ratio=0.1, step_epochs=1, gamma=0.5
+    )
+    assert lr_factor(cfg, 0, epochs=3, steps_per_epoch=10) == pytest.approx(0.1)
+    assert lr_factor(cfg, 9, 3, 10) == pytest.approx(1.0)
+    assert lr_factor(cfg, 10, 3, 10) == pytest.approx(1.0)
+    assert lr_factor(cfg, 20, 3, 10) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(cfg, 30, 3, 10) == pytest.approx(0.1)
+    step = cfg.model_copy(update={"name": "step"})
+    assert [lr_factor(step, s, 3, 10) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    atomic_write_text(target, "old")
+
+    class Boom(Exception):
+        pass
+
+    from rigor.io import atomic_open
+
+    with pytest.raises(Boom), atomic_open(target) as handle:
+        handle.write("partial new content")
+        raise Boom
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_digits_tasks_and_monitor_checks(tmp_path: Path) -> None:
+    from rigor.training.run import prepare
+
+    bad_task = load_config(SMOKE, sets=["data.tasks=[colour]"], environ={})
+    with pytest.raises(ConfigError, match=r"\['colour'\] not offered by dataset 'digits'"):
+        prepare(bad_task, "ignore", False)
+    bad_monitor = load_config(SMOKE, sets=["training.monitor=val_select/mae"], environ={})
+    with pytest.raises(ConfigError, match="training.monitor"):
+        prepare(bad_monitor, "ignore", False)

@@ -15,7 +15,7 @@ $(STAMP): locks/requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "rigor needs Python >= 3.11"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r locks/requirements.lock "setuptools>=68" wheel
+	$(PY) -m pip install --quiet -r locks/requirements.lock "setuptools>=77" wheel
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

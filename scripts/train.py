@@ -28,6 +28,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set training.lr=3e-4 (repeatable, applied in order)",
     )
+    parser.add_argument(
+        "--resume",
+        metavar="PATH|auto",
+        default=None,
+        help="continue a killed run: its checkpoint or run folder, or auto for the newest "
+        "unfinished run of this experiment and config",
+    )
     add_common_flags(parser)
     args = parser.parse_args(argv)
 
@@ -36,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     resolved = load_config(args.config, sets=args.sets)
     from rigor.training.run import train
 
-    manifest = train(resolved, env_policy=args.env_policy, force=args.force)
+    manifest = train(resolved, env_policy=args.env_policy, force=args.force, resume=args.resume)
     print(manifest)
     return 0
 

@@ -65,15 +65,52 @@ class TransformConfig(Section):
     version: Literal["v1", "v2"] = Field(
         description="v1: torchvision.transforms; v2: torchvision.transforms.v2."
     )
-    normalize: bool = Field(
-        description="Normalize inputs with per-channel mean/std computed on the train split."
+    normalize: bool = Field(description="Normalize inputs with per-channel mean and std.")
+    stats: Literal["train", "preset"] = Field(
+        description="Where mean/std come from: the train split, or the backbone's preset."
+    )
+    image_size: list[int] | None = Field(
+        min_length=2,
+        max_length=2,
+        description="Resize every image to [height, width]; null keeps the native size.",
+    )
+
+
+class CsvTarget(Section):
+    """One target column of a CSV dataset and the kind of task it defines."""
+
+    column: str = Field(description="Column holding the target.")
+    kind: Literal["classification", "regression"] = Field(
+        description="classification: labels (any strings); regression: numbers."
+    )
+
+
+class CsvConfig(Section):
+    """Where a CSV dataset keeps its image paths, targets and groups."""
+
+    path: str = Field(description="CSV file; image paths in it are relative to its folder.")
+    image_column: str = Field(description="Column with the image path of each row.")
+    group_column: str | None = Field(
+        description="Column with a group (e.g. patient) kept within one split; null: per row."
+    )
+    id_column: str | None = Field(description="Column with a unique sample id; null: row number.")
+    targets: dict[str, CsvTarget] = Field(
+        min_length=1, description="Tasks the CSV offers: task name -> target column and kind."
     )
 
 
 class DataConfig(Section):
     """Which dataset, which of its tasks, and how it is split and loaded."""
 
-    name: str = Field(description="Registered dataset name (e.g. digits).")
+    name: str = Field(description="Registered dataset name (digits, imagefolder, csv, ...).")
+    root: str | None = Field(
+        description="Folder of an imagefolder dataset (one sub-folder per class); null otherwise."
+    )
+    csv: CsvConfig | None = Field(description="Columns of a csv dataset; null for other datasets.")
+    channels: Literal[1, 3] = Field(description="Decode images as grey (1) or RGB (3).")
+    cache: bool = Field(
+        description="Keep decoded, resized inputs under <output_root>/cache/, keyed by content."
+    )
     tasks: list[str] = Field(
         min_length=1, description="Tasks to train, chosen among those the dataset offers."
     )
@@ -85,13 +122,15 @@ class DataConfig(Section):
 class ModelConfig(Section):
     """Backbone and heads."""
 
-    backbone: str = Field(description="Registered backbone name (e.g. cnn_small).")
+    backbone: str = Field(
+        description="Registered backbone: cnn_small, resnet18, resnet50, convnext_tiny, vit_b_16."
+    )
     channels: list[int] = Field(
         min_length=1, description="Conv channel widths of cnn_small, one entry per block."
     )
     dropout: float = Field(ge=0, lt=1, description="Dropout before each head.")
     weights_path: str | None = Field(
-        description="Local file of backbone weights to load; null builds from scratch."
+        description="Local backbone weights (.safetensors or .pt state dict); null: from scratch."
     )
     freeze_backbone: bool = Field(description="Train the heads only.")
 
@@ -102,7 +141,36 @@ class TrainingConfig(Section):
     epochs: int = Field(ge=1, le=10_000, description="Passes over the train split.")
     batch_size: int = Field(ge=1, description="Training batch size.")
     eval_batch_size: int = Field(ge=1, description="Batch size for evaluation and prediction.")
-    lr: float = Field(gt=0, le=10, description="Peak learning rate.")
+    lr: float = Field(gt=0, le=10, description="Peak learning rate of the heads.")
+    backbone_lr_scale: float = Field(
+        ge=0, le=100, description="Backbone learning rate as a multiple of lr (0 freezes it)."
+    )
+    accumulate_steps: int = Field(
+        ge=1, description="Batches whose gradients add up to one optimizer step."
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        description="Autocast dtype; fp16 also uses a GradScaler."
+    )
+    tf32: bool = Field(description="Allow TF32 matmuls and convolutions on CUDA.")
+    min_batch_size: int = Field(
+        ge=1, description="Floor when halving the batch after a CUDA out-of-memory error."
+    )
+    ema_decay: float | None = Field(
+        gt=0,
+        lt=1,
+        description="Keep an exponential moving average of the weights with this decay and "
+        "evaluate with it; null disables.",
+    )
+    patience: int | None = Field(
+        ge=1, description="Stop after this many epochs without monitor improvement; null: never."
+    )
+    min_delta: float = Field(ge=0, description="Smallest monitor change that counts as better.")
+    checkpoint_every_n_steps: int | None = Field(
+        ge=1, description="Also write checkpoints/last.pt every N optimizer steps (mid-epoch)."
+    )
+    keep_top_k: int = Field(
+        ge=1, description="Keep the k best epochs' checkpoints under checkpoints/top/."
+    )
     grad_clip: float | None = Field(
         gt=0, description="Clip the global gradient norm to this value; null disables."
     )
@@ -170,6 +238,15 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _cross_field(self) -> Config:
+        if self.data.name == "csv" and self.data.csv is None:
+            raise ValueError("data.csv must be set when data.name is csv")
+        if self.data.name == "imagefolder" and self.data.root is None:
+            raise ValueError("data.root must be set when data.name is imagefolder")
+        if self.training.min_batch_size > self.training.batch_size:
+            raise ValueError(
+                f"training.min_batch_size ({self.training.min_batch_size}) exceeds "
+                f"training.batch_size ({self.training.batch_size})"
+            )
         if self.scheduler.name == "cosine" and self.scheduler.warmup_epochs >= self.training.epochs:
             raise ValueError(
                 f"scheduler.warmup_epochs ({self.scheduler.warmup_epochs}) must be shorter than "

@@ -1,10 +1,16 @@
-"""Dataset registry: a name maps to a class; no if/else chains over names."""
+"""Dataset registry: a name maps to a builder; no if/else chains over names.
+
+A builder returns :class:`RawData` (how to decode the inputs, plus targets, ids, groups and
+a content fingerprint). :func:`build_dataset` turns it into an in-memory
+:class:`DatasetSource`, decoding through the preprocessing cache.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -22,42 +28,51 @@ class TaskSpec:
     name: str
     kind: Literal["classification", "regression"]
     num_classes: int | None = None
+    classes: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form recorded in the manifest."""
-        return {"kind": self.kind, "num_classes": self.num_classes}
+        classes = list(self.classes) if self.classes is not None else None
+        return {"kind": self.kind, "num_classes": self.num_classes, "classes": classes}
+
+
+@dataclass
+class RawData:
+    """What a builder found: a decoder for the inputs and everything else about the samples.
+
+    ``decode(size, channels)`` returns float32 (N, C, H, W) in [0, 1], resized when ``size``
+    is given. ``fingerprint`` changes whenever the inputs or targets change.
+    """
+
+    name: str
+    version: str
+    offered: dict[str, TaskSpec]
+    targets: dict[str, np.ndarray]
+    ids: list[str]
+    groups: list[str]
+    fingerprint: str
+    decode: Callable[[tuple[int, int] | None, int, str], np.ndarray]
+    masks: Callable[[tuple[int, int] | None], np.ndarray] | None = None
 
 
 class DatasetSource(Dataset[dict[str, Any]]):
-    """An in-memory dataset: inputs (N, C, H, W) float32, targets per task, ids and groups.
+    """An in-memory dataset; items are dicts ``{"input", "targets": {task: value}, "id", "group"}``."""
 
-    Items are dicts ``{"input", "targets": {task: value}, "id", "group"}``.
-    """
-
-    name: str = ""
-    offered_tasks: dict[str, TaskSpec] = {}
-
-    def __init__(
-        self,
-        inputs: np.ndarray,
-        targets: dict[str, np.ndarray],
-        ids: list[str],
-        groups: list[str],
-        version: str,
-        tasks: list[str],
-    ) -> None:
-        unknown = [task for task in tasks if task not in self.offered_tasks]
+    def __init__(self, raw: RawData, inputs: np.ndarray, tasks: list[str]) -> None:
+        unknown = [task for task in tasks if task not in raw.offered]
         if unknown:
             raise ConfigError(
-                f"data.tasks: {unknown} not offered by dataset {self.name!r} "
-                f"(it offers {sorted(self.offered_tasks)})"
+                f"data.tasks: {unknown} not offered by dataset {raw.name!r} "
+                f"(it offers {sorted(raw.offered)})"
             )
-        self.inputs = torch.as_tensor(inputs, dtype=torch.float32)
-        self.targets = {task: torch.as_tensor(targets[task]) for task in tasks}
-        self.ids = ids
-        self.groups = groups
-        self.version = version
-        self.tasks = {task: self.offered_tasks[task] for task in tasks}
+        self.name = raw.name
+        self.version = raw.version
+        self.content_hash = raw.fingerprint
+        self.inputs = torch.from_numpy(inputs)
+        self.targets = {task: torch.as_tensor(raw.targets[task]) for task in tasks}
+        self.ids = raw.ids
+        self.groups = raw.groups
+        self.tasks = {task: raw.offered[task] for task in tasks}
         self.transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __len__(self) -> int:
@@ -74,41 +89,41 @@ class DatasetSource(Dataset[dict[str, Any]]):
             "group": self.groups[index],
         }
 
-    @property
-    def content_hash(self) -> str:
-        """sha256 over inputs, targets and ids: changes whenever the data changes."""
-        digest = hashlib.sha256()
-        digest.update(self.inputs.numpy().tobytes())
-        for task in sorted(self.targets):
-            digest.update(task.encode())
-            digest.update(self.targets[task].numpy().tobytes())
-        digest.update("\n".join(self.ids).encode())
-        return digest.hexdigest()
 
-
-DATASETS: dict[str, Callable[[DataConfig], DatasetSource]] = {}
+DATASETS: dict[str, Callable[[DataConfig], RawData]] = {}
 
 
 def register_dataset(
     name: str,
-) -> Callable[[Callable[[DataConfig], DatasetSource]], Callable[[DataConfig], DatasetSource]]:
-    """Register a dataset builder under ``name``."""
+) -> Callable[[Callable[[DataConfig], RawData]], Callable[[DataConfig], RawData]]:
+    """Register a builder ``DataConfig -> RawData`` under ``name``."""
 
-    def decorate(
-        builder: Callable[[DataConfig], DatasetSource],
-    ) -> Callable[[DataConfig], DatasetSource]:
+    def decorate(builder: Callable[[DataConfig], RawData]) -> Callable[[DataConfig], RawData]:
         DATASETS[name] = builder
         return builder
 
     return decorate
 
 
-def build_dataset(cfg: DataConfig) -> DatasetSource:
-    """Build the dataset the config names."""
-    import rigor.data.digits  # noqa: F401  (registers the embedded datasets)
+def raw_dataset(cfg: DataConfig) -> RawData:
+    """Run the builder the config names."""
+    import rigor.data.digits  # noqa: F401  (registers the built-in datasets)
+    import rigor.data.files  # noqa: F401
 
     if cfg.name not in DATASETS:
         raise ConfigError(
             f"data.name: unknown dataset {cfg.name!r} (registered: {sorted(DATASETS)})"
         )
     return DATASETS[cfg.name](cfg)
+
+
+def build_dataset(cfg: DataConfig, cache_root: Path | None = None) -> DatasetSource:
+    """Build the dataset the config names, decoding through the cache under ``cache_root``."""
+    from rigor.data.cache import materialize
+
+    raw = raw_dataset(cfg)
+    inputs, status = materialize(raw, cfg, cache_root if cfg.cache else None)
+    print(
+        f"data: {raw.name} ({len(raw.ids)} samples), preprocessing cache {status}", file=sys.stderr
+    )
+    return DatasetSource(raw, inputs, cfg.tasks)

@@ -1,13 +1,28 @@
-"""One transform API over torchvision v1 and v2; statistics come from the train split."""
+"""One transform API over torchvision v1 and v2; statistics from the train split or a preset."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from rigor.config.models import TransformConfig
+
+
+def _functional(version: str) -> Any:
+    if version == "v2":
+        from torchvision.transforms.v2 import functional
+    else:
+        from torchvision.transforms import functional  # type: ignore[no-redef]
+    return functional
+
+
+def resize(images: np.ndarray, size: tuple[int, int], version: str) -> np.ndarray:
+    """Resize (N, C, H, W) float images with antialiasing (bilinear)."""
+    out = _functional(version).resize(torch.from_numpy(images), list(size), antialias=True)
+    return np.ascontiguousarray(out.numpy(), dtype=np.float32)
 
 
 def channel_stats(inputs: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -19,7 +34,7 @@ def channel_stats(inputs: torch.Tensor) -> tuple[list[float], list[float]]:
 def build_transform(
     cfg: TransformConfig, mean: list[float], std: list[float]
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The eval-time transform: normalisation with the given statistics, or nothing."""
+    """The per-item transform: normalisation with the given statistics, or nothing."""
     if not cfg.normalize:
         return None
     if cfg.version == "v2":

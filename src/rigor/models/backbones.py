@@ -1,30 +1,105 @@
-"""Built-in backbones and heads."""
+"""Built-in backbones (cnn_small and torchvision models built without downloading) and heads."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
 from torch import nn
 
 from rigor.config.models import ModelConfig
 from rigor.data.registry import TaskSpec
-from rigor.models.registry import register_backbone, register_head
+from rigor.errors import ConfigError
+from rigor.models.registry import IMAGENET, InputShape, register_backbone, register_head
 
 
-@register_backbone("cnn_small")
-def cnn_small(cfg: ModelConfig, in_channels: int) -> tuple[nn.Module, int]:
+@register_backbone("cnn_small", layer="conv_last")
+def cnn_small(cfg: ModelConfig, shape: InputShape) -> tuple[nn.Module, int]:
     """Conv-BN-ReLU blocks (a 2x2 max-pool after every block but the last), global average pool."""
-    layers: list[nn.Module] = []
-    width = in_channels
+    layers: dict[str, nn.Module] = {}
+    width = shape[0]
     for index, channels in enumerate(cfg.channels):
-        layers += [
-            nn.Conv2d(width, channels, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.ReLU(inplace=True),
-        ]
-        if index < len(cfg.channels) - 1:
-            layers.append(nn.MaxPool2d(2, ceil_mode=True))
+        last = index == len(cfg.channels) - 1
+        name = "conv_last" if last else f"conv{index}"
+        layers[name] = nn.Conv2d(width, channels, kernel_size=3, padding=1, bias=False)
+        layers[f"bn{index}"] = nn.BatchNorm2d(channels)
+        layers[f"relu{index}"] = nn.ReLU()
+        if not last:
+            layers[f"pool{index}"] = nn.MaxPool2d(2, ceil_mode=True)
         width = channels
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return nn.Sequential(*layers), width
+    layers["gap"] = nn.AdaptiveAvgPool2d(1)
+    layers["flatten"] = nn.Flatten()
+    return nn.Sequential(OrderedDict(layers)), width
+
+
+class TorchvisionBackbone(nn.Module):
+    """A torchvision model without its classifier; grey inputs are repeated to RGB.
+
+    Layer names are ``net.<torchvision name>`` whatever the input channels.
+    """
+
+    def __init__(self, net: nn.Module, grey: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.grey = grey
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Features of shape (N, dim)."""
+        if self.grey:
+            inputs = inputs.expand(-1, 3, -1, -1)
+        return self.net(inputs)  # type: ignore[no-any-return]
+
+
+def _torchvision(
+    name: str, strip: Callable[[nn.Module], int]
+) -> Callable[[ModelConfig, InputShape], tuple[nn.Module, int]]:
+    def build(cfg: ModelConfig, shape: InputShape) -> tuple[nn.Module, int]:
+        import torchvision
+
+        if shape[0] not in (1, 3):
+            raise ConfigError(f"model.backbone {name} takes 1 or 3 channels, data has {shape[0]}")
+        kwargs = {"image_size": shape[1]} if name == "vit_b_16" else {}
+        model = getattr(torchvision.models, name)(weights=None, **kwargs)
+        dim = strip(model)
+        return TorchvisionBackbone(model, grey=shape[0] == 1), dim
+
+    return build
+
+
+def _strip_fc(model: nn.Module) -> int:
+    dim = int(model.fc.in_features)
+    model.fc = nn.Identity()
+    return dim
+
+
+def _strip_convnext(model: nn.Module) -> int:
+    dim = int(model.classifier[2].in_features)
+    model.classifier[2] = nn.Identity()
+    return dim
+
+
+def _strip_vit(model: nn.Module) -> int:
+    dim = int(model.hidden_dim)
+    model.heads = nn.Identity()
+    return dim
+
+
+def _check_vit(cfg: ModelConfig, shape: InputShape) -> tuple[nn.Module, int]:
+    if shape[1] != shape[2] or shape[1] % 16:
+        raise ConfigError(
+            f"model.backbone vit_b_16 needs square images with a side divisible by 16, got "
+            f"{shape[1]}x{shape[2]}; set data.transforms.image_size"
+        )
+    return _torchvision("vit_b_16", _strip_vit)(cfg, shape)
+
+
+register_backbone("resnet18", IMAGENET, "net.layer4")(_torchvision("resnet18", _strip_fc))
+register_backbone("resnet50", IMAGENET, "net.layer4")(_torchvision("resnet50", _strip_fc))
+register_backbone("convnext_tiny", IMAGENET, "net.features.7")(
+    _torchvision("convnext_tiny", _strip_convnext)
+)
+register_backbone("vit_b_16", IMAGENET, "net.encoder.layers.encoder_layer_11.ln_1")(_check_vit)
 
 
 @register_head("classification")

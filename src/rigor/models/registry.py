@@ -2,26 +2,46 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from rigor.config.models import ModelConfig
 from rigor.data.registry import TaskSpec
-from rigor.errors import ConfigError
+from rigor.errors import ArtifactError, ConfigError
 
-BackboneBuilder = Callable[[ModelConfig, int], tuple[nn.Module, int]]
+InputShape = tuple[int, int, int]
+BackboneBuilder = Callable[[ModelConfig, InputShape], tuple[nn.Module, int]]
 HeadBuilder = Callable[[ModelConfig, TaskSpec, int], nn.Module]
-BACKBONES: dict[str, BackboneBuilder] = {}
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registered backbone: its builder, normalisation preset and default explanation layer."""
+
+    build: BackboneBuilder
+    preset: tuple[tuple[float, ...], tuple[float, ...]] | None
+    layer: str
+
+
+BACKBONES: dict[str, BackboneSpec] = {}
 HEADS: dict[str, HeadBuilder] = {}
 
 
-def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
-    """Register a builder ``(cfg, in_channels) -> (module, feature_dim)``."""
+def register_backbone(
+    name: str,
+    preset: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    layer: str = "",
+) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    """Register ``builder(cfg, (C, H, W)) -> (module, feature_dim)`` under ``name``."""
 
     def decorate(builder: BackboneBuilder) -> BackboneBuilder:
-        BACKBONES[name] = builder
+        BACKBONES[name] = BackboneSpec(builder, preset, layer)
         return builder
 
     return decorate
@@ -53,16 +73,66 @@ class RigorModel(nn.Module):
         return {task: head(features) for task, head in self.heads.items()}
 
 
-def build_model(cfg: ModelConfig, tasks: dict[str, TaskSpec], in_channels: int) -> RigorModel:
-    """Build the backbone the config names and a head per task."""
+def backbone_spec(name: str) -> BackboneSpec:
+    """The registered spec of ``name``; ConfigError naming the field otherwise."""
     import rigor.models.backbones  # noqa: F401  (registers the built-in backbones and heads)
 
-    if cfg.backbone not in BACKBONES:
+    if name not in BACKBONES:
         raise ConfigError(
-            f"model.backbone: unknown backbone {cfg.backbone!r} (registered: {sorted(BACKBONES)})"
+            f"model.backbone: unknown backbone {name!r} (registered: {sorted(BACKBONES)})"
         )
-    backbone, dim = BACKBONES[cfg.backbone](cfg, in_channels)
-    heads = nn.ModuleDict({name: HEADS[spec.kind](cfg, spec, dim) for name, spec in tasks.items()})
+    return BACKBONES[name]
+
+
+# Keys of the classifiers that backbones drop; a full torchvision checkpoint still loads.
+_DROPPED_HEADS = ("fc.", "classifier.2.", "heads.")
+
+
+def load_weights(module: nn.Module, path: Path) -> None:
+    """Load a local state dict (.safetensors, or a torch file read with ``weights_only``).
+
+    Torchvision backbones take the original model's keys (``conv1.weight``); the dropped
+    classifier's keys are reported and skipped; any other mismatch is an error.
+    """
+    if not path.is_file():
+        raise ArtifactError(f"model.weights_path: file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state) if isinstance(state, dict) else state
+    target = getattr(module, "net", module)
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    dropped = [key for key in unexpected if key.startswith(_DROPPED_HEADS)]
+    unexpected = [key for key in unexpected if key not in dropped]
+    if dropped:
+        print(f"weights: skipped {len(dropped)} key(s) of the dropped classifier", file=sys.stderr)
+    if missing or unexpected:
+        raise ArtifactError(
+            f"model.weights_path {path}: keys do not match the backbone "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+
+
+def build_model(
+    cfg: ModelConfig, tasks: dict[str, TaskSpec], input_shape: InputShape
+) -> RigorModel:
+    """Build the backbone the config names (loading local weights if given) and a head per task."""
+    spec = backbone_spec(cfg.backbone)
+    backbone, dim = spec.build(cfg, input_shape)
+    if cfg.weights_path:
+        load_weights(backbone, Path(cfg.weights_path))
+    heads = nn.ModuleDict({name: HEADS[task.kind](cfg, task, dim) for name, task in tasks.items()})
     if cfg.freeze_backbone:
         backbone.requires_grad_(False)
     return RigorModel(backbone, heads, dim, cfg.backbone)
+
+
+def model_size(model: nn.Module) -> dict[str, float]:
+    """Total and trainable parameter counts, and the size of parameters and buffers in MB."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    return {"params_total": total, "params_trainable": trainable, "size_mb": round(size / 2**20, 3)}

@@ -1,26 +1,29 @@
-"""The plain-PyTorch loop: losses, one training epoch, prediction, split metrics."""
+"""The plain-PyTorch loop: losses, optimizer steps with accumulation and OOM fallback,
+prediction, and split metrics."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from rigor.data.registry import TaskSpec
-from rigor.tracking import Tracker, metric_key
+from rigor.errors import RigorError
+from rigor.tracking import metric_key
+from rigor.training.policy import EMA, Precision
 
 
 def task_loss(output: torch.Tensor, target: torch.Tensor, spec: TaskSpec) -> torch.Tensor:
-    """Cross-entropy for classification, mean squared error for regression."""
+    """Cross-entropy for classification, mean squared error for regression (in fp32)."""
     if spec.kind == "classification":
-        return F.cross_entropy(output, target.long())
-    return F.mse_loss(output, target.float())
+        return F.cross_entropy(output.float(), target.long())
+    return F.mse_loss(output.float(), target.float())
 
 
 def total_loss(
@@ -31,68 +34,122 @@ def total_loss(
     return torch.stack(list(per_task.values())).sum(), per_task
 
 
+class OutOfMemoryFloor(RigorError):
+    """CUDA ran out of memory even at the smallest allowed micro-batch."""
+
+    exit_code = 1
+
+
 @dataclass
-class StepState:
-    """Where the loop is: epoch, optimizer step, and samples seen in this process."""
+class StepResult:
+    """What one optimizer step did."""
 
-    epoch: int = 0
-    step: int = 0
-    samples: int = 0
+    losses: dict[str, float]
+    grad_norm: float
+    lr: float
+    samples: int
 
 
-def train_epoch(
-    model: nn.Module,
-    loader: DataLoader[Any],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    tasks: dict[str, TaskSpec],
-    grad_clip: float | None,
-    max_steps: int | None,
-    device: torch.device,
-    tracker: Tracker,
-    state: StepState,
-) -> dict[str, float]:
-    """One pass over the train loader; returns the epoch's mean losses."""
-    model.train()
-    sums: dict[str, float] = {}
-    count = 0
-    started = time.perf_counter()
-    total = len(loader) if max_steps is None else min(max_steps, len(loader))
-    for index, batch in enumerate(tracker.progress(loader, total, f"epoch {state.epoch}")):
-        if max_steps is not None and index >= max_steps:
-            break
-        inputs = batch["input"].to(device)
-        targets = {name: value.to(device) for name, value in batch["targets"].items()}
-        loss, per_task = total_loss(model(inputs), targets, tasks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses, before the schedule moves
-        optimizer.step()
-        scheduler.step()
-        state.step += 1
-        state.samples += len(inputs)
-        count += len(inputs)
-        values = {metric_key("loss", "train"): loss.item()}
-        values.update({metric_key("loss", "train", name): v.item() for name, v in per_task.items()})
-        for key, value in values.items():
-            sums[key] = sums.get(key, 0.0) + value * len(inputs)
-        if tracker.should_log_step(state.step):
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            values.update({"lr": lr, "grad_norm": float(norm), "samples_per_s": count / elapsed})
-            tracker.log_step(state.step, values)
-    return {key: value / max(count, 1) for key, value in sums.items()}
+@dataclass
+class Stepper:
+    """Runs optimizer steps over groups of batches, in micro-batches of ``micro`` samples.
+
+    Gradients of all micro-batches are weighted by their share of the step's samples, so a
+    step computes the mean gradient of the whole effective batch whatever ``micro`` is. On
+    ``torch.OutOfMemoryError`` the step is redone from zeroed gradients with ``micro`` halved,
+    down to ``floor``; every halving is recorded in ``events``.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    precision: Precision
+    tasks: dict[str, TaskSpec]
+    grad_clip: float | None
+    micro: int
+    floor: int
+    device: torch.device
+    ema: EMA | None = None
+    events: list[dict[str, int]] = field(default_factory=list)
+
+    def step(self, batches: list[dict[str, Any]], step_index: int) -> StepResult:
+        """One optimizer step over ``batches`` (the accumulation group)."""
+        while True:
+            try:
+                losses, samples = self._accumulate(batches)
+                break
+            except torch.OutOfMemoryError:
+                self._halve(step_index)
+        scaler = self.precision.scaler
+        scaler.unscale_(self.optimizer)
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or float("inf"))
+        lr = float(self.optimizer.param_groups[-1]["lr"])  # the heads' rate, used by this step
+        scaler.step(self.optimizer)
+        scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return StepResult(losses, float(norm), lr, samples)
+
+    def _accumulate(self, batches: list[dict[str, Any]]) -> tuple[dict[str, float], int]:
+        self.optimizer.zero_grad(set_to_none=True)
+        total = sum(len(batch["input"]) for batch in batches)
+        sums: dict[str, float] = {}
+        for inputs, targets in self._chunks(batches):
+            with self.precision.autocast():
+                outputs = self.model(inputs)
+            loss, per_task = total_loss(outputs, targets, self.tasks)
+            weight = len(inputs) / total
+            self.precision.scaler.scale(loss * weight).backward()
+            named = {metric_key("loss", "train"): loss}
+            named |= {metric_key("loss", "train", name): value for name, value in per_task.items()}
+            for key, value in named.items():
+                sums[key] = sums.get(key, 0.0) + value.item() * weight
+        return sums, total
+
+    def _chunks(
+        self, batches: list[dict[str, Any]]
+    ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        for batch in batches:
+            for start in range(0, len(batch["input"]), self.micro):
+                end = start + self.micro
+                inputs = batch["input"][start:end].to(self.device, non_blocking=True)
+                targets = {k: v[start:end].to(self.device) for k, v in batch["targets"].items()}
+                yield inputs, targets
+
+    def _halve(self, step_index: int) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.micro // 2 < self.floor:
+            raise OutOfMemoryFloor(
+                f"out of memory at micro-batch {self.micro}, and halving it would go below "
+                f"training.min_batch_size={self.floor}"
+            )
+        self.events.append({"step": step_index, "from": self.micro, "to": self.micro // 2})
+        print(f"out of memory: micro-batch {self.micro} -> {self.micro // 2}", file=sys.stderr)
+        self.micro //= 2
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader[Any], device: torch.device) -> dict[str, Any]:
+def predict(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader[Any],
+    device: torch.device,
+    autocast: Callable[[], Any] | None = None,
+) -> dict[str, Any]:
     """Outputs and targets per task, and ids, over a whole loader (eval mode)."""
     model.eval()
     outputs: dict[str, list[np.ndarray]] = {}
     targets: dict[str, list[np.ndarray]] = {}
     ids: list[str] = []
     for batch in loader:
-        for name, value in model(batch["input"].to(device)).items():
+        if autocast is None:
+            result = model(batch["input"].to(device))
+        else:
+            with autocast():
+                result = model(batch["input"].to(device))
+        for name, value in result.items():
             outputs.setdefault(name, []).append(value.float().cpu().numpy())
         for name, value in batch["targets"].items():
             targets.setdefault(name, []).append(value.numpy())

@@ -1,10 +1,15 @@
-"""Training policy in one module: seeding, device, optimizer groups and schedules."""
+"""Training policy in one module: seeding, device, precision, optimizer groups, schedules,
+EMA, early stopping and the epoch-seeded sampler."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import os
 import random
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,23 +31,41 @@ def seed_everything(seed: int, determinism: bool) -> None:
     torch.backends.cudnn.benchmark = not determinism
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` is cuda when available, else cpu."""
+def worker_init_fn(worker_id: int) -> None:
+    """Seed python and numpy in a DataLoader worker from the seed torch gave it."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def pick_device(name: str, tf32: bool) -> torch.device:
+    """``auto`` is cuda when available, else cpu; sets the TF32 flags on CUDA."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    return device
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
-    """Two groups: decayed weights, and norms/biases (1-D parameters) with no weight decay."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for param in model.parameters():
+def param_groups(
+    model: nn.Module, lr: float, backbone_scale: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """Backbone and heads at their own learning rates; no weight decay on norms and biases."""
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
+            part = "backbone" if name.startswith("backbone.") else "heads"
+            groups.setdefault((part, param.ndim > 1), []).append(param)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {
+            "name": f"{part}/{'decay' if decay else 'no_decay'}",
+            "params": params,
+            "lr": lr * (backbone_scale if part == "backbone" else 1.0),
+            "weight_decay": weight_decay if decay else 0.0,
+        }
+        for (part, decay), params in sorted(groups.items())
     ]
 
 
@@ -50,7 +73,7 @@ def build_optimizer(
     model: nn.Module, training: TrainingConfig, cfg: OptimizerConfig
 ) -> torch.optim.Optimizer:
     """AdamW or SGD over the parameter groups."""
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, training.lr, training.backbone_lr_scale, cfg.weight_decay)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=training.lr, momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=training.lr, betas=cfg.betas)
@@ -78,6 +101,84 @@ def build_scheduler(
     )
 
 
+class Precision:
+    """Autocast in the configured dtype; a GradScaler for fp16 (a no-op scaler otherwise)."""
+
+    DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+    def __init__(self, name: str, device: torch.device) -> None:
+        self.name = name
+        self.device = device
+        self.scaler = torch.amp.GradScaler(device.type, enabled=name == "fp16")
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The autocast context for forward passes (nothing for fp32)."""
+        if self.name == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.DTYPES[self.name])
+
+
+class EMA:
+    """Exponential moving average of a model's weights; buffers are copied as they are."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """ema = decay * ema + (1 - decay) * current, for every floating-point parameter."""
+        for ema_p, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            ema_p.lerp_(p.detach(), 1.0 - self.decay)
+        for ema_b, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            ema_b.copy_(b)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The averaged weights."""
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the averaged weights."""
+        self.model.load_state_dict(state)
+
+
+class EarlyStopping:
+    """Tracks the best monitor value and epochs without improvement."""
+
+    def __init__(self, mode: str, patience: int | None, min_delta: float) -> None:
+        self.sign = 1.0 if mode == "max" else -1.0
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best = -math.inf
+        self.bad_epochs = 0
+
+    def update(self, value: float) -> bool:
+        """Record one epoch's monitor value; True when it is an improvement."""
+        if self.sign * value > self.best + self.min_delta:
+            self.best, self.bad_epochs = self.sign * value, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def best_value(self) -> float:
+        """The best monitor value in its own sign."""
+        return self.sign * self.best
+
+    @property
+    def should_stop(self) -> bool:
+        """True once ``patience`` epochs passed without improvement."""
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, float]:
+        """Best value (signed for maximisation) and the patience counter."""
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.best, self.bad_epochs = float(state["best"]), int(state["bad_epochs"])
+
+
 class EpochSampler(torch.utils.data.Sampler[int]):
     """Shuffles with a generator seeded by (seed, epoch): any epoch's order can be rebuilt.
 
@@ -85,8 +186,8 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     mid-epoch from the recorded sampler position.
     """
 
-    def __init__(self, indices: list[int], seed: int) -> None:
-        self.indices = indices
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
         self.seed = seed
         self.epoch = 0
         self.start = 0
@@ -98,11 +199,10 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     def order(self) -> list[int]:
         """The full order of the current epoch."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        perm = torch.randperm(len(self.indices), generator=generator).tolist()
-        return [self.indices[i] for i in perm]
+        return torch.randperm(self.size, generator=generator).tolist()  # type: ignore[no-any-return]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[int]:
         return iter(self.order()[self.start :])
 
     def __len__(self) -> int:
-        return len(self.indices) - self.start
+        return self.size - self.start

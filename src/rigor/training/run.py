@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -16,24 +17,27 @@ from torch.utils.data import DataLoader, Subset
 
 from rigor.config import ResolvedConfig
 from rigor.data.registry import DatasetSource, build_dataset
-from rigor.data.splits import SPLITS, make_splits, splits_record
+from rigor.data.splits import make_splits, splits_record
 from rigor.data.transforms import build_transform, channel_stats, transforms_record
-from rigor.errors import ConfigError
+from rigor.errors import ConfigError, UsageError
 from rigor.io import atomic_write_json, atomic_write_text, atomic_write_with
-from rigor.manifest import MANIFEST_VERSION, hash_files, write_manifest
+from rigor.manifest import write_manifest
 from rigor.manifest.env import Lock, check_lock
-from rigor.manifest.provenance import git_info, provenance, runtime_info
-from rigor.manifest.rundir import create_run_dir, iso, utc_now
-from rigor.models.registry import RigorModel, build_model
+from rigor.manifest.rundir import create_run_dir, utc_now
+from rigor.models.registry import RigorModel, backbone_spec, build_model, model_size
 from rigor.tracking import Tracker, monitor_to_key
-from rigor.training.checkpoint import save_checkpoint
-from rigor.training.loop import StepState, available_monitors, predict, split_metrics, train_epoch
+from rigor.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rigor.training.loop import Stepper, available_monitors, predict, split_metrics
 from rigor.training.policy import (
+    EMA,
+    EarlyStopping,
     EpochSampler,
+    Precision,
     build_optimizer,
     build_scheduler,
     pick_device,
     seed_everything,
+    worker_init_fn,
 )
 
 EVAL_SPLITS = ("val_select", "val_calib", "val_test")
@@ -51,7 +55,8 @@ class Prepared:
     transforms: dict[str, Any]
     lock: Lock | None
     environment: dict[str, Any]
-    started: Any = field(default_factory=utc_now)
+    model_info: dict[str, float]
+    started: datetime = field(default_factory=utc_now)
 
 
 def prepare(resolved: ResolvedConfig, env_policy: str | None, force: bool) -> Prepared:
@@ -59,7 +64,17 @@ def prepare(resolved: ResolvedConfig, env_policy: str | None, force: bool) -> Pr
     cfg = resolved.config
     lock, environment = check_lock(cfg.env.lockfile, env_policy or cfg.env.policy, force)
     seed_everything(cfg.run.seed, cfg.run.determinism)
-    dataset = build_dataset(cfg.data)
+    spec = backbone_spec(cfg.model.backbone)
+    if (
+        cfg.data.transforms.normalize
+        and cfg.data.transforms.stats == "preset"
+        and spec.preset is None
+    ):
+        raise ConfigError(
+            f"data.transforms.stats: backbone {cfg.model.backbone!r} has no preset statistics; "
+            "use stats: train"
+        )
+    dataset = build_dataset(cfg.data, Path(cfg.run.output_root) / "cache")
     monitor_metric = cfg.training.monitor.split("/", 1)[1]
     if monitor_metric not in available_monitors(dataset.tasks):
         raise ConfigError(
@@ -67,10 +82,17 @@ def prepare(resolved: ResolvedConfig, env_policy: str | None, force: bool) -> Pr
             f"{sorted(dataset.tasks)} (choose among {sorted(available_monitors(dataset.tasks))})"
         )
     splits = make_splits(dataset.groups, cfg.data.splits, cfg.run.seed)
-    mean, std = channel_stats(dataset.inputs[splits["train"]])
+    mean, std = _statistics(dataset, splits["train"], cfg.data.transforms.stats, spec.preset)
     dataset.transform = build_transform(cfg.data.transforms, mean, std)
-    model = build_model(cfg.model, dataset.tasks, in_channels=int(dataset.inputs.shape[1]))
-    device = pick_device(cfg.run.device)
+    shape = tuple(int(s) for s in dataset.inputs.shape[1:])
+    model = build_model(cfg.model, dataset.tasks, (shape[0], shape[1], shape[2]))
+    info = model_size(model)
+    print(
+        f"model: {cfg.model.backbone}, {info['params_total']:,} parameters "
+        f"({info['params_trainable']:,} trainable), {info['size_mb']} MB",
+        file=sys.stderr,
+    )
+    device = pick_device(cfg.run.device, cfg.training.tf32)
     return Prepared(
         resolved=resolved,
         dataset=dataset,
@@ -80,24 +102,104 @@ def prepare(resolved: ResolvedConfig, env_policy: str | None, force: bool) -> Pr
         transforms=transforms_record(cfg.data.transforms, mean, std),
         lock=lock,
         environment=environment,
+        model_info=info,
     )
 
 
-def train(resolved: ResolvedConfig, env_policy: str | None = None, force: bool = False) -> Path:
-    """Train the configured model and return the path of the run's ``manifest.json``."""
+def _statistics(
+    dataset: DatasetSource,
+    train_rows: list[int],
+    stats: str,
+    preset: tuple[tuple[float, ...], tuple[float, ...]] | None,
+) -> tuple[list[float], list[float]]:
+    channels = int(dataset.inputs.shape[1])
+    if stats == "preset" and preset is not None:
+        mean, std = list(preset[0]), list(preset[1])
+        # a grey image is repeated to RGB later: one channel gets the preset's average
+        return ([float(np.mean(mean))], [float(np.mean(std))]) if channels == 1 else (mean, std)
+    return channel_stats(dataset.inputs[train_rows])
+
+
+def train(
+    resolved: ResolvedConfig,
+    env_policy: str | None = None,
+    force: bool = False,
+    resume: str | None = None,
+) -> Path:
+    """Train the configured model and return the path of the run's ``manifest.json``.
+
+    Args:
+        resume: a checkpoint file or run folder to continue, ``auto`` for the newest
+            unfinished run of this experiment and config, or None for a fresh run.
+    """
     prepared = prepare(resolved, env_policy, force)
     cfg = resolved.config
-    run_id, run_dir = create_run_dir(Path(cfg.run.output_root), cfg.run.name, resolved.hash)
-    print(f"run {run_id}: writing to {run_dir}", file=sys.stderr)
+    checkpoint = find_resume(resume, Path(cfg.run.output_root), cfg.run.name, resolved.hash)
+    state = load_checkpoint(checkpoint, resolved.hash, force) if checkpoint else None
+    if checkpoint is not None:
+        run_dir = checkpoint.parent.parent
+        _check_same_splits(run_dir, prepared, force)
+        print(f"run {run_dir.name}: resuming from {checkpoint}", file=sys.stderr)
+    else:
+        run_id, run_dir = create_run_dir(Path(cfg.run.output_root), cfg.run.name, resolved.hash)
+        print(f"run {run_id}: writing to {run_dir}", file=sys.stderr)
     write_run_inputs(run_dir, prepared)
-    summary = fit(run_dir, prepared)
-    outputs = write_predictions(run_dir, prepared)
-    metrics = {**summary["final"], **outputs.pop("metrics")}
-    atomic_write_json(
-        run_dir / "metrics.json", {"metrics": metrics, "training": summary["training"]}
-    )
-    manifest = build_manifest(run_id, run_dir, prepared, metrics, summary["training"], outputs)
+    session = Session(run_dir, prepared, state)
+    summary = session.run()
+    if checkpoint is not None:
+        summary["resumed_from"] = {
+            "checkpoint": str(checkpoint),
+            "step": int(state["step"]) if state else 0,
+        }
+    outputs = write_predictions(run_dir, prepared, session)
+    metrics = {**summary.pop("final"), **outputs["metrics"]}
+    atomic_write_json(run_dir / "metrics.json", {"metrics": metrics, "training": summary})
+    from rigor.training.record import build_manifest
+
+    manifest = build_manifest(run_dir, prepared, metrics, summary, outputs["predictions"])
     return write_manifest(run_dir, manifest)
+
+
+def find_resume(resume: str | None, output_root: Path, name: str, config_hash: str) -> Path | None:
+    """The checkpoint to resume from: an explicit path, or ``auto`` (newest unfinished run)."""
+    if resume is None:
+        return None
+    if resume != "auto":
+        path = Path(resume)
+        checkpoint = path / "checkpoints" / "last.pt" if path.is_dir() else path
+        if not checkpoint.is_file():
+            raise UsageError(f"--resume: no checkpoint at {checkpoint}")
+        if (checkpoint.parent.parent / "manifest.json").exists():
+            raise UsageError(f"--resume: run {checkpoint.parent.parent.name} already completed")
+        return checkpoint
+    runs = output_root / "runs"
+    marker = f"-{name}-{config_hash[:8]}"
+    candidates = sorted(
+        (p for p in runs.glob(f"*{marker}*") if (p / "checkpoints" / "last.pt").is_file()),
+        key=lambda p: p.name,
+    )
+    unfinished = [p for p in candidates if not (p / "manifest.json").exists()]
+    if not unfinished:
+        print("--resume auto: no unfinished run of this config; starting fresh", file=sys.stderr)
+        return None
+    return unfinished[-1] / "checkpoints" / "last.pt"
+
+
+def _check_same_splits(run_dir: Path, prepared: Prepared, force: bool) -> None:
+    import json
+
+    previous = json.loads((run_dir / "splits.json").read_text())["sha256"]
+    if previous != _splits_json(prepared)["sha256"] and not force:
+        raise UsageError(
+            f"--resume: the data splits differ from those of {run_dir.name}; pass --force"
+        )
+
+
+def _splits_json(prepared: Prepared) -> dict[str, Any]:
+    cfg = prepared.resolved.config
+    return splits_record(
+        prepared.splits, prepared.dataset.ids, cfg.data.splits, cfg.run.seed, prepared.dataset.name
+    )
 
 
 def write_run_inputs(run_dir: Path, prepared: Prepared) -> None:
@@ -106,110 +208,202 @@ def write_run_inputs(run_dir: Path, prepared: Prepared) -> None:
     atomic_write_json(run_dir / "config_raw.json", resolved.raw)
     atomic_write_json(run_dir / "config_resolved.json", resolved.resolved)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved.resolved, sort_keys=False))
-    record = splits_record(
-        prepared.splits,
-        prepared.dataset.ids,
-        resolved.config.data.splits,
-        resolved.config.run.seed,
-        prepared.dataset.name,
-    )
-    atomic_write_json(run_dir / "splits.json", record)
+    atomic_write_json(run_dir / "splits.json", _splits_json(prepared))
 
 
-def loader(prepared: Prepared, rows: list[int], train: bool) -> DataLoader[Any]:
-    """A DataLoader over ``rows``: seeded epoch-wise shuffling for train, fixed order otherwise."""
+def make_loader(prepared: Prepared, rows: list[int], train: bool) -> DataLoader[Any]:
+    """A DataLoader with its own generator (the global RNG is never drawn from)."""
     cfg = prepared.resolved.config
-    subset = Subset(prepared.dataset, rows)
-    sampler = EpochSampler(list(range(len(rows))), cfg.run.seed) if train else None
     return DataLoader(
-        subset,
+        Subset(prepared.dataset, rows),
         batch_size=cfg.training.batch_size if train else cfg.training.eval_batch_size,
-        sampler=sampler,
+        sampler=EpochSampler(len(rows), cfg.run.seed) if train else None,
         num_workers=cfg.data.num_workers,
+        worker_init_fn=worker_init_fn,
+        generator=torch.Generator().manual_seed(cfg.run.seed),
+        pin_memory=prepared.device.type == "cuda",
     )
 
 
-def fit(run_dir: Path, prepared: Prepared) -> dict[str, Any]:
-    """Run the epochs, evaluating on val_select and checkpointing last and best."""
-    cfg = prepared.resolved.config
-    model, device, tasks = prepared.model, prepared.device, prepared.dataset.tasks
-    train_loader = loader(prepared, prepared.splits["train"], train=True)
-    select_loader = loader(prepared, prepared.splits["val_select"], train=False)
-    steps = len(train_loader)
-    if cfg.training.max_steps_per_epoch is not None:
-        steps = min(steps, cfg.training.max_steps_per_epoch)
-    optimizer = build_optimizer(model, cfg.training, cfg.optimizer)
-    scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.training.epochs, steps)
-    tracker = Tracker(run_dir, cfg.logging)
-    monitor, sign = monitor_to_key(cfg.training.monitor), (
-        1 if cfg.training.monitor_mode == "max" else -1
-    )
-    state, best, best_epoch, started = StepState(), -float("inf"), -1, time.perf_counter()
-    for epoch in range(cfg.training.epochs):
-        state.epoch = epoch
-        assert isinstance(train_loader.sampler, EpochSampler)
-        train_loader.sampler.set_epoch(epoch)
-        train_values = train_epoch(
+class Session:
+    """One training session: owns the loop state and writes logs and checkpoints."""
+
+    def __init__(self, run_dir: Path, prepared: Prepared, state: dict[str, Any] | None) -> None:
+        cfg = prepared.resolved.config
+        self.run_dir, self.prepared, self.cfg = run_dir, prepared, cfg
+        self.train_loader = make_loader(prepared, prepared.splits["train"], train=True)
+        self.select_loader = make_loader(prepared, prepared.splits["val_select"], train=False)
+        per_epoch = math.ceil(len(self.train_loader) / cfg.training.accumulate_steps)
+        self.steps_per_epoch = min(per_epoch, cfg.training.max_steps_per_epoch or per_epoch)
+        model = prepared.model
+        self.optimizer = build_optimizer(model, cfg.training, cfg.optimizer)
+        self.scheduler = build_scheduler(
+            self.optimizer, cfg.scheduler, cfg.training.epochs, self.steps_per_epoch
+        )
+        self.precision = Precision(cfg.training.precision, prepared.device)
+        self.ema = EMA(model, cfg.training.ema_decay) if cfg.training.ema_decay else None
+        self.early = EarlyStopping(
+            cfg.training.monitor_mode, cfg.training.patience, cfg.training.min_delta
+        )
+        self.stepper = Stepper(
             model,
-            train_loader,
-            optimizer,
-            scheduler,
-            tasks,
+            self.optimizer,
+            self.scheduler,
+            self.precision,
+            prepared.dataset.tasks,
             cfg.training.grad_clip,
-            cfg.training.max_steps_per_epoch,
-            device,
-            tracker,
-            state,
+            cfg.training.batch_size,
+            cfg.training.min_batch_size,
+            prepared.device,
+            self.ema,
         )
-        values = {
-            **train_values,
-            **split_metrics(predict(model, select_loader, device), tasks, "val_select"),
-        }
-        values["lr"] = float(scheduler.get_last_lr()[0])
-        tracker.log_epoch(epoch, state.step, values)
-        improved = sign * values[monitor] > best
-        if improved:
-            best, best_epoch = sign * values[monitor], epoch
-        checkpoint = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch,
-            "step": state.step,
-            "best_metric": sign * best,
-            "config_hash": prepared.resolved.hash,
-        }
-        save_checkpoint(run_dir / "checkpoints" / "last.pt", checkpoint)
-        if improved:
-            save_checkpoint(run_dir / "checkpoints" / "best.pt", checkpoint)
-        print(
-            f"epoch {epoch}: {monitor}={values[monitor]:.4f} loss/train={values['loss/train']:.4f}",
-            file=sys.stderr,
-        )
-    tracker.close()
-    wall = time.perf_counter() - started
-    return {
-        "final": {f"best/{monitor}": sign * best},
-        "training": {
-            "epochs": cfg.training.epochs,
-            "steps": state.step,
-            "best_epoch": best_epoch,
+        self.monitor = monitor_to_key(cfg.training.monitor)
+        self.epoch = self.position = self.epoch_step = self.step = 0
+        self.best_epoch, self.stopped_early, self.samples = -1, False, 0
+        self.top_k: list[dict[str, Any]] = []
+        if state is not None:
+            self._restore(state)
+        self.tracker = Tracker(run_dir, cfg.logging, start_step=self.step)
+        self.tracker.truncate_steps(self.step)
+
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are evaluated and saved as predictions: EMA when enabled."""
+        return self.ema.model if self.ema is not None else self.prepared.model
+
+    def run(self) -> dict[str, Any]:
+        """Train the remaining epochs; returns the training summary."""
+        started = time.perf_counter()
+        while self.epoch < self.cfg.training.epochs and not self.stopped_early:
+            self._train_epoch()
+            self._end_epoch()
+        self.tracker.close()
+        wall = max(time.perf_counter() - started, 1e-9)
+        return {
+            "final": {f"best/{self.monitor}": self.early.best_value},
+            "epochs": self.cfg.training.epochs,
+            "epochs_run": self.epoch,
+            "stopped_early": self.stopped_early,
+            "steps": self.step,
+            "best_epoch": self.best_epoch,
             "wall_time_s": round(wall, 3),
-            "samples_per_s": round(state.samples / wall, 1),
-        },
-    }
+            "samples_per_s": round(self.samples / wall, 1),
+            "model": self.prepared.model_info,
+            "oom_fallback": {
+                "events": self.stepper.events,
+                "final_micro_batch": self.stepper.micro,
+            },
+        }
+
+    def _train_epoch(self) -> None:
+        cfg = self.cfg.training
+        sampler = self.train_loader.sampler
+        assert isinstance(sampler, EpochSampler)
+        sampler.set_epoch(self.epoch, self.position)
+        assert self.train_loader.generator is not None
+        self.train_loader.generator.manual_seed(self.cfg.run.seed * 1_000_003 + self.epoch)
+        self.prepared.model.train()
+        batches = iter(self.train_loader)
+        total = self.steps_per_epoch - self.epoch_step
+        for _ in self.tracker.progress(range(total), total, f"epoch {self.epoch}"):
+            group = [b for _, b in zip(range(cfg.accumulate_steps), batches, strict=False)]
+            if not group:
+                break
+            started = time.perf_counter()
+            result = self.stepper.step(group, self.step)
+            self.step, self.epoch_step = self.step + 1, self.epoch_step + 1
+            self.position += result.samples
+            self.samples += result.samples
+            if self.tracker.should_log_step(self.step):
+                speed = result.samples / max(time.perf_counter() - started, 1e-9)
+                extra = {"lr": result.lr, "grad_norm": result.grad_norm, "samples_per_s": speed}
+                self.tracker.log_step(self.step, {**result.losses, **extra})
+            every = cfg.checkpoint_every_n_steps
+            if every and self.step % every == 0 and self.epoch_step < self.steps_per_epoch:
+                save_checkpoint(self.run_dir / "checkpoints" / "last.pt", self._state())
+
+    def _end_epoch(self) -> None:
+        preds = predict(
+            self.eval_model(), self.select_loader, self.prepared.device, self.precision.autocast
+        )
+        values = split_metrics(preds, self.prepared.dataset.tasks, "val_select")
+        values["lr"] = float(self.scheduler.get_last_lr()[-1])
+        improved = self.early.update(values[self.monitor])
+        self.tracker.log_epoch(self.epoch, self.step, values)
+        print(f"epoch {self.epoch}: {self.monitor}={values[self.monitor]:.4f}", file=sys.stderr)
+        finished = self.epoch
+        if improved:
+            self.best_epoch = finished
+        self.epoch, self.position, self.epoch_step = self.epoch + 1, 0, 0
+        self.stopped_early = self.early.should_stop
+        state = self._state()
+        self._keep_top_k(finished, values[self.monitor], state)
+        if improved:
+            save_checkpoint(self.run_dir / "checkpoints" / "best.pt", state)
+        save_checkpoint(self.run_dir / "checkpoints" / "last.pt", state)
+
+    def _keep_top_k(self, epoch: int, value: float, state: dict[str, Any]) -> None:
+        k = self.cfg.training.keep_top_k
+        if k < 2:
+            return
+        sign = self.early.sign
+        entry = {"epoch": epoch, "value": value, "path": f"checkpoints/top/epoch={epoch:04d}.pt"}
+        ranked = sorted([*self.top_k, entry], key=lambda e: (-sign * e["value"], e["epoch"]))
+        keep, drop = ranked[:k], ranked[k:]
+        if entry in keep:
+            save_checkpoint(self.run_dir / entry["path"], state)
+        for old in drop:
+            (self.run_dir / old["path"]).unlink(missing_ok=True)
+        self.top_k = keep
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.prepared.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.precision.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": self.epoch,
+            "position": self.position,
+            "epoch_step": self.epoch_step,
+            "step": self.step,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "early_stopping": self.early.state_dict(),
+            "rng": rng_state(),
+            "micro_batch": self.stepper.micro,
+            "oom_events": self.stepper.events,
+            "top_k": self.top_k,
+            "config_hash": self.prepared.resolved.hash,
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.prepared.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.epoch_step, self.step = int(state["epoch_step"]), int(state["step"])
+        self.best_epoch, self.stopped_early = int(state["best_epoch"]), bool(state["stopped_early"])
+        self.early.load_state_dict(state["early_stopping"])
+        self.stepper.micro, self.stepper.events = int(state["micro_batch"]), list(
+            state["oom_events"]
+        )
+        self.top_k = list(state["top_k"])
+        set_rng_state(state["rng"])
 
 
-def write_predictions(run_dir: Path, prepared: Prepared) -> dict[str, Any]:
+def write_predictions(run_dir: Path, prepared: Prepared, session: Session) -> dict[str, Any]:
     """Predictions of the best checkpoint on val_select, val_calib and val_test."""
-    best = torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
-    prepared.model.load_state_dict(best["model"])
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt", prepared.resolved.hash, force=True)
+    model = session.eval_model()
+    model.load_state_dict(best["ema"] if session.ema is not None else best["model"])
     metrics: dict[str, float] = {}
     paths = []
     for split in EVAL_SPLITS:
-        preds = predict(
-            prepared.model, loader(prepared, prepared.splits[split], False), prepared.device
-        )
+        loader = make_loader(prepared, prepared.splits[split], train=False)
+        preds = predict(model, loader, prepared.device, session.precision.autocast)
         metrics.update(split_metrics(preds, prepared.dataset.tasks, split))
         arrays = {"ids": preds["ids"], "tasks": np.asarray(sorted(preds["outputs"]))}
         for task in preds["outputs"]:
@@ -228,92 +422,3 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(handle, **arrays)  # type: ignore[arg-type]
 
     atomic_write_with(path, write)
-
-
-def build_manifest(
-    run_id: str,
-    run_dir: Path,
-    prepared: Prepared,
-    metrics: dict[str, float],
-    training: dict[str, Any],
-    outputs: dict[str, Any],
-) -> dict[str, Any]:
-    """Assemble manifest v1 for a finished run, with the sha256 of every artifact."""
-    cfg = prepared.resolved.config
-    dataset, lock = prepared.dataset, prepared.lock
-    split_json = json.loads((run_dir / "splits.json").read_text())
-    logs = sorted(
-        str(path.relative_to(run_dir)) for path in (run_dir / "logs").rglob("*") if path.is_file()
-    )
-    checkpoints = ["checkpoints/best.pt", "checkpoints/last.pt"]
-    artifacts = {
-        "metrics": ["metrics.json"],
-        "figures": [],
-        "plots": [],
-        "predictions": outputs["predictions"],
-        "logs": logs,
-        "splits": ["splits.json"],
-    }
-    configs = ["config.yaml", "config_raw.json", "config_resolved.json"]
-    every = sorted({*checkpoints, *configs, *(p for paths in artifacts.values() for p in paths)})
-    finished = utc_now()
-    runtime = runtime_info()
-    return {
-        "manifest_version": MANIFEST_VERSION,
-        "run_id": run_id,
-        "created_at": iso(finished),
-        "git": git_info(),
-        "python": runtime["python"],
-        "torch": runtime["torch"],
-        "cuda": runtime["cuda"],
-        "provenance": provenance(cfg.run.seed, cfg.run.determinism, str(prepared.device)),
-        "env_lock": (
-            None if lock is None else {"name": lock.name, "hash": lock.sha256, "kind": lock.kind}
-        ),
-        "environment": prepared.environment,
-        "dataset": {
-            "name": dataset.name,
-            "version": dataset.version,
-            "content_hash": dataset.content_hash,
-            "tasks": {name: spec.as_dict() for name, spec in dataset.tasks.items()},
-            "split": {
-                "path": "splits.json",
-                "seed": cfg.run.seed,
-                "fractions": cfg.data.splits.model_dump(),
-                "sizes": {name: len(prepared.splits[name]) for name in SPLITS},
-            },
-            "hashes": split_json["sha256"],
-        },
-        "encoder": {
-            "arch": cfg.model.backbone,
-            "dim": prepared.model.feature_dim,
-            "weights": cfg.model.weights_path,
-        },
-        "transforms": prepared.transforms,
-        "checkpoints": checkpoints,
-        "best_checkpoint": "checkpoints/best.pt",
-        "config_path": "config.yaml",
-        "config_raw_path": "config_raw.json",
-        "config_resolved_path": "config_resolved.json",
-        "config_hash": prepared.resolved.hash,
-        "artifacts": artifacts,
-        "metrics": metrics,
-        "sha256": hash_files(run_dir, every),
-        "stages": [
-            {
-                "name": "train",
-                "status": "complete",
-                "started_at": iso(prepared.started),
-                "finished_at": iso(finished),
-                "duration_s": round((finished - prepared.started).total_seconds(), 3),
-                "command": list(sys.argv),
-                "options": {
-                    "config": prepared.resolved.config_file,
-                    "sources": prepared.resolved.sources,
-                },
-                "outputs": every,
-                "summary": training,
-                "environment": prepared.environment,
-            }
-        ],
-    }

@@ -1,0 +1,181 @@
+"""User data on disk: ``imagefolder`` (one sub-folder per class) and ``csv`` (a table)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rigor.config.models import CsvConfig, DataConfig
+from rigor.data.registry import RawData, TaskSpec, register_dataset
+from rigor.data.transforms import resize
+from rigor.errors import UsageError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image file and where it was listed (for error messages)."""
+
+    path: Path
+    where: str
+
+
+def fingerprint(refs: Sequence[ImageRef], extra: str) -> str:
+    """sha256 over every image's bytes and the targets: the dataset's content hash."""
+    digest = hashlib.sha256(extra.encode())
+    for ref in refs:
+        try:
+            digest.update(ref.path.read_bytes())
+        except OSError as err:
+            raise UsageError(f"{ref.where}: cannot read image {ref.path}: {err.strerror}") from None
+    return digest.hexdigest()
+
+
+def decode_images(
+    refs: Sequence[ImageRef], size: tuple[int, int] | None, channels: int, version: str
+) -> np.ndarray:
+    """Decode, convert to grey or RGB, resize; (N, C, H, W) float32 in [0, 1]."""
+    from PIL import Image, UnidentifiedImageError
+
+    mode = "L" if channels == 1 else "RGB"
+    images = []
+    for ref in refs:
+        try:
+            with Image.open(ref.path) as image:
+                array = np.asarray(image.convert(mode), dtype=np.float32) / 255.0
+        except (UnidentifiedImageError, OSError) as err:
+            raise UsageError(f"{ref.where}: unreadable image {ref.path}: {err}") from None
+        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        if size is not None:
+            array = resize(array[None], size, version)[0]
+        elif images and array.shape != images[0].shape:
+            raise UsageError(
+                f"{ref.where}: image {ref.path} is {array.shape[1:]}, the first was "
+                f"{images[0].shape[1:]}; set data.transforms.image_size to resize"
+            )
+        images.append(array)
+    return np.stack(images).astype(np.float32)
+
+
+def _classes(values: pd.Series) -> tuple[np.ndarray, tuple[str, ...]]:
+    names = tuple(sorted(values.astype(str).unique()))
+    lookup = {name: index for index, name in enumerate(names)}
+    return values.astype(str).map(lookup).to_numpy(np.int64), names
+
+
+@register_dataset("imagefolder")
+def build_imagefolder(cfg: DataConfig) -> RawData:
+    """``root/<class>/<image>``: one classification task, ``label``; each file its own group."""
+    root = Path(cfg.root or "")
+    if not root.is_dir():
+        raise UsageError(f"data.root: folder not found: {root}")
+    refs, labels = [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                refs.append(ImageRef(path, f"data.root {root}: file {path.relative_to(root)}"))
+                labels.append(folder.name)
+    if not refs:
+        raise UsageError(f"data.root: no images under {root} (expected root/<class>/<image>)")
+    targets, classes = _classes(pd.Series(labels))
+    ids = [str(ref.path.relative_to(root)) for ref in refs]
+    spec = TaskSpec("label", "classification", len(classes), classes)
+    return RawData(
+        name="imagefolder",
+        version=f"imagefolder:{root.resolve()}",
+        offered={"label": spec},
+        targets={"label": targets},
+        ids=ids,
+        groups=ids,
+        fingerprint=fingerprint(refs, "\n".join(ids) + "\n" + "\n".join(labels)),
+        decode=lambda size, channels, version: decode_images(refs, size, channels, version),
+    )
+
+
+def _read_csv(csv: CsvConfig) -> pd.DataFrame:
+    path = Path(csv.path)
+    if not path.is_file():
+        raise UsageError(f"data.csv.path: file not found: {path}")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise UsageError(f"{path}: not a readable CSV: {err}") from None
+    wanted = {"data.csv.image_column": csv.image_column}
+    wanted |= {f"data.csv.targets.{task}.column": t.column for task, t in csv.targets.items()}
+    if csv.group_column:
+        wanted["data.csv.group_column"] = csv.group_column
+    if csv.id_column:
+        wanted["data.csv.id_column"] = csv.id_column
+    for field, column in wanted.items():
+        if column not in frame.columns:
+            raise UsageError(
+                f"{path}: no column {column!r} (named by {field}); has {list(frame.columns)}"
+            )
+    return frame
+
+
+def _csv_targets(
+    frame: pd.DataFrame, csv: CsvConfig
+) -> tuple[dict[str, np.ndarray], dict[str, TaskSpec]]:
+    targets, offered = {}, {}
+    for task, target in csv.targets.items():
+        column = frame[target.column]
+        missing = column.isna().to_numpy().nonzero()[0]
+        if len(missing):
+            raise UsageError(
+                f"{csv.path}: row {missing[0] + 2}: empty value in column {target.column!r}"
+            )
+        if target.kind == "classification":
+            targets[task], classes = _classes(column)
+            offered[task] = TaskSpec(task, "classification", len(classes), classes)
+        else:
+            numbers = pd.to_numeric(column, errors="coerce")
+            bad = numbers.isna().to_numpy().nonzero()[0]
+            if len(bad):
+                raise UsageError(
+                    f"{csv.path}: row {bad[0] + 2}: column {target.column!r} value "
+                    f"{column.iloc[bad[0]]!r} is not a number (task {task} is regression)"
+                )
+            targets[task] = numbers.to_numpy(np.float32)
+            offered[task] = TaskSpec(task, "regression")
+    return targets, offered
+
+
+@register_dataset("csv")
+def build_csv(cfg: DataConfig) -> RawData:
+    """A CSV of image paths (relative to the CSV's folder), target columns and optional groups."""
+    assert cfg.csv is not None  # the config model requires it for name: csv
+    csv = cfg.csv
+    frame = _read_csv(csv)
+    base = Path(csv.path).parent
+    refs = []
+    for row, value in enumerate(frame[csv.image_column].astype(str), start=2):
+        path = base / value
+        if not path.is_file():
+            raise UsageError(f"{csv.path}: row {row}: image not found: {path}")
+        refs.append(ImageRef(path, f"{csv.path}: row {row}"))
+    targets, offered = _csv_targets(frame, csv)
+    ids = (
+        frame[csv.id_column].astype(str).tolist()
+        if csv.id_column
+        else [f"row{r}" for r in range(2, len(frame) + 2)]
+    )
+    if len(set(ids)) != len(ids):
+        raise UsageError(f"{csv.path}: column {csv.id_column!r} has duplicate ids")
+    groups = frame[csv.group_column].astype(str).tolist() if csv.group_column else ids
+    return RawData(
+        name="csv",
+        version=f"csv:{Path(csv.path).resolve()}",
+        offered=offered,
+        targets=targets,
+        ids=ids,
+        groups=groups,
+        fingerprint=fingerprint(refs, frame.to_csv(index=False)),
+        decode=lambda size, channels, version: decode_images(refs, size, channels, version),
+    )

@@ -35,7 +35,8 @@ def cache_key(raw: RawData, cfg: DataConfig) -> str:
 
 def materialize(raw: RawData, cfg: DataConfig, cache_root: Path | None) -> tuple[np.ndarray, str]:
     """Decoded inputs and a status for the log: ``hit <key>``, ``miss <key>`` or ``off``."""
-    size = tuple(cfg.transforms.image_size) if cfg.transforms.image_size else None
+    given = cfg.transforms.image_size
+    size = (given[0], given[1]) if given else None
     decode = lambda: raw.decode(size, cfg.channels, cfg.transforms.version)  # noqa: E731
     if cache_root is None:
         return decode(), "off"

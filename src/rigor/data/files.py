@@ -44,7 +44,7 @@ def decode_images(
     from PIL import Image, UnidentifiedImageError
 
     mode = "L" if channels == 1 else "RGB"
-    images = []
+    images: list[np.ndarray] = []
     for ref in refs:
         try:
             with Image.open(ref.path) as image:

@@ -56,7 +56,10 @@ class RawData:
 
 
 class DatasetSource(Dataset[dict[str, Any]]):
-    """An in-memory dataset; items are dicts ``{"input", "targets": {task: value}, "id", "group"}``."""
+    """An in-memory dataset.
+
+    Items are dicts ``{"input", "targets": {task: value}, "id", "group"}``.
+    """
 
     def __init__(self, raw: RawData, inputs: np.ndarray, tasks: list[str]) -> None:
         unknown = [task for task in tasks if task not in raw.offered]

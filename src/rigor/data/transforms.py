@@ -15,7 +15,7 @@ def _functional(version: str) -> Any:
     if version == "v2":
         from torchvision.transforms.v2 import functional
     else:
-        from torchvision.transforms import functional  # type: ignore[no-redef]
+        from torchvision.transforms import functional
     return functional
 
 

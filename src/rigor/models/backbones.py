@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,11 +49,11 @@ class TorchvisionBackbone(nn.Module):
         """Features of shape (N, dim)."""
         if self.grey:
             inputs = inputs.expand(-1, 3, -1, -1)
-        return self.net(inputs)  # type: ignore[no-any-return]
+        return self.net(inputs)
 
 
 def _torchvision(
-    name: str, strip: Callable[[nn.Module], int]
+    name: str, strip: Callable[[Any], int]
 ) -> Callable[[ModelConfig, InputShape], tuple[nn.Module, int]]:
     def build(cfg: ModelConfig, shape: InputShape) -> tuple[nn.Module, int]:
         import torchvision
@@ -67,19 +68,19 @@ def _torchvision(
     return build
 
 
-def _strip_fc(model: nn.Module) -> int:
+def _strip_fc(model: Any) -> int:
     dim = int(model.fc.in_features)
     model.fc = nn.Identity()
     return dim
 
 
-def _strip_convnext(model: nn.Module) -> int:
+def _strip_convnext(model: Any) -> int:
     dim = int(model.classifier[2].in_features)
     model.classifier[2] = nn.Identity()
     return dim
 
 
-def _strip_vit(model: nn.Module) -> int:
+def _strip_vit(model: Any) -> int:
     dim = int(model.hidden_dim)
     model.heads = nn.Identity()
     return dim

@@ -101,8 +101,8 @@ def load_weights(module: nn.Module, path: Path) -> None:
 
         state = load_file(str(path))
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("model", state) if isinstance(state, dict) else state
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        state = loaded.get("model", loaded) if isinstance(loaded, dict) else loaded
     target = getattr(module, "net", module)
     missing, unexpected = target.load_state_dict(state, strict=False)
     dropped = [key for key in unexpected if key.startswith(_DROPPED_HEADS)]

@@ -22,6 +22,7 @@ REQUIRED_KEYS = (
     "position",
     "epoch_step",
     "step",
+    "best_metric",
     "early_stopping",
     "rng",
     "micro_batch",
@@ -33,7 +34,7 @@ REQUIRED_KEYS = (
 def rng_state() -> dict[str, Any]:
     """Python, numpy, torch and CUDA generator states, as tensors and plain types only."""
     version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     return {
         "python": {
             "version": version,

@@ -199,7 +199,7 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     def order(self) -> list[int]:
         """The full order of the current epoch."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.size, generator=generator).tolist()  # type: ignore[no-any-return]
+        return torch.randperm(self.size, generator=generator).tolist()
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order()[self.start :])

@@ -346,7 +346,11 @@ class Session:
         if k < 2:
             return
         sign = self.early.sign
-        entry = {"epoch": epoch, "value": value, "path": f"checkpoints/top/epoch={epoch:04d}.pt"}
+        entry: dict[str, Any] = {
+            "epoch": epoch,
+            "value": value,
+            "path": f"checkpoints/top/epoch={epoch:04d}.pt",
+        }
         ranked = sorted([*self.top_k, entry], key=lambda e: (-sign * e["value"], e["epoch"]))
         keep, drop = ranked[:k], ranked[k:]
         if entry in keep:
@@ -368,6 +372,7 @@ class Session:
             "step": self.step,
             "best_epoch": self.best_epoch,
             "stopped_early": self.stopped_early,
+            "best_metric": self.early.best_value,
             "early_stopping": self.early.state_dict(),
             "rng": rng_state(),
             "micro_batch": self.stepper.micro,

@@ -72,7 +72,7 @@ class DatasetSource(Dataset[dict[str, Any]]):
         self.version = raw.version
         self.content_hash = raw.fingerprint
         self.inputs = torch.from_numpy(inputs)
-        self.targets = {task: torch.as_tensor(raw.targets[task]) for task in tasks}
+        self.targets = {task: torch.tensor(raw.targets[task]) for task in tasks}
         self.ids = raw.ids
         self.groups = raw.groups
         self.tasks = {task: raw.offered[task] for task in tasks}

@@ -104,7 +104,13 @@ def load_weights(module: nn.Module, path: Path) -> None:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
         state = loaded.get("model", loaded) if isinstance(loaded, dict) else loaded
     target = getattr(module, "net", module)
-    missing, unexpected = target.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = target.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches raise even with strict=False
+        first = str(err).strip().splitlines()[-1].strip()
+        raise ArtifactError(
+            f"model.weights_path {path}: keys do not match the backbone ({first})"
+        ) from None
     dropped = [key for key in unexpected if key.startswith(_DROPPED_HEADS)]
     unexpected = [key for key in unexpected if key not in dropped]
     if dropped:

@@ -3,6 +3,7 @@ prediction, and split metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -131,6 +132,25 @@ class Stepper:
         self.micro //= 2
 
 
+def forward_chunked(
+    model: nn.Module, inputs: torch.Tensor, limit: list[int]
+) -> dict[str, torch.Tensor]:
+    """Forward in chunks of ``limit[0]`` samples, halving it on out-of-memory (eval only:
+    the outputs do not depend on the chunk size)."""
+    while True:
+        size = min(limit[0], len(inputs))
+        try:
+            parts = [model(inputs[i : i + size]) for i in range(0, len(inputs), size)]
+            return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            if inputs.is_cuda:
+                torch.cuda.empty_cache()
+            limit[0] = max(1, size // 2)
+            print(f"out of memory in evaluation: chunks of {limit[0]}", file=sys.stderr)
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -143,12 +163,11 @@ def predict(
     outputs: dict[str, list[np.ndarray]] = {}
     targets: dict[str, list[np.ndarray]] = {}
     ids: list[str] = []
+    limit = [loader.batch_size or 1]
     for batch in loader:
-        if autocast is None:
-            result = model(batch["input"].to(device))
-        else:
-            with autocast():
-                result = model(batch["input"].to(device))
+        inputs = batch["input"].to(device)
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            result = forward_chunked(model, inputs, limit)
         for name, value in result.items():
             outputs.setdefault(name, []).append(value.float().cpu().numpy())
         for name, value in batch["targets"].items():

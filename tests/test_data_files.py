@@ -1,0 +1,191 @@
+"""imagefolder and csv datasets, their error messages, transforms and the preprocessing cache."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SMOKE
+from PIL import Image
+
+from rigor.config import load_config
+from rigor.data.registry import build_dataset
+from rigor.errors import UsageError
+
+
+def make_images(root: Path, classes: dict[str, int], size: int = 12, seed: int = 0) -> list[Path]:
+    """Generated PNGs: class k images are bright in column band k (learnable, known)."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index, (name, count) in enumerate(sorted(classes.items())):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for item in range(count):
+            pixels = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
+            pixels[:, index * 3 : index * 3 + 3] = 250
+            path = root / name / f"{item:03d}.png"
+            Image.fromarray(pixels).save(path)
+            paths.append(path)
+    return paths
+
+
+def data_cfg(*sets: str):  # type: ignore[no-untyped-def]
+    return load_config(SMOKE, sets=list(sets), environ={}).config.data
+
+
+def test_imagefolder_items_and_task_spec(tmp_path: Path) -> None:
+    make_images(tmp_path / "imgs", {"cat": 5, "dog": 7})
+    cfg = data_cfg(
+        "data.name=imagefolder",
+        f"data.root={tmp_path / 'imgs'}",
+        "data.tasks=[label]",
+        "data.channels=3",
+    )
+    dataset = build_dataset(cfg, tmp_path / "cache")
+    assert len(dataset) == 12 and dataset.inputs.shape == (12, 3, 12, 12)
+    assert (
+        dataset.tasks["label"].classes == ("cat", "dog") and dataset.tasks["label"].num_classes == 2
+    )
+    item = dataset[6]
+    assert set(item) == {"input", "targets", "id", "group"}
+    assert item["id"] == "dog/001.png" and int(item["targets"]["label"]) == 1
+    assert float(item["input"].max()) == pytest.approx(250 / 255)
+
+
+def test_csv_with_groups_regression_and_resize(tmp_path: Path) -> None:
+    paths = make_images(tmp_path / "tiles", {"a": 6, "b": 6}, size=10)
+    rows = ["path,patient,score,tissue"]
+    rows += [
+        f"{p.relative_to(tmp_path)},P{i % 4},{i * 0.5},{'tumour' if i % 2 else 'normal'}"
+        for i, p in enumerate(paths)
+    ]
+    (tmp_path / "table.csv").write_text("\n".join(rows) + "\n")
+    targets = (
+        "{score: {column: score, kind: regression}, tissue: {column: tissue, kind: classification}}"
+    )
+    cfg = data_cfg(
+        "data.name=csv",
+        f"data.csv={{path: {tmp_path / 'table.csv'}, image_column: path, group_column: patient, "
+        f"id_column: null, targets: {targets}}}",
+        "data.tasks=[score, tissue]",
+        "data.channels=1",
+        "data.transforms.image_size=[16, 16]",
+    )
+    dataset = build_dataset(cfg, None)
+    assert dataset.inputs.shape == (12, 1, 16, 16)
+    assert dataset.groups[:5] == ["P0", "P1", "P2", "P3", "P0"] and dataset.ids[0] == "row2"
+    assert dataset.tasks["score"].kind == "regression" and float(dataset.targets["score"][3]) == 1.5
+    assert dataset.tasks["tissue"].classes == ("normal", "tumour")
+
+
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        ("missing_root", "data.root: folder not found"),
+        ("unreadable", "file dog/000.png: unreadable image"),
+        ("empty", "no images under"),
+    ],
+)
+def test_imagefolder_errors(tmp_path: Path, breakage: str, expected: str) -> None:
+    root = tmp_path / "imgs"
+    if breakage != "missing_root":
+        make_images(root, {"cat": 2, "dog": 2})
+    if breakage == "unreadable":
+        (root / "dog" / "000.png").write_bytes(b"not a png at all")
+    if breakage == "empty":
+        for path in root.rglob("*.png"):
+            path.unlink()
+    cfg = data_cfg("data.name=imagefolder", f"data.root={root}", "data.tasks=[label]")
+    with pytest.raises(UsageError, match=expected):
+        build_dataset(cfg, None)
+
+
+@pytest.mark.parametrize(
+    "table, expected",
+    [
+        (
+            "path,label\nimgs/cat/000.png,cat\nimgs/cat/404.png,cat\n",
+            r"row 3: image not found: .*404.png",
+        ),
+        (
+            "file,label\nimgs/cat/000.png,cat\n",
+            r"no column 'path' \(named by data.csv.image_column\)",
+        ),
+        (
+            "path,klass\nimgs/cat/000.png,cat\n",
+            r"no column 'label' \(named by data.csv.targets.label.column\)",
+        ),
+        ("path,label\nimgs/cat/000.png,\n", r"row 2: empty value in column 'label'"),
+    ],
+)
+def test_csv_errors_name_file_row_and_column(tmp_path: Path, table: str, expected: str) -> None:
+    make_images(tmp_path / "imgs", {"cat": 1})
+    (tmp_path / "t.csv").write_text(table)
+    cfg = data_cfg(
+        "data.name=csv",
+        f"data.csv={{path: {tmp_path / 't.csv'}, image_column: path, group_column: null, "
+        "id_column: null, targets: {label: {column: label, kind: classification}}}",
+        "data.tasks=[label]",
+    )
+    with pytest.raises(UsageError, match=expected):
+        build_dataset(cfg, None)
+
+
+def test_unreadable_image_via_cli_exits_2(tmp_path: Path, run_script: Callable[..., int]) -> None:
+    make_images(tmp_path / "imgs", {"cat": 2})
+    (tmp_path / "imgs" / "cat" / "001.png").write_bytes(b"\x89PNG broken")
+    code = run_script(
+        "train",
+        "--config",
+        str(SMOKE),
+        "--env-policy",
+        "ignore",
+        "--set",
+        f"run.output_root={tmp_path / 'out'}",
+        "--set",
+        "data.name=imagefolder",
+        "--set",
+        f"data.root={tmp_path / 'imgs'}",
+        "--set",
+        "data.tasks=[label]",
+    )
+    assert code == 2
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_cache_misses_then_hits_and_changes_with_content(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = make_images(tmp_path / "imgs", {"cat": 3, "dog": 3})
+    cfg = data_cfg("data.name=imagefolder", f"data.root={tmp_path / 'imgs'}", "data.tasks=[label]")
+    first = build_dataset(cfg, tmp_path / "cache")
+    assert "preprocessing cache miss" in capsys.readouterr().err
+    second = build_dataset(cfg, tmp_path / "cache")
+    assert "preprocessing cache hit" in capsys.readouterr().err
+    assert np.array_equal(first.inputs.numpy(), second.inputs.numpy())
+    Image.fromarray(np.zeros((12, 12, 3), dtype=np.uint8)).save(paths[0])
+    build_dataset(cfg, tmp_path / "cache")
+    assert "preprocessing cache miss" in capsys.readouterr().err  # content changed: new key
+    resized = data_cfg(
+        "data.name=imagefolder",
+        f"data.root={tmp_path / 'imgs'}",
+        "data.tasks=[label]",
+        "data.transforms.image_size=[8, 8]",
+    )
+    build_dataset(resized, tmp_path / "cache")
+    assert "preprocessing cache miss" in capsys.readouterr().err  # transform changed: new key
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 3
+
+
+def test_v1_and_v2_transforms_agree(tmp_path: Path) -> None:
+    from rigor.data.transforms import build_transform, resize
+
+    images = np.random.default_rng(0).random((2, 3, 20, 20), dtype=np.float32)
+    assert np.allclose(resize(images, (8, 8), "v1"), resize(images, (8, 8), "v2"), atol=1e-6)
+    cfg = data_cfg("data.transforms.version=v2").transforms
+    v2 = build_transform(cfg, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    import torch
+
+    assert v2 is not None
+    assert torch.allclose(v2(torch.ones(3, 2, 2)), torch.full((3, 2, 2), 2.0))

@@ -1,0 +1,253 @@
+"""Training policy: losses, parameter groups, accumulation, OOM fallback, EMA, early stopping,
+top-k checkpoints, checkpoint errors, statistics and TensorBoard logs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMOKE
+from torch import nn
+
+from rigor.config import load_config
+from rigor.data.registry import TaskSpec
+from rigor.errors import ArtifactError, ConfigError, UsageError
+from rigor.models.registry import RigorModel, register_backbone
+from rigor.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rigor.training.loop import OutOfMemoryFloor, Stepper, task_loss
+from rigor.training.policy import EMA, EarlyStopping, Precision, build_scheduler, param_groups
+from rigor.training.run import train
+
+CLS = TaskSpec("digit", "classification", 3)
+
+
+def smoke(tmp_path: Path, *sets: str) -> Path:
+    resolved = load_config(SMOKE, sets=[f"run.output_root={tmp_path}", *sets], environ={})
+    return train(resolved, env_policy="ignore")
+
+
+def test_losses_on_known_inputs() -> None:
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
+    assert task_loss(
+        logits, torch.tensor([0, 0]), TaskSpec("t", "classification", 2)
+    ).item() == pytest.approx((math.log(2) + math.log(4 / 3)) / 2)
+    reg = TaskSpec("r", "regression")
+    assert task_loss(
+        torch.tensor([1.0, 3.0]), torch.tensor([0.0, 0.0]), reg
+    ).item() == pytest.approx(5.0)
+
+
+def linear_model() -> RigorModel:
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.LayerNorm(8))
+    return RigorModel(backbone, nn.ModuleDict({"digit": nn.Linear(8, 3)}), 8, "linear")
+
+
+def test_param_groups_split_backbone_heads_and_decay() -> None:
+    groups = {
+        g["name"]: g
+        for g in param_groups(linear_model(), lr=0.1, backbone_scale=0.5, weight_decay=0.01)
+    }
+    assert set(groups) == {"backbone/decay", "backbone/no_decay", "heads/decay", "heads/no_decay"}
+    assert groups["backbone/decay"]["lr"] == 0.05 and groups["heads/decay"]["lr"] == 0.1
+    assert (
+        groups["heads/no_decay"]["weight_decay"] == 0.0
+        and groups["backbone/decay"]["weight_decay"] == 0.01
+    )
+    assert [p.shape for p in groups["backbone/no_decay"]["params"]] == [
+        (8,),
+        (8,),
+        (8,),
+    ]  # bias, LN w, LN b
+
+
+def grads_after_step(batches: list[dict], micro: int) -> dict[str, torch.Tensor]:
+    model = linear_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    stepper = Stepper(
+        model,
+        opt,
+        build_scheduler(opt, load_config(SMOKE, environ={}).config.scheduler, 1, 1),
+        Precision("fp32", torch.device("cpu")),
+        {"digit": CLS},
+        None,
+        micro,
+        1,
+        torch.device("cpu"),
+    )
+    stepper.step(batches, 0)
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def test_accumulation_and_micro_batches_give_the_full_batch_gradient() -> None:
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(12, 1, 4, 4, generator=gen), torch.randint(0, 3, (12,), generator=gen)
+    whole = grads_after_step([{"input": x, "targets": {"digit": y}}], micro=12)
+    split = [
+        {"input": x[:8], "targets": {"digit": y[:8]}},
+        {"input": x[8:], "targets": {"digit": y[8:]}},
+    ]
+    for micro in (12, 3, 2):
+        got = grads_after_step(split, micro=micro)
+        assert all(torch.allclose(got[k], whole[k], atol=1e-6) for k in whole), micro
+
+
+class OOMProbe(nn.Module):
+    """Raises CUDA's out-of-memory error for batches above ``limit``, like a too-large batch."""
+
+    limit = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 16))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if inputs.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (probe: batch {inputs.shape[0]})")
+        return self.body(inputs)  # type: ignore[no-any-return]
+
+
+@register_backbone("oom_probe")
+def _oom_probe(cfg, shape):  # type: ignore[no-untyped-def]
+    return OOMProbe(), 16
+
+
+def test_oom_halves_the_batch_keeps_the_effective_batch_and_records_it(tmp_path: Path) -> None:
+    manifest = json.loads(
+        smoke(tmp_path, "model.backbone=oom_probe", "training.min_batch_size=4").read_text()
+    )
+    summary = manifest["stages"][0]["summary"]
+    assert summary["oom_fallback"]["events"][:2] == [
+        {"step": 0, "from": 32, "to": 16},
+        {"step": 0, "from": 16, "to": 8},
+    ]
+    assert (
+        len(summary["oom_fallback"]["events"]) == 2
+        and summary["oom_fallback"]["final_micro_batch"] == 8
+    )
+    assert summary["steps"] == 10  # every optimizer step still happened, on the full batch of 32
+
+
+def test_oom_below_the_floor_fails_clearly(tmp_path: Path) -> None:
+    with pytest.raises(OutOfMemoryFloor, match="below training.min_batch_size=16"):
+        smoke(tmp_path, "model.backbone=oom_probe", "training.min_batch_size=16")
+    assert not list(tmp_path.glob("runs/*/manifest.json"))
+
+
+def test_ema_is_the_moving_average() -> None:
+    model = nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema = EMA(model, decay=0.75)
+    with torch.no_grad():
+        model.weight.fill_(5.0)
+    ema.update(model)
+    assert torch.allclose(ema.model.weight, torch.full((1, 2), 2.0))  # 0.75 * 1 + 0.25 * 5
+
+
+def test_early_stopping_counts_patience() -> None:
+    stop = EarlyStopping("min", patience=2, min_delta=0.1)
+    assert [stop.update(v) for v in (1.0, 0.95, 0.5, 0.45)] == [True, False, True, False]
+    assert not stop.should_stop
+    stop.update(0.44)
+    assert stop.should_stop and stop.best_value == 0.5
+
+
+def test_training_stops_early_and_says_so(tmp_path: Path) -> None:
+    manifest = json.loads(
+        smoke(
+            tmp_path, "training.epochs=5", "training.patience=1", "training.min_delta=1.0"
+        ).read_text()
+    )
+    summary = manifest["stages"][0]["summary"]
+    assert (
+        summary["stopped_early"] is True
+        and summary["epochs_run"] == 2
+        and summary["best_epoch"] == 0
+    )
+
+
+def test_keep_top_k_keeps_the_k_best_epochs(tmp_path: Path) -> None:
+    path = smoke(
+        tmp_path,
+        "training.epochs=4",
+        "training.keep_top_k=2",
+        "training.monitor=val_select/loss",
+        "training.monitor_mode=min",
+    )
+    with open(path.parent / "logs" / "epochs.csv") as handle:
+        losses = {int(r["epoch"]): float(r["loss/val_select"]) for r in csv.DictReader(handle)}
+    best_two = sorted(losses, key=losses.get)[:2]  # type: ignore[arg-type]
+    kept = sorted(p.name for p in (path.parent / "checkpoints" / "top").iterdir())
+    assert kept == sorted(f"epoch={e:04d}.pt" for e in best_two)
+    manifest = json.loads(path.read_text())
+    assert {f"checkpoints/top/{k}" for k in kept} <= set(manifest["checkpoints"])
+
+
+def test_checkpoint_errors(tmp_path: Path, smoke_manifest: Path) -> None:
+    best = smoke_manifest.parent / "checkpoints" / "best.pt"
+    state = load_checkpoint(best)
+    with pytest.raises(ArtifactError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "none.pt")
+    partial = {k: v for k, v in state.items() if k not in ("rng", "scaler")}
+    save_checkpoint(tmp_path / "partial.pt", partial)
+    with pytest.raises(ArtifactError, match="lacks key\\(s\\): scaler, rng"):
+        load_checkpoint(tmp_path / "partial.pt")
+    with pytest.raises(UsageError, match="pass --force"):
+        load_checkpoint(best, config_hash="0" * 64)
+    assert load_checkpoint(best, config_hash="0" * 64, force=True)["step"] == state["step"]
+    torch.save({"model": EarlyStopping("max", None, 0.0)}, tmp_path / "pickled.pt")
+    with pytest.raises(ArtifactError, match="cannot be read safely"):
+        load_checkpoint(tmp_path / "pickled.pt")
+
+
+def test_rng_state_round_trips() -> None:
+    import random
+
+    state = rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_statistics_recorded_train_split_or_preset(tmp_path: Path, smoke_manifest: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    run = smoke_manifest.parent
+    manifest = json.loads(smoke_manifest.read_text())
+    splits = json.loads((run / "splits.json").read_text())["splits"]["train"]
+    images = load_digits().images / 16.0
+    train_pixels = images[[int(i.split("-")[1]) for i in splits]]
+    assert manifest["transforms"]["mean"] == pytest.approx([train_pixels.mean()], abs=1e-6)
+    assert manifest["transforms"]["std"] == pytest.approx([train_pixels.std(ddof=1)], abs=1e-6)
+    with pytest.raises(ConfigError, match="no preset statistics"):
+        smoke(tmp_path, "data.transforms.stats=preset")
+
+
+def test_tensorboard_has_the_scalars(smoke_manifest: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(smoke_manifest.parent / "logs" / "tb")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {
+        "loss/train",
+        "loss/digit/train",
+        "lr",
+        "grad_norm",
+        "samples_per_s",
+        "acc/val_select",
+    } <= tags
+    assert [e.step for e in events.Scalars("acc/val_select")] == [5, 10]
+
+
+def test_progress_bars_off_in_ci_and_pipes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rigor.tracking import progress_enabled
+
+    monkeypatch.setenv("CI", "true")
+    assert progress_enabled("auto") is False and progress_enabled("always") is True
+    assert progress_enabled("never") is False

@@ -203,11 +203,14 @@ def test_every_shipped_experiment_composes_and_validates() -> None:
 
 
 def section_schema(schema: dict, section: str) -> dict:
-    """The schema of one config section with nothing required: a group file is partial."""
-    defs = copy.deepcopy(schema["$defs"])
+    """The schema of one config section with nothing required at any depth: a group file
+    is partial (unknown keys and wrong types are still errors)."""
+    defs = {
+        name: {k: v for k, v in d.items() if k != "required"}
+        for name, d in copy.deepcopy(schema["$defs"]).items()
+    }
     name = schema["properties"][section]["$ref"].split("/")[-1]
-    body = {key: value for key, value in defs[name].items() if key != "required"}
-    return {"$schema": schema["$schema"], "$defs": defs, **body}
+    return {"$schema": schema["$schema"], "$defs": defs, **defs[name]}
 
 
 def test_every_yaml_under_configs_validates_against_the_schema() -> None:

@@ -1,0 +1,34 @@
+"""Every shipped experiment runs, shrunk to a few steps, and writes a valid manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import CONFIGS
+from rigor.config import load_config
+from rigor.manifest import load_manifest, verify_manifest
+from rigor.training.run import train
+
+EXPERIMENTS = sorted((CONFIGS / "experiment").glob("*.yaml"))
+SHRINK = [
+    "training.epochs=1",
+    "training.max_steps_per_epoch=2",
+    "scheduler.warmup_epochs=0",
+    "logging.tensorboard=false",
+]
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_experiment_runs_shrunk(path: Path, tmp_path: Path) -> None:
+    resolved = load_config(path, sets=[*SHRINK, f"run.output_root={tmp_path}"], environ={})
+    manifest_path = train(resolved, env_policy="ignore")
+    manifest = load_manifest(manifest_path)
+    verify_manifest(manifest, manifest_path.parent)
+    assert manifest["encoder"]["arch"] == resolved.config.model.backbone
+    assert manifest["stages"][0]["summary"]["steps"] == 2
+    resolved_json = json.loads((manifest_path.parent / "config_resolved.json").read_text())
+    assert resolved_json["run"]["name"] == path.stem

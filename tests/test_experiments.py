@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import CONFIGS
+
 from rigor.config import load_config
 from rigor.manifest import load_manifest, verify_manifest
 from rigor.training.run import train

@@ -1,0 +1,1 @@
+"""Post-hoc calibration: temperature scaling and selective threshold policies."""

@@ -1,0 +1,1 @@
+"""Metrics (selective, calibration, classification, regression), bootstrap CIs, reports."""

@@ -1,0 +1,146 @@
+"""Prepared inputs for the compiled metric kernels, shared by point estimates and bootstrap.
+
+Samples are sorted once by the selective confidence (ties grouped); calibration quantities
+are laid out in the same order. :meth:`MetricEngine.run` takes draws (B, d) of sample
+indices: the point estimate is the single draw 0..n-1, a bootstrap resample is a row of n
+indices drawn with replacement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rigor.evaluation import _kernels
+
+PROB_FLOOR = 1e-12
+CALIBRATION = ("ece", "adaptive_ece", "nll", "brier", "accuracy")
+
+
+def bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+    """Equal-width bin of each confidence: (k/B, (k+1)/B], with 0 in the first bin."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.clip(np.searchsorted(edges[1:-1], confidence, side="left"), 0, n_bins - 1)
+
+
+def check_probs(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate (n, K) probabilities and (n,) integer labels."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.int64).ravel()
+    if probs.ndim != 2 or len(probs) != len(labels) or len(labels) == 0:
+        raise ValueError("probs must be (n, K) and labels (n,), n > 0")
+    if labels.min() < 0 or labels.max() >= probs.shape[1]:
+        raise ValueError(f"labels must lie in [0, {probs.shape[1] - 1}]")
+    if not np.isfinite(probs).all():
+        raise ValueError("probs has NaN or infinite values")
+    return probs, labels
+
+
+@dataclass(frozen=True)
+class MetricEngine:
+    """Everything the kernels need, in confidence order."""
+
+    position: np.ndarray
+    errors: np.ndarray
+    starts: np.ndarray
+    coverages: np.ndarray
+    risks: np.ndarray
+    calib: tuple[np.ndarray, ...] | None
+    n_bins: int
+
+    @classmethod
+    def build(
+        cls,
+        confidence: np.ndarray | None,
+        correct: np.ndarray | None = None,
+        probs: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        coverages: Sequence[float] = (),
+        risks: Sequence[float] = (),
+        n_bins: int = 15,
+    ) -> MetricEngine:
+        """Prepare selective inputs (confidence, correct), calibration inputs (probs, labels),
+        or both; with probs and no confidence, the confidence is the top-label probability."""
+        calib_parts = None
+        if probs is not None and labels is not None:
+            probs, labels = check_probs(probs, labels)
+            top = probs.max(axis=1)
+            hit = (probs.argmax(axis=1) == labels).astype(np.float64)
+            if confidence is None:
+                confidence, correct = top, hit
+            picked = probs[np.arange(len(labels)), labels]
+            calib_parts = (
+                bin_index(top, n_bins),
+                hit - top,
+                -np.log(np.clip(picked, PROB_FLOOR, 1.0)),
+                (probs**2).sum(axis=1) - 2 * picked + 1,
+                hit,
+                top,
+            )
+        if confidence is None or correct is None:
+            raise ValueError("give confidence and correct, or probs and labels")
+        confidence = np.asarray(confidence, dtype=np.float64).ravel()
+        correct = np.asarray(correct).astype(bool).ravel()
+        if confidence.shape != correct.shape or confidence.size == 0:
+            raise ValueError("confidence and correct must be non-empty and of equal length")
+        if not np.isfinite(confidence).all():
+            raise ValueError("confidence has NaN or infinite values")
+        order = np.argsort(confidence, kind="stable")
+        ranked = confidence[order]
+        starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]]).astype(np.int64)
+        position = np.empty(len(order), dtype=np.int64)
+        position[order] = np.arange(len(order))
+        calib = None
+        if calib_parts is not None:
+            bins, gap, nll, brier, hit, top = (np.asarray(part)[order] for part in calib_parts)
+            conf_order = np.argsort(top, kind="stable").astype(np.int64)
+            calib = (bins.astype(np.int64), gap, nll, brier, hit, conf_order)
+        return cls(
+            position=position,
+            errors=(~correct[order]).astype(np.float64),
+            starts=starts,
+            coverages=np.asarray(coverages, dtype=np.float64),
+            risks=np.asarray(risks, dtype=np.float64),
+            calib=calib,
+            n_bins=n_bins,
+        )
+
+    @property
+    def n(self) -> int:
+        """Number of samples."""
+        return len(self.position)
+
+    @property
+    def names(self) -> list[str]:
+        """Column names of :meth:`run`."""
+        names = ["aurc", "augrc"]
+        names += [f"risk@{c:g}" for c in self.coverages]
+        names += [f"coverage@{r:g}" for r in self.risks]
+        return names + (list(CALIBRATION) if self.calib is not None else [])
+
+    def run(self, draws: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Every statistic per row of ``draws`` (default: the whole sample once)."""
+        if draws is None:
+            draws = np.arange(self.n, dtype=np.int64)[None]
+        calib: tuple[np.ndarray, ...]
+        if self.calib is None:
+            empty_i, empty_f = np.zeros(self.n, np.int64), np.zeros(self.n)
+            calib = (empty_i, empty_f, empty_f, empty_f, empty_f, np.arange(self.n, dtype=np.int64))
+        else:
+            calib = self.calib
+        kernel: Any = _kernels.resample_stats  # a numba dispatcher: typed by its arguments
+        out = kernel(
+            np.ascontiguousarray(draws),
+            self.position,
+            self.errors,
+            self.starts,
+            self.coverages,
+            self.risks,
+            *calib,
+            self.n_bins,
+            self.calib is not None,
+        )
+        return {name: out[:, j] for j, name in enumerate(self.names)}

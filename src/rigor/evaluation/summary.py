@@ -1,0 +1,35 @@
+"""All selective and calibration metrics of one confidence score on shared resamples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from rigor.evaluation.bootstrap import replicates, summarize
+from rigor.evaluation.engine import MetricEngine
+
+COVERAGES = (0.5, 0.6, 0.7, 0.8, 0.9)
+RISKS = (0.01, 0.02, 0.05, 0.10)
+
+
+def score_metrics(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    confidence: np.ndarray,
+    n_resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    coverages: Sequence[float] = COVERAGES,
+    risks: Sequence[float] = RISKS,
+) -> dict[str, dict[str, Any]]:
+    """Every selective metric of ``confidence`` (correct = argmax of ``probs`` is the label) and
+    every calibration metric of ``probs``, each with a percentile bootstrap CI; all metrics
+    share the same resamples (the same as bootstrap_ci draws with this seed)."""
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    correct = probs.argmax(axis=1) == labels
+    engine = MetricEngine.build(confidence, correct, probs, labels, coverages, risks)
+    estimates = {name: float(values[0]) for name, values in engine.run().items()}
+    samples = replicates(engine.run, engine.n, n_resamples, seed)
+    return {name: summarize(samples[name], estimates[name], level) for name in estimates}

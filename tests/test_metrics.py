@@ -1,0 +1,223 @@
+"""Selective and calibration metrics on hand-computed cases, bootstrap CIs, temperature."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import pytest
+
+from rigor.calibration.temperature import NoFiniteOptimum, fit_temperature, scaled_nll, softmax
+from rigor.evaluation.bootstrap import bootstrap_ci
+from rigor.evaluation.calibration import adaptive_ece, brier, ece, nll, reliability
+from rigor.evaluation.selective import (
+    augrc,
+    aurc,
+    auroc,
+    coverage_at_risk,
+    generalized_risk_coverage_curve,
+    risk_at_coverage,
+    risk_coverage_curve,
+)
+from rigor.evaluation.summary import score_metrics
+
+# no ties: confidences 0.9 0.8 0.7 0.6, the two most confident are right
+PLAIN = (np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 1, 0, 0]))
+# heavy ties: three samples at 0.9 (one wrong), two at 0.5 (one wrong)
+TIED = (np.array([0.9, 0.5, 0.9, 0.5, 0.9]), np.array([1, 1, 0, 0, 1]))
+
+
+def test_curve_without_ties() -> None:
+    coverage, risk, thresholds = risk_coverage_curve(*PLAIN)
+    assert coverage.tolist() == [1.0, 0.75, 0.5, 0.25]
+    assert risk == pytest.approx([0.5, 1 / 3, 0.0, 0.0])
+    assert thresholds.tolist() == [0.6, 0.7, 0.8, 0.9]
+    _, generalized, _ = generalized_risk_coverage_curve(*PLAIN)
+    assert generalized == pytest.approx([0.5, 0.25, 0.0, 0.0])
+
+
+def test_areas_without_ties() -> None:
+    # AURC: .25*(.5+1/3)/2 + .25*(1/3+0)/2 + 0 + closing .25*(0+0)/2 = 7/48
+    assert aurc(*PLAIN) == pytest.approx(7 / 48, abs=1e-12)
+    # AUGRC: .25*(.5+.25)/2 + .25*(.25+0)/2 = 1/8
+    assert augrc(*PLAIN) == pytest.approx(1 / 8, abs=1e-12)
+
+
+def test_point_metrics_without_ties() -> None:
+    assert risk_at_coverage(*PLAIN, 0.5) == 0.0
+    assert risk_at_coverage(*PLAIN, 0.8) == 0.5  # only the full-coverage point qualifies
+    assert risk_at_coverage(*PLAIN, 0.75) == pytest.approx(1 / 3)
+    assert coverage_at_risk(*PLAIN, 0.4) == 0.75
+    assert coverage_at_risk(*PLAIN, 0.1) == 0.5
+    assert coverage_at_risk(*PLAIN, 0.5) == 1.0
+
+
+def test_heavy_ties_move_together() -> None:
+    coverage, risk, thresholds = risk_coverage_curve(*TIED)
+    assert coverage.tolist() == [1.0, 0.6] and thresholds.tolist() == [0.5, 0.9]
+    assert risk == pytest.approx([0.4, 1 / 3])
+    # AURC: .4*(.4+1/3)/2 + .6*(1/3+1/3)/2 ; AUGRC: .4*(.4+.2)/2 + .6*(.2+0)/2
+    assert aurc(*TIED) == pytest.approx(0.4 * (0.4 + 1 / 3) / 2 + 0.2, abs=1e-12)
+    assert augrc(*TIED) == pytest.approx(0.18, abs=1e-12)
+    assert coverage_at_risk(*TIED, 0.35) == 0.6  # never 0.8 from a split tie group
+    assert math.isnan(coverage_at_risk(*TIED, 0.3))  # infeasible
+    assert risk_at_coverage(*TIED, 0.8) == pytest.approx(0.4)
+
+
+def test_no_result_depends_on_row_order() -> None:
+    rng = np.random.default_rng(0)
+    conf = np.round(rng.random(300), 1)  # 11 distinct values: heavy ties
+    correct = rng.random(300) < conf
+    perm = rng.permutation(300)
+    for metric in (
+        aurc,
+        augrc,
+        functools.partial(risk_at_coverage, coverage=0.7),
+        functools.partial(coverage_at_risk, risk=0.2),
+    ):
+        assert metric(conf[perm], correct[perm]) == metric(conf, correct)
+
+
+def test_all_correct_and_all_wrong() -> None:
+    conf = np.array([0.9, 0.7, 0.7, 0.2])
+    right, wrong = np.ones(4, bool), np.zeros(4, bool)
+    assert aurc(conf, right) == 0.0 and augrc(conf, right) == 0.0
+    assert coverage_at_risk(conf, right, 0.01) == 1.0 and risk_at_coverage(conf, right, 0.9) == 0.0
+    assert aurc(conf, wrong) == pytest.approx(1.0)
+    assert augrc(conf, wrong) == pytest.approx(0.5)  # generalized risk = coverage: area under y = x
+    assert math.isnan(coverage_at_risk(conf, wrong, 0.1))
+    assert risk_at_coverage(conf, wrong, 0.5) == 1.0
+
+
+@pytest.mark.parametrize("seed, decimals", [(0, 1), (1, 2), (2, 6)])
+def test_augrc_identity_with_auroc(seed: int, decimals: int) -> None:
+    rng = np.random.default_rng(seed)
+    conf = np.round(rng.random(2000), decimals)
+    correct = rng.random(2000) < conf
+    acc = correct.mean()
+    expected = (1 - auroc(conf, correct)) * acc * (1 - acc) + (1 - acc) ** 2 / 2
+    assert augrc(conf, correct) == pytest.approx(expected, abs=1e-12)
+
+
+def test_aurc_matches_the_trapezoid_of_the_curve() -> None:
+    rng = np.random.default_rng(5)
+    conf = np.round(rng.random(500), 2)
+    correct = rng.random(500) < conf
+    coverage, risk, _ = risk_coverage_curve(conf, correct)
+    x, y = np.r_[coverage, 0.0], np.r_[risk, risk[-1]]
+    assert aurc(conf, correct) == pytest.approx(
+        float(np.sum((x[:-1] - x[1:]) * (y[:-1] + y[1:]) / 2)), abs=1e-12
+    )
+
+
+PROBS = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.5, 0.5]])
+LABELS = np.array([0, 1, 1, 0])  # correct: yes, no, yes, yes (argmax 0 on the 0.5 tie)
+
+
+def test_calibration_hand_case() -> None:
+    # conf .9 .6 .8 .5 land in bins 13, 8 (upper edge 9/15), 11, 7
+    assert ece(PROBS, LABELS) == pytest.approx((0.1 + 0.6 + 0.2 + 0.5) / 4, abs=1e-12)
+    assert nll(PROBS, LABELS) == pytest.approx(-np.log([0.9, 0.4, 0.8, 0.5]).mean(), abs=1e-12)
+    assert brier(PROBS, LABELS) == pytest.approx((0.02 + 0.72 + 0.08 + 0.5) / 4, abs=1e-12)
+    # 2 equal-mass bins: {.5 right, .6 wrong} and {.8 right, .9 right}
+    assert adaptive_ece(PROBS, LABELS, n_bins=2) == pytest.approx((0.1 + 0.3) / 4, abs=1e-12)
+
+
+def test_ece_bin_edges() -> None:
+    probs = np.full((2, 15), 1 / 15)  # confidence exactly 1/15: the first bin's upper edge
+    probs[1] = [2 / 15, *([13 / 14 / 15 * 1.0] * 14)]  # confidence 2/15, the second bin's edge
+    probs[1] /= probs[1].sum()
+    table = reliability(probs, np.array([0, 5]))
+    assert table["count"][0] == 1 and table["count"][1] == 1
+    assert (
+        ece(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1])) == 0.0
+    )  # conf 1 in the last bin
+
+
+def test_calibration_all_correct_all_wrong() -> None:
+    sure = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert ece(sure, np.array([0, 1])) == 0.0 and brier(sure, np.array([0, 1])) == 0.0
+    assert ece(sure, np.array([1, 0])) == 1.0 and brier(sure, np.array([1, 0])) == 2.0
+    assert nll(sure, np.array([1, 0])) == pytest.approx(-np.log(1e-12))
+
+
+def test_bootstrap_batched_equals_plain_resampling() -> None:
+    rng = np.random.default_rng(1)
+    conf = np.round(rng.random(400), 2)
+    correct = rng.random(400) < conf
+    fast = bootstrap_ci(augrc, conf, correct, n_resamples=300, seed=3)
+    slow = bootstrap_ci(lambda c, k: augrc(c, k), conf, correct, n_resamples=300, seed=3)
+    assert fast == slow
+    probs = rng.dirichlet(np.ones(3), 400)
+    labels = rng.integers(0, 3, 400)
+    for metric in (ece, adaptive_ece, nll, brier):
+        a = bootstrap_ci(metric, probs, labels, n_resamples=50)
+        b = bootstrap_ci(lambda p, y, m=metric: m(p, y), probs, labels, n_resamples=50)
+        assert a["ci_lower"] == pytest.approx(b["ci_lower"], abs=1e-12)
+
+
+def test_bootstrap_interval_properties() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 1, 500)
+    ci = bootstrap_ci(np.mean, x, n_resamples=1000, seed=0)
+    assert ci["ci_lower"] < ci["estimate"] < ci["ci_upper"]
+    assert ci["std"] == pytest.approx(x.std() / np.sqrt(500), rel=0.1)  # the standard error
+    assert bootstrap_ci(np.mean, x, seed=0) == ci and bootstrap_ci(np.mean, x, seed=1) != ci
+    narrow = bootstrap_ci(np.mean, x, level=0.5)
+    assert narrow["ci_upper"] - narrow["ci_lower"] < ci["ci_upper"] - ci["ci_lower"]
+
+
+def test_infeasible_resamples_are_counted_not_averaged() -> None:
+    conf = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    correct = np.array([1, 0, 1, 0, 1, 0], bool)
+    ci = bootstrap_ci(functools.partial(coverage_at_risk, risk=0.0), conf, correct, n_resamples=200)
+    assert 0 < ci["n_finite"] < 200 and 0 < ci["ci_lower"] <= ci["ci_upper"] <= 1
+
+
+def test_score_metrics_agree_with_the_single_functions() -> None:
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 2, (1000, 4))
+    labels = rng.integers(0, 4, 1000)
+    probs = softmax(logits)
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    report = score_metrics(probs, labels, conf, n_resamples=100)
+    assert report["augrc"]["estimate"] == pytest.approx(augrc(conf, correct), abs=1e-12)
+    assert report["risk@0.8"]["estimate"] == pytest.approx(
+        risk_at_coverage(conf, correct, 0.8), abs=1e-12
+    )
+    assert report["adaptive_ece"]["estimate"] == pytest.approx(
+        adaptive_ece(probs, labels), abs=1e-12
+    )
+    same = bootstrap_ci(augrc, conf, correct, n_resamples=100)
+    assert report["augrc"]["ci_lower"] == pytest.approx(
+        same["ci_lower"], abs=1e-12
+    )  # same resamples
+
+
+def test_temperature_matches_a_converged_1d_search() -> None:
+    from scipy.optimize import minimize_scalar
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (3000, 5))
+    probs = softmax(logits, 2.0)
+    labels = np.array([rng.choice(5, p=row) for row in probs])
+    fitted = fit_temperature(logits, labels)
+    ref = minimize_scalar(
+        lambda lt: scaled_nll(logits, labels, np.exp(lt)),
+        bounds=(-4, 4),
+        method="bounded",
+        options={"xatol": 1e-10},
+    )
+    assert fitted == pytest.approx(float(np.exp(ref.x)), rel=1e-3)
+    assert fitted == pytest.approx(2.0, rel=0.1)
+    assert scaled_nll(logits, labels, fitted) <= scaled_nll(logits, labels, 1.0)
+
+
+def test_temperature_refuses_degenerate_sets() -> None:
+    logits = np.array([[3.0, 0.0], [0.0, 2.0], [1.0, -1.0]])
+    with pytest.raises(NoFiniteOptimum, match="all 3 calibration samples are classified correctly"):
+        fit_temperature(logits, np.array([0, 1, 0]))
+    with pytest.raises(NoFiniteOptimum, match="classified wrongly"):
+        fit_temperature(logits, np.array([1, 0, 1]))

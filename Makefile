@@ -19,13 +19,26 @@ $(STAMP): locks/requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Train on the embedded digits, then check and summarise the manifest the run wrote.
+# The whole chain on the embedded digits, through the manifest alone:
+# train -> calibrate (val_calib) -> eval (val_test) -> export -> predict.
 demo: setup
 	@set -e; \
 	manifest=$$($(PY) scripts/train.py --config $(CONFIG) --set run.output_root=$(OUT)); \
+	run=$$(dirname $$manifest); \
 	$(PY) scripts/manifest.py validate $$manifest; \
+	$(PY) scripts/calibrate.py --from-manifest $$manifest > /dev/null; \
+	$(PY) scripts/eval.py --from-manifest $$manifest > /dev/null; \
+	$(PY) scripts/export.py --from-manifest $$manifest > /dev/null; \
+	$(PY) scripts/predict.py --bundle $$run/bundle --split val_test --output $$run/predict/val_test.csv; \
+	$(PY) scripts/manifest.py verify $$manifest; \
 	$(PY) scripts/manifest.py show $$manifest; \
-	echo "demo: run folder $$(dirname $$manifest)"
+	echo "demo outputs:"; \
+	echo "  train      $$run/  (checkpoints/, predictions/, logs/, metrics.json)"; \
+	echo "  calibrate  $$run/calibration/  (thresholds.json, sweep.csv, reliability.png)"; \
+	echo "  eval       $$run/eval/  (metrics.json, metrics.csv, *.png)"; \
+	echo "  export     $$run/bundle/  (model.safetensors, policy.json, bundle.json)"; \
+	echo "  predict    $$run/predict/val_test.csv"; \
+	echo "  manifest   $$manifest"
 
 test: setup lint pytest
 

@@ -11,13 +11,17 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from rigor.calibration.schema import render_thresholds_schema
 from rigor.config import render_config_schema
+from rigor.export.schema import render_bundle_schema
 from rigor.manifest.env import PROJECT_ROOT
 from rigor.manifest.schema import render_manifest_schema
 
 SCHEMAS: dict[str, Callable[[], str]] = {
     "config.schema.json": render_config_schema,
     "manifest.v1.json": render_manifest_schema,
+    "thresholds.schema.json": render_thresholds_schema,
+    "bundle.schema.json": render_bundle_schema,
 }
 
 

@@ -224,6 +224,36 @@ class EnvConfig(Section):
     )
 
 
+class EvaluationConfig(Section):
+    """What scripts/eval.py reports and how its bootstrap CIs are drawn."""
+
+    n_resamples: int = Field(ge=10, le=100_000, description="Bootstrap resamples per CI.")
+    level: float = Field(gt=0, lt=1, description="Confidence level of the percentile CIs.")
+    seed: int = Field(ge=0, description="Seed of the bootstrap resamples.")
+    coverages: list[float] = Field(description="Coverages c of Risk@Coverage(c).")
+    risks: list[float] = Field(description="Risks r of Coverage@Risk(r).")
+    n_bins: int = Field(
+        ge=2, le=100, description="Bins of ECE, adaptive ECE and reliability plots."
+    )
+
+
+class CalibrationConfig(Section):
+    """Temperature scaling and the selective threshold policy (fitted on val_calib only)."""
+
+    task: str | None = Field(
+        description="Classification task to calibrate; null: the first classification task."
+    )
+    target_risk: float = Field(
+        gt=0, lt=1, description="Largest selective risk the threshold may accept."
+    )
+    min_coverage: float = Field(ge=0, le=1, description="Smallest coverage the threshold may give.")
+    fnr_target: float | None = Field(
+        gt=0,
+        lt=1,
+        description="Binary tasks only: largest false-negative rate among accepted samples.",
+    )
+
+
 class Config(Section):
     """A whole run's config, as validated after composition and overrides."""
 
@@ -235,6 +265,8 @@ class Config(Section):
     scheduler: SchedulerConfig = Field(description="Learning-rate schedule.")
     logging: LoggingConfig = Field(description="Logs, TensorBoard and progress bars.")
     env: EnvConfig = Field(description="Environment policy and lockfile.")
+    evaluation: EvaluationConfig = Field(description="Metrics and bootstrap of scripts/eval.py.")
+    calibration: CalibrationConfig = Field(description="Calibration of scripts/calibrate.py.")
 
     @model_validator(mode="after")
     def _cross_field(self) -> Config:

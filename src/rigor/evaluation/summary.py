@@ -27,9 +27,25 @@ def score_metrics(
     """Every selective metric of ``confidence`` (correct = argmax of ``probs`` is the label) and
     every calibration metric of ``probs``, each with a percentile bootstrap CI; all metrics
     share the same resamples (the same as bootstrap_ci draws with this seed)."""
+    estimates, samples = score_replicates(
+        probs, labels, confidence, n_resamples, seed, coverages, risks
+    )
+    return {name: summarize(samples[name], estimates[name], level) for name in estimates}
+
+
+def score_replicates(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    confidence: np.ndarray,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    coverages: Sequence[float] = COVERAGES,
+    risks: Sequence[float] = RISKS,
+    n_bins: int = 15,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Point estimates and the raw bootstrap replicates behind :func:`score_metrics`."""
     probs, labels = np.asarray(probs), np.asarray(labels)
     correct = probs.argmax(axis=1) == labels
-    engine = MetricEngine.build(confidence, correct, probs, labels, coverages, risks)
+    engine = MetricEngine.build(confidence, correct, probs, labels, coverages, risks, n_bins)
     estimates = {name: float(values[0]) for name, values in engine.run().items()}
-    samples = replicates(engine.run, engine.n, n_resamples, seed)
-    return {name: summarize(samples[name], estimates[name], level) for name in estimates}
+    return estimates, replicates(engine.run, engine.n, n_resamples, seed)

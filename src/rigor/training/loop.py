@@ -16,6 +16,7 @@ from torch import nn
 
 from rigor.data.registry import TaskSpec
 from rigor.errors import RigorError
+from rigor.evaluation.selective import augrc
 from rigor.tracking import metric_key
 from rigor.training.policy import EMA, Precision
 
@@ -183,9 +184,12 @@ def predict(
 def split_metrics(
     preds: dict[str, Any], tasks: dict[str, TaskSpec], split: str
 ) -> dict[str, float]:
-    """Loss per task and in total, accuracy (classification) or MAE (regression), per split."""
+    """Loss per task and in total; accuracy and AUGRC of the MSP (classification) or MAE
+    (regression); per split."""
     metrics: dict[str, float] = {}
-    accs, maes = [], []
+    accs: list[float] = []
+    maes: list[float] = []
+    augrcs: list[float] = []
     total = 0.0
     for name, spec in tasks.items():
         output = torch.from_numpy(preds["outputs"][name])
@@ -194,9 +198,13 @@ def split_metrics(
         metrics[metric_key("loss", split, name)] = loss
         total += loss
         if spec.kind == "classification":
-            acc = float((output.argmax(dim=1) == target).float().mean())
+            hits = output.argmax(dim=1) == target
+            acc = float(hits.float().mean())
             metrics[metric_key("acc", split, name)] = acc
+            confidence = torch.softmax(output.double(), dim=1).max(dim=1).values.numpy()
+            metrics[metric_key("augrc", split, name)] = augrc(confidence, hits.numpy())
             accs.append(acc)
+            augrcs.append(metrics[metric_key("augrc", split, name)])
         else:
             mae = float((output - target.float()).abs().mean())
             metrics[metric_key("mae", split, name)] = mae
@@ -204,6 +212,7 @@ def split_metrics(
     metrics[metric_key("loss", split)] = total
     if accs:
         metrics[metric_key("acc", split)] = float(np.mean(accs))
+        metrics[metric_key("augrc", split)] = float(np.mean(augrcs))
     if maes:
         metrics[metric_key("mae", split)] = float(np.mean(maes))
     return metrics
@@ -214,7 +223,7 @@ def available_monitors(tasks: dict[str, TaskSpec]) -> set[str]:
     kinds = {spec.kind for spec in tasks.values()}
     names = {"loss"}
     if "classification" in kinds:
-        names.add("acc")
+        names |= {"acc", "augrc"}
     if "regression" in kinds:
         names.add("mae")
     return names

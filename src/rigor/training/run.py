@@ -410,7 +410,12 @@ def write_predictions(run_dir: Path, prepared: Prepared, session: Session) -> di
         loader = make_loader(prepared, prepared.splits[split], train=False)
         preds = predict(model, loader, prepared.device, session.precision.autocast)
         metrics.update(split_metrics(preds, prepared.dataset.tasks, split))
-        arrays = {"ids": preds["ids"], "tasks": np.asarray(sorted(preds["outputs"]))}
+        groups = [prepared.dataset.groups[row] for row in prepared.splits[split]]
+        arrays = {
+            "ids": preds["ids"],
+            "groups": np.asarray(groups),
+            "tasks": np.asarray(sorted(preds["outputs"])),
+        }
         for task in preds["outputs"]:
             arrays[f"logits_{task}"] = preds["outputs"][task]
             arrays[f"targets_{task}"] = preds["targets"][task]

@@ -1,0 +1,36 @@
+"""Export a calibrated run as a deployable bundle.
+
+    python scripts/export.py --from-manifest results/runs/<run_id>/manifest.json
+
+Writes bundle/{model.safetensors,config_resolved.json,policy.json,splits.json,metrics/,
+bundle.json} (bundle.json lists the sha256 of every file) and a stage entry.
+Exit codes: 0 ok, 2 no calibration yet / bad usage, 3 invalid manifest, 4 env mismatch
+(strict), 5 artifact missing or changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rigor.cli import add_common_flags, run_main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments and export."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--from-manifest", required=True, type=Path, help="the run's manifest.json")
+    add_common_flags(parser)
+    args = parser.parse_args(argv)
+    from rigor.export.bundle import export
+
+    print(export(args.from_manifest, args.env_policy, args.force))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

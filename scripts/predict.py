@@ -1,0 +1,41 @@
+"""Predict with a bundle: class, calibrated confidence, and whether the policy abstains.
+
+    python scripts/predict.py --bundle results/runs/<run_id>/bundle --split val_test
+    python scripts/predict.py --bundle DIR --input image1.png image2.png [--output out.csv]
+
+Loads nothing with pickle (safetensors weights, JSON policy). Refuses a bundle with zero or
+two active policies (exit 3) or a changed file (exit 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rigor.cli import add_common_flags, run_main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments and predict."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bundle", required=True, type=Path, help="a bundle folder from export.py")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--input", nargs="+", type=Path, help="image files to predict")
+    group.add_argument("--split", help="a split of the bundle's splits.json (e.g. val_test)")
+    parser.add_argument("--output", type=Path, help="CSV to write (default: <bundle>/../predict/)")
+    add_common_flags(parser, env=False)
+    args = parser.parse_args(argv)
+    from rigor.export.predict import predict_with_bundle
+
+    path, summary = predict_with_bundle(args.bundle, args.input, args.split, args.output)
+    print(f"{path}\n{json.dumps(summary)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

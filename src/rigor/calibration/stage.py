@@ -1,0 +1,116 @@
+"""The calibrate stage: temperature and threshold policy from val_calib, and nothing else."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rigor.calibration.policy import choose, sweep
+from rigor.calibration.schema import validate_thresholds
+from rigor.calibration.temperature import fit_temperature, softmax
+from rigor.errors import UsageError
+from rigor.evaluation.bootstrap import bootstrap_ci
+from rigor.evaluation.calibration import ece, nll
+from rigor.io import atomic_write_json, atomic_write_text
+from rigor.stages import RunContext, finish_stage, open_run
+
+READS = "predictions/val_calib.npz"
+
+
+def classification_task(ctx: RunContext, wanted: str | None) -> str:
+    """The task to calibrate: the named one, or the first classification task."""
+    tasks = ctx.manifest["dataset"]["tasks"]
+    names = [name for name, spec in tasks.items() if spec["kind"] == "classification"]
+    if wanted is not None and wanted not in names:
+        raise UsageError(
+            f"calibration.task: {wanted!r} is not a classification task of this run {names}"
+        )
+    if not names:
+        raise UsageError("this run has no classification task to calibrate")
+    return wanted or names[0]
+
+
+def calibrate(
+    manifest_path: Path,
+    env_policy: str | None = None,
+    force: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> Path:
+    """Fit temperature and threshold on val_calib; write calibration/ and a stage entry."""
+    ctx = open_run(manifest_path, [READS], env_policy, force)
+    options = ctx.config.calibration.model_copy(update=overrides or {})
+    task = classification_task(ctx, options.task)
+    with np.load(ctx.path(READS), allow_pickle=False) as data:
+        logits, labels = data[f"logits_{task}"], data[f"targets_{task}"].astype(np.int64)
+    temperature = fit_temperature(logits, labels)
+    before, after = softmax(logits), softmax(logits, temperature)
+    evaluation = ctx.config.evaluation
+    ci: dict[str, Any] = {
+        "n_resamples": evaluation.n_resamples,
+        "level": evaluation.level,
+        "seed": evaluation.seed,
+    }
+    binary = logits.shape[1] == 2
+    table = sweep(after.max(axis=1), after.argmax(axis=1), labels, binary)
+    chosen = choose(table, options.target_risk, options.min_coverage, options.fnr_target)
+    record = {
+        "schema_version": 1,
+        "task": task,
+        "score": "msp_temperature",
+        "temperature": temperature,
+        "threshold": float(table.threshold[chosen]),
+        "target_risk": options.target_risk,
+        "min_coverage": options.min_coverage,
+        "fnr_target": options.fnr_target,
+        "fitted_on": {"split": "val_calib", "n": int(len(labels)), **table.row(chosen)},
+        "nll": {"before": nll(before, labels), "after": nll(after, labels)},
+        "ece": {
+            "before": bootstrap_ci(ece, before, labels, **ci),
+            "after": bootstrap_ci(ece, after, labels, **ci),
+        },
+        "sweep": "calibration/sweep.csv",
+    }
+    validate_thresholds(record)
+    outputs = write_outputs(ctx, record, table.table(), before, after, labels)
+    finish_stage(
+        ctx, "calibrate", {"reads": [READS], **options.model_dump()}, outputs, _summary(record)
+    )
+    return ctx.path("calibration/thresholds.json")
+
+
+def _summary(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "temperature": record["temperature"],
+        "threshold": record["threshold"],
+        "val_calib_coverage": record["fitted_on"]["coverage"],
+        "val_calib_selective_risk": record["fitted_on"]["selective_risk"],
+        "ece_before": record["ece"]["before"]["estimate"],
+        "ece_after": record["ece"]["after"]["estimate"],
+    }
+
+
+def write_outputs(
+    ctx: RunContext,
+    record: dict[str, Any],
+    rows: list[dict[str, Any]],
+    before: np.ndarray,
+    after: np.ndarray,
+    labels: np.ndarray,
+) -> list[str]:
+    """thresholds.json, the sweep table and a before/after reliability diagram."""
+    from rigor.evaluation.plots import reliability_before_after
+
+    out = ctx.run_dir / "calibration"
+    out.mkdir(exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "sweep.csv", buffer.getvalue())
+    reliability_before_after(before, after, labels, record, out / "reliability.png")
+    atomic_write_json(out / "thresholds.json", record)
+    return ["calibration/thresholds.json", "calibration/sweep.csv", "calibration/reliability.png"]

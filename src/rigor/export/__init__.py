@@ -1,0 +1,1 @@
+"""Deployable bundles: writing them from a run, loading and checking them, predicting."""

@@ -1,0 +1,161 @@
+"""Write a bundle from a run's manifest, and load one back with every check."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonschema import Draft202012Validator, FormatChecker
+
+from rigor.calibration.schema import validate_thresholds
+from rigor.errors import ArtifactError, ManifestError, UsageError
+from rigor.export.schema import BUNDLE_SCHEMA
+from rigor.io import atomic_write_json, atomic_write_with
+from rigor.manifest import resolve_inside, verify_manifest
+from rigor.manifest.rundir import iso, utc_now
+from rigor.stages import finish_stage, open_run
+
+POLICY = "calibration/thresholds.json"
+_VALIDATOR = Draft202012Validator(BUNDLE_SCHEMA, format_checker=FormatChecker())
+
+
+def export(manifest_path: Path, env_policy: str | None = None, force: bool = False) -> Path:
+    """Write ``bundle/`` in the run folder: weights, config, ONE active policy, splits, metrics."""
+    from safetensors.torch import save
+
+    from rigor.training.restore import best_state
+
+    ctx = open_run(manifest_path, [], env_policy, force)
+    manifest = ctx.manifest
+    if POLICY not in manifest["sha256"]:
+        raise UsageError("this run has no calibration policy: run scripts/calibrate.py first")
+    reads = [manifest["best_checkpoint"], POLICY, "splits.json", "metrics.json"]
+    reads += ["eval/metrics.json"] if "eval/metrics.json" in manifest["sha256"] else []
+    verify_manifest(manifest, ctx.run_dir, only=reads)
+    bundle = ctx.run_dir / "bundle"
+    if bundle.exists():
+        shutil.rmtree(bundle)
+    bundle.mkdir()
+    state = {k: v.contiguous() for k, v in best_state(ctx.run_dir, manifest, force).items()}
+    payload = save(state)
+    atomic_write_with(bundle / "model.safetensors", lambda handle: _write(handle, payload))
+    copies = {
+        "config_resolved.json": "config_resolved.json",
+        "splits.json": "splits.json",
+        POLICY: "policy.json",
+        "metrics.json": "metrics/train.json",
+    }
+    if "eval/metrics.json" in reads:
+        copies["eval/metrics.json"] = "metrics/eval.json"
+    for source, target in copies.items():
+        (bundle / target).parent.mkdir(exist_ok=True)
+        shutil.copyfile(ctx.path(source), bundle / target)
+    policy = json.loads((bundle / "policy.json").read_text())
+    record = _record(
+        ctx, policy["task"], [p for s, p in copies.items() if p.startswith("metrics/")]
+    )
+    record["sha256"] = {rel: _sha(bundle / rel) for rel in ["model.safetensors", *copies.values()]}
+    atomic_write_json(bundle / "bundle.json", record)
+    outputs = [f"bundle/{rel}" for rel in [*record["sha256"], "bundle.json"]]
+    finish_stage(
+        ctx, "export", {"reads": reads}, outputs, {"task": policy["task"], "files": len(outputs)}
+    )
+    return bundle
+
+
+def _write(handle: Any, payload: bytes) -> None:
+    handle.write(payload)
+
+
+def _sha(path: Path) -> str:
+    from rigor.io import sha256_file
+
+    return sha256_file(path)
+
+
+def _record(ctx: Any, task: str, metrics: list[str]) -> dict[str, Any]:
+    manifest = ctx.manifest
+    sizes = ctx.config.data.transforms.image_size
+    channels = ctx.config.data.channels
+    if sizes is None:  # the native size: read it back from the data the run trained on
+        from rigor.training.restore import run_dataset
+
+        shape = list(run_dataset(ctx.run_dir, ctx.config, manifest).inputs.shape[1:])
+    else:
+        shape = [channels, *sizes]
+    return {
+        "bundle_version": 1,
+        "run_id": manifest["run_id"],
+        "created_at": iso(utc_now()),
+        "task": task,
+        "tasks": manifest["dataset"]["tasks"],
+        "input_shape": [int(s) for s in shape],
+        "encoder": manifest["encoder"],
+        "transforms": manifest["transforms"],
+        "weights": "model.safetensors",
+        "config": "config_resolved.json",
+        "splits": "splits.json",
+        "metrics": metrics,
+        "policies": [{"path": "policy.json", "active": True}],
+    }
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A checked bundle: its folder, record, active policy and weights."""
+
+    root: Path
+    record: dict[str, Any]
+    policy: dict[str, Any]
+    state: dict[str, torch.Tensor]
+
+
+def load_bundle(root: Path) -> Bundle:
+    """Check schema (exit 3), exactly one active policy (exit 3) and every hash (exit 5)."""
+    from safetensors.torch import load_file
+
+    from rigor.io import sha256_file
+
+    path = root / "bundle.json"
+    if not path.is_file():
+        raise ArtifactError(f"{root}: no bundle.json (not a bundle)")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{path}: not valid JSON ({err.msg})") from None
+    errors = sorted(_VALIDATOR.iter_errors(record), key=lambda e: e.json_path)
+    if errors:
+        raise ManifestError(
+            f"{path}: schema violation at {errors[0].json_path}: {errors[0].message}"
+        )
+    active = [p for p in record["policies"] if p["active"]]
+    if len(active) != 1:
+        raise ManifestError(
+            f"{path}: $.policies has {len(active)} active policies; exactly one is required"
+        )
+    listed = {
+        record["weights"],
+        record["config"],
+        record["splits"],
+        active[0]["path"],
+        *record["metrics"],
+    }
+    unhashed = sorted(listed - set(record["sha256"]))
+    if unhashed:
+        raise ManifestError(f"{path}: $.sha256 has no entry for {', '.join(unhashed)}")
+    problems = []
+    for rel, expected in sorted(record["sha256"].items()):
+        target = resolve_inside(root, rel)
+        if not target.is_file():
+            problems.append(f"{rel}: missing")
+        elif sha256_file(target) != expected:
+            problems.append(f"{rel}: sha256 changed since export")
+    if problems:
+        raise ArtifactError(f"bundle {root} failed verification:\n  - " + "\n  - ".join(problems))
+    policy = json.loads((root / active[0]["path"]).read_text())
+    validate_thresholds(policy, label=f"{root / active[0]['path']}")
+    return Bundle(root, record, policy, load_file(str(root / record["weights"])))

@@ -1,0 +1,66 @@
+"""JSON Schema of bundle/bundle.json (emitted to schema/bundle.schema.json)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rigor.manifest.schema import RELPATH, SHA256
+
+BUNDLE_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://rigor.local/schema/bundle.schema.json",
+    "title": "rigor deployable bundle",
+    "type": "object",
+    "additionalProperties": False,
+    "required": [
+        "bundle_version",
+        "run_id",
+        "created_at",
+        "task",
+        "tasks",
+        "input_shape",
+        "encoder",
+        "transforms",
+        "weights",
+        "config",
+        "splits",
+        "metrics",
+        "policies",
+        "sha256",
+    ],
+    "properties": {
+        "bundle_version": {"const": 1},
+        "run_id": {"type": "string"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "task": {"type": "string", "description": "The task whose policy is active."},
+        "tasks": {"type": "object"},
+        "input_shape": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 1},
+            "minItems": 3,
+            "maxItems": 3,
+        },
+        "encoder": {"type": "object"},
+        "transforms": {"type": "object", "required": ["version", "normalize", "mean", "std"]},
+        "weights": RELPATH,
+        "config": RELPATH,
+        "splits": RELPATH,
+        "metrics": {"type": "array", "items": RELPATH},
+        "policies": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["path", "active"],
+                "properties": {"path": RELPATH, "active": {"type": "boolean"}},
+            },
+        },
+        "sha256": {"type": "object", "propertyNames": RELPATH, "additionalProperties": SHA256},
+    },
+}
+
+
+def render_bundle_schema() -> str:
+    """The committed text of schema/bundle.schema.json."""
+    return json.dumps(BUNDLE_SCHEMA, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,267 @@
+"""calibrate, eval, export and predict from a manifest; split discipline; bundle checks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, SMOKE
+
+from rigor.calibration.temperature import softmax
+from rigor.config import load_config
+from rigor.training.run import train
+
+pytestmark = pytest.mark.smoke
+FAST = ["--env-policy", "ignore"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small run good enough to calibrate (~90% accuracy), shared read-only."""
+    out = tmp_path_factory.mktemp("stages")
+    sets = [
+        f"run.output_root={out}",
+        "training.max_steps_per_epoch=null",
+        "training.epochs=3",
+        "model.channels=[16, 32]",
+        "logging.tensorboard=false",
+        "evaluation.n_resamples=200",
+    ]
+    return train(load_config(SMOKE, sets=sets, environ={}), env_policy="ignore")
+
+
+@pytest.fixture
+def run(trained: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained run; returns its manifest."""
+    target = tmp_path / trained.parent.name
+    shutil.copytree(trained.parent, target)
+    return target / "manifest.json"
+
+
+def calibrate_args(manifest: Path) -> list[str]:
+    return [
+        "--from-manifest",
+        str(manifest),
+        "--target-risk",
+        "0.05",
+        "--min-coverage",
+        "0.3",
+        *FAST,
+    ]
+
+
+def test_schemas_under_schema_are_fresh() -> None:
+    from rigor.schema import stale
+
+    assert stale(ROOT / "schema") == []
+
+
+def test_calibrate_uses_val_calib_only_and_picks_the_best_feasible(
+    run: Path, run_script: Callable[..., int]
+) -> None:
+    for split in ("val_test", "val_select"):  # calibrate must not need them
+        (run.parent / "predictions" / f"{split}.npz").unlink()
+    assert run_script("calibrate", *calibrate_args(run)) == 0
+    record = json.loads((run.parent / "calibration" / "thresholds.json").read_text())
+    with np.load(run.parent / "predictions" / "val_calib.npz") as data:
+        logits, labels = data["logits_digit"], data["targets_digit"]
+    probs = softmax(logits, record["temperature"])
+    conf, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
+    assert record["threshold"] in set(conf.tolist())  # a real calibrated confidence, not a grid
+    accepted = conf >= record["threshold"]
+    assert record["fitted_on"]["coverage"] == pytest.approx(accepted.mean())
+    assert record["fitted_on"]["selective_risk"] == pytest.approx((~correct[accepted]).mean())
+    with open(run.parent / "calibration" / "sweep.csv") as handle:
+        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(handle)]
+    assert len(rows) == len(np.unique(conf))
+    feasible = [r for r in rows if r["selective_risk"] <= 0.05 and r["coverage"] >= 0.3]
+    assert record["fitted_on"]["coverage"] == max(r["coverage"] for r in feasible)
+    assert record["nll"]["after"] <= record["nll"]["before"]
+    stages = json.loads(run.read_text())["stages"]
+    assert stages[-1]["name"] == "calibrate" and stages[-1]["options"]["reads"] == [
+        "predictions/val_calib.npz"
+    ]
+
+
+def test_no_feasible_threshold_exits_2_and_writes_nothing(
+    run: Path, run_script: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = run.read_bytes()
+    args = ["--from-manifest", str(run), "--target-risk", "0.0001", "--min-coverage", "0.99", *FAST]
+    assert run_script("calibrate", *args) == 2
+    assert "no threshold on val_calib meets selective risk <= 0.0001" in capsys.readouterr().err
+    assert not (run.parent / "calibration").exists() and run.read_bytes() == before
+
+
+def test_eval_fits_nothing_and_applies_the_policy(
+    run: Path, run_script: Callable[..., int]
+) -> None:
+    assert run_script("calibrate", *calibrate_args(run)) == 0
+    policy_bytes = (run.parent / "calibration" / "thresholds.json").read_bytes()
+    (run.parent / "predictions" / "val_calib.npz").unlink()  # eval must not need it
+    assert run_script("eval", "--from-manifest", str(run), *FAST) == 0
+    assert (run.parent / "calibration" / "thresholds.json").read_bytes() == policy_bytes
+    report = json.loads((run.parent / "eval" / "metrics.json").read_text())["tasks"]["digit"]
+    policy = json.loads(policy_bytes)
+    with np.load(run.parent / "predictions" / "val_test.npz") as data:
+        probs = softmax(data["logits_digit"], policy["temperature"])
+        labels = data["targets_digit"]
+    accepted = probs.max(axis=1) >= policy["threshold"]
+    assert report["policy"]["coverage"]["estimate"] == pytest.approx(accepted.mean())
+    risk = (probs.argmax(axis=1) != labels)[accepted].mean()
+    assert report["policy"]["selective_risk"]["estimate"] == pytest.approx(risk)
+    assert report["policy"]["meets_target"] == (
+        report["policy"]["selective_risk"]["ci_upper"] <= 0.05
+    )
+    assert set(report["scores"]) == {"msp", "max_logit", "neg_entropy", "msp_calibrated"}
+    for name in (
+        "rc_curve",
+        "generalized_rc_curve",
+        "reliability",
+        "augrc_bootstrap",
+        "confusion_matrix",
+    ):
+        assert (run.parent / "eval" / f"digit_{name}.png").stat().st_size > 10_000
+    with open(run.parent / "eval" / "metrics.csv") as handle:
+        names = {row["metric"] for row in csv.DictReader(handle)}
+    assert {
+        "digit/scores/msp/augrc",
+        "digit/calibration/ece",
+        "digit/policy/selective_risk",
+    } <= names
+
+
+def test_eval_recompute_matches_saved_predictions(
+    run: Path, run_script: Callable[..., int]
+) -> None:
+    assert run_script("eval", "--from-manifest", str(run), *FAST) == 0
+    saved = json.loads((run.parent / "eval" / "metrics.json").read_text())["tasks"]["digit"]
+    assert run_script("eval", "--from-manifest", str(run), "--recompute", *FAST) == 0
+    again = json.loads((run.parent / "eval" / "metrics.json").read_text())["tasks"]["digit"]
+    assert again["scores"]["msp"]["augrc"]["estimate"] == pytest.approx(
+        saved["scores"]["msp"]["augrc"]["estimate"], abs=1e-9
+    )
+    assert again["calibration"]["accuracy"] == saved["calibration"]["accuracy"]
+
+
+def test_training_never_loads_val_calib_or_val_test(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rigor.training.run as run_module
+
+    loaded: list[set[int]] = []
+    original = run_module.make_loader
+
+    def spy(prepared, rows, train):  # type: ignore[no-untyped-def]
+        loaded.append(set(rows))
+        return original(prepared, rows, train)
+
+    monkeypatch.setattr(run_module, "make_loader", spy)
+    original_fit = run_module.Session.run
+    fitted: list[int] = []
+
+    def run_and_mark(self):  # type: ignore[no-untyped-def]
+        result = original_fit(self)
+        fitted.append(len(loaded))
+        return result
+
+    monkeypatch.setattr(run_module.Session, "run", run_and_mark)
+    sets = [
+        f"run.output_root={tmp_path}",
+        "training.monitor=val_select/augrc",
+        "training.monitor_mode=min",
+    ]
+    manifest = train(load_config(SMOKE, sets=sets, environ={}), env_policy="ignore")
+    splits = json.loads((manifest.parent / "splits.json").read_text())["splits"]
+    ids = json.loads((manifest.parent / "splits.json").read_text())
+    assert ids and fitted == [2]
+    during_training = loaded[: fitted[0]]
+    sizes = {name: len(rows) for name, rows in splits.items()}
+    assert [len(rows) for rows in during_training] == [sizes["train"], sizes["val_select"]]
+    assert "best/augrc/val_select" in json.loads(manifest.read_text())["metrics"]
+
+
+def test_export_and_predict(
+    run: Path, run_script: Callable[..., int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_script("export", "--from-manifest", str(run), *FAST) == 2  # no policy yet
+    assert "run scripts/calibrate.py first" in capsys.readouterr().err
+    assert run_script("calibrate", *calibrate_args(run)) == 0
+    assert run_script("eval", "--from-manifest", str(run), *FAST) == 0
+    assert run_script("export", "--from-manifest", str(run), *FAST) == 0
+    bundle = run.parent / "bundle"
+    record = json.loads((bundle / "bundle.json").read_text())
+    assert set(record["sha256"]) == {
+        "model.safetensors",
+        "config_resolved.json",
+        "splits.json",
+        "policy.json",
+        "metrics/train.json",
+        "metrics/eval.json",
+    }
+    assert run_script("predict", "--bundle", str(bundle), "--split", "val_test") == 0
+    with open(run.parent / "predict" / "val_test.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    report = json.loads((run.parent / "eval" / "metrics.json").read_text())["tasks"]["digit"]
+    coverage = sum(row["abstained"] == "no" for row in rows) / len(rows)
+    assert coverage == pytest.approx(report["policy"]["coverage"]["estimate"])
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images
+    paths = []
+    for index in (0, 1):
+        path = tmp_path / f"digit{index}.png"
+        Image.fromarray((images[index] * 255 / 16).astype(np.uint8)).save(path)
+        paths.append(str(path))
+    out = tmp_path / "pred.csv"
+    assert (
+        run_script("predict", "--bundle", str(bundle), "--input", *paths, "--output", str(out)) == 0
+    )
+    with open(out) as handle:
+        assert [row["id"] for row in csv.DictReader(handle)] == paths
+
+
+@pytest.mark.parametrize(
+    "breakage, code, message",
+    [
+        ("two_active", 3, "2 active policies"),
+        ("none_active", 3, "0 active policies"),
+        ("changed_weights", 5, "model.safetensors: sha256 changed"),
+        ("missing_policy", 5, "policy.json: missing"),
+    ],
+)
+def test_bundle_refusals(
+    run: Path,
+    run_script: Callable[..., int],
+    capsys: pytest.CaptureFixture[str],
+    breakage: str,
+    code: int,
+    message: str,
+) -> None:
+    assert run_script("calibrate", *calibrate_args(run)) == 0
+    assert run_script("export", "--from-manifest", str(run), *FAST) == 0
+    bundle = run.parent / "bundle"
+    record_path = bundle / "bundle.json"
+    record = json.loads(record_path.read_text())
+    if breakage == "two_active":
+        shutil.copy(bundle / "policy.json", bundle / "policy2.json")
+        record["policies"].append({"path": "policy2.json", "active": True})
+        record["sha256"]["policy2.json"] = record["sha256"]["policy.json"]
+    elif breakage == "none_active":
+        record["policies"][0]["active"] = False
+    elif breakage == "changed_weights":
+        with open(bundle / "model.safetensors", "r+b") as handle:
+            handle.seek(-4, 2)
+            handle.write(b"\x00\x01\x02\x03")
+    else:
+        (bundle / "policy.json").unlink()
+    record_path.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert run_script("predict", "--bundle", str(bundle), "--split", "val_test") == code
+    assert message in capsys.readouterr().err

@@ -54,7 +54,7 @@ schema: setup
 	$(PY) -m rigor.schema --write
 
 bench: setup
-	$(VENV)/bin/pytest -q benchmarks --benchmark-only -p no:randomly -o addopts=""
+	$(VENV)/bin/pytest benchmarks --benchmark-only -o addopts="" -o python_files="bench_*.py"
 
 # Regenerate the pip lock from pyproject.toml in a throw-away environment.
 lock:

@@ -7,7 +7,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from rigor.errors import ManifestError
+from rigor.manifest import check_schema
 
 _NUM = {"type": "number"}
 _CI = {
@@ -68,11 +68,7 @@ _VALIDATOR = Draft202012Validator(THRESHOLDS_SCHEMA)
 
 def validate_thresholds(record: Any, label: str = "thresholds") -> None:
     """Raise ManifestError (exit 3) with the JSON path of the first violation."""
-    errors = sorted(_VALIDATOR.iter_errors(record), key=lambda e: e.json_path)
-    if errors:
-        raise ManifestError(
-            f"{label}: schema violation at {errors[0].json_path}: {errors[0].message}"
-        )
+    check_schema(_VALIDATOR, record, label)
 
 
 def render_thresholds_schema() -> str:

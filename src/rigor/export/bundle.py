@@ -15,7 +15,7 @@ from rigor.calibration.schema import validate_thresholds
 from rigor.errors import ArtifactError, ManifestError, UsageError
 from rigor.export.schema import BUNDLE_SCHEMA
 from rigor.io import atomic_write_json, atomic_write_with
-from rigor.manifest import resolve_inside, verify_manifest
+from rigor.manifest import check_schema, resolve_inside, verify_manifest
 from rigor.manifest.rundir import iso, utc_now
 from rigor.stages import finish_stage, open_run
 
@@ -127,11 +127,7 @@ def load_bundle(root: Path) -> Bundle:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ManifestError(f"{path}: not valid JSON ({err.msg})") from None
-    errors = sorted(_VALIDATOR.iter_errors(record), key=lambda e: e.json_path)
-    if errors:
-        raise ManifestError(
-            f"{path}: schema violation at {errors[0].json_path}: {errors[0].message}"
-        )
+    check_schema(_VALIDATOR, record, str(path))
     active = [p for p in record["policies"] if p["active"]]
     if len(active) != 1:
         raise ManifestError(

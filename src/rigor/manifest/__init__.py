@@ -25,6 +25,7 @@ __all__ = [
     "hash_files",
     "append_stage",
     "referenced_paths",
+    "check_schema",
 ]
 
 _VALIDATOR = Draft202012Validator(MANIFEST_SCHEMA, format_checker=FormatChecker())
@@ -43,15 +44,20 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def validate_manifest(manifest: Any, label: str = "manifest") -> None:
-    """Check the schema, then that every referenced path has a recorded sha256."""
-    errors = sorted(_VALIDATOR.iter_errors(manifest), key=lambda e: e.json_path)
+def check_schema(validator: Draft202012Validator, document: Any, label: str) -> None:
+    """Raise ManifestError (exit 3) naming the JSON path of the first schema violation."""
+    errors = sorted(validator.iter_errors(document), key=lambda e: e.json_path)
     if errors:
         first = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ManifestError(
             f"{label}: schema violation at {first.json_path}: {first.message}{more}"
         )
+
+
+def validate_manifest(manifest: Any, label: str = "manifest") -> None:
+    """Check the schema, then that every referenced path has a recorded sha256."""
+    check_schema(_VALIDATOR, manifest, label)
     hashed = manifest["sha256"]
     for json_path, rel in referenced_paths(manifest):
         if rel not in hashed:

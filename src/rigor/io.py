@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -42,12 +43,9 @@ def _fsync_dir(directory: Path) -> None:
         dir_fd = os.open(directory, os.O_RDONLY)
     except OSError:
         return
-    try:
+    with contextlib.suppress(OSError):
         os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    os.close(dir_fd)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -254,6 +254,52 @@ class CalibrationConfig(Section):
     )
 
 
+class XaiWorkerConfig(Section):
+    """The optional XAI worker service (scripts/xai_worker.py)."""
+
+    host: str = Field(description="Address to bind; keep 127.0.0.1 unless behind a proxy.")
+    port: int = Field(ge=1, le=65535, description="Port to listen on.")
+    queue_size: int = Field(
+        ge=1, description="Pending jobs accepted; beyond it: 429 + Retry-After."
+    )
+    workers: int = Field(ge=1, le=64, description="Worker processes running jobs.")
+    max_retries: int = Field(
+        ge=0, description="Retries of a failed job before it is marked failed."
+    )
+    backoff_s: float = Field(gt=0, description="First retry delay; doubles with every retry.")
+    token_env: str = Field(description="Environment variable holding the bearer token.")
+    token_file: str | None = Field(description="File holding the bearer token (if no env var).")
+    results_root: str = Field(description="Only manifests under this folder are accepted.")
+
+
+class XaiConfig(Section):
+    """What scripts/xai.py explains and how."""
+
+    method: Literal["integrated_gradients", "saliency", "input_x_gradient", "grad_cam"] = Field(
+        description="Captum method; grad_cam is LayerGradCam on xai.layer."
+    )
+    split: Literal["val_select", "val_calib", "val_test"] = Field(description="Split to explain.")
+    n_samples: int = Field(
+        ge=1, description="How many samples of the split (first in split order)."
+    )
+    target: str = Field(
+        description="predicted, true, a class index, a task name (regression heads), or all."
+    )
+    baseline: Literal["zeros", "blurred", "mean"] = Field(
+        description="Integrated Gradients baseline: black image, blurred input, or train mean."
+    )
+    ig_steps: int = Field(ge=2, description="Integrated Gradients interpolation steps.")
+    internal_batch_size: int = Field(ge=1, description="Integrated Gradients internal batch size.")
+    layer: str | None = Field(
+        description="Backbone layer for grad_cam (e.g. net.layer4); null: the backbone default."
+    )
+    randomization: bool = Field(
+        description="Run the model-parameter randomization test (Adebayo et al. 2018)."
+    )
+    seed: int = Field(ge=0, description="Seed of the randomised weights.")
+    worker: XaiWorkerConfig = Field(description="The worker service.")
+
+
 class Config(Section):
     """A whole run's config, as validated after composition and overrides."""
 
@@ -267,6 +313,7 @@ class Config(Section):
     env: EnvConfig = Field(description="Environment policy and lockfile.")
     evaluation: EvaluationConfig = Field(description="Metrics and bootstrap of scripts/eval.py.")
     calibration: CalibrationConfig = Field(description="Calibration of scripts/calibrate.py.")
+    xai: XaiConfig = Field(description="Explanations of scripts/xai.py.")
 
     @model_validator(mode="after")
     def _cross_field(self) -> Config:

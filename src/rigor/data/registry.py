@@ -52,7 +52,7 @@ class RawData:
     groups: list[str]
     fingerprint: str
     decode: Callable[[tuple[int, int] | None, int, str], np.ndarray]
-    masks: Callable[[tuple[int, int] | None], np.ndarray] | None = None
+    masks: np.ndarray | None = None  # (N, H, W) bool ground-truth relevance, native size
 
 
 class DatasetSource(Dataset[dict[str, Any]]):
@@ -77,6 +77,7 @@ class DatasetSource(Dataset[dict[str, Any]]):
         self.groups = raw.groups
         self.tasks = {task: raw.offered[task] for task in tasks}
         self.transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.masks = _resize_masks(raw.masks, inputs.shape[2:]) if raw.masks is not None else None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -91,6 +92,15 @@ class DatasetSource(Dataset[dict[str, Any]]):
             "id": self.ids[index],
             "group": self.groups[index],
         }
+
+
+def _resize_masks(masks: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """Nearest-neighbour resize of (N, H, W) masks to the inputs' size."""
+    if masks.shape[1:] == tuple(size):
+        return masks
+    tensor = torch.from_numpy(masks[:, None].astype(np.float32))
+    resized = torch.nn.functional.interpolate(tensor, size=tuple(size), mode="nearest")
+    return resized[:, 0].numpy() > 0.5
 
 
 DATASETS: dict[str, Callable[[DataConfig], RawData]] = {}

@@ -39,9 +39,11 @@ def progress_enabled(mode: str) -> bool:
 class Tracker:
     """Writes ``logs/steps.jsonl``, ``logs/epochs.csv`` and TensorBoard events under a run."""
 
-    def __init__(self, run_dir: Path, cfg: LoggingConfig, start_step: int = 0) -> None:
+    def __init__(
+        self, run_dir: Path, cfg: LoggingConfig, start_step: int = 0, folder: str = "logs"
+    ) -> None:
         self.cfg = cfg
-        self.logs = run_dir / "logs"
+        self.logs = run_dir / folder
         self.logs.mkdir(parents=True, exist_ok=True)
         self.steps_path = self.logs / "steps.jsonl"
         self.epochs_path = self.logs / "epochs.csv"

@@ -1,0 +1,1 @@
+"""Explanations: Captum attributions, rendering, sanity checks, the stage and the worker."""

@@ -6,7 +6,9 @@ STAMP := $(VENV)/.rigor-installed
 OUT ?= results
 CONFIG ?= configs/experiment/digits_baseline.yaml
 
-.PHONY: setup demo test lint pytest schema lock bench clean
+XAI_CONFIG ?= configs/experiment/digits_canvas.yaml
+
+.PHONY: setup demo train_and_xai test lint pytest schema lock bench clean
 
 setup: $(STAMP)
 
@@ -20,7 +22,7 @@ $(STAMP): locks/requirements.lock pyproject.toml
 	touch $(STAMP)
 
 # The whole chain on the embedded digits, through the manifest alone:
-# train -> calibrate (val_calib) -> eval (val_test) -> export -> predict.
+# train -> calibrate (val_calib) -> eval (val_test) -> xai -> export -> predict.
 demo: setup
 	@set -e; \
 	manifest=$$($(PY) scripts/train.py --config $(CONFIG) --set run.output_root=$(OUT)); \
@@ -28,6 +30,7 @@ demo: setup
 	$(PY) scripts/manifest.py validate $$manifest; \
 	$(PY) scripts/calibrate.py --from-manifest $$manifest > /dev/null; \
 	$(PY) scripts/eval.py --from-manifest $$manifest > /dev/null; \
+	$(PY) scripts/xai.py --from-manifest $$manifest > /dev/null; \
 	$(PY) scripts/export.py --from-manifest $$manifest > /dev/null; \
 	$(PY) scripts/predict.py --bundle $$run/bundle --split val_test --output $$run/predict/val_test.csv; \
 	$(PY) scripts/manifest.py verify $$manifest; \
@@ -36,9 +39,19 @@ demo: setup
 	echo "  train      $$run/  (checkpoints/, predictions/, logs/, metrics.json)"; \
 	echo "  calibrate  $$run/calibration/  (thresholds.json, sweep.csv, reliability.png)"; \
 	echo "  eval       $$run/eval/  (metrics.json, metrics.csv, *.png)"; \
+	echo "  xai        $$run/xai/  (summary.json, attributions.npz, overlays/, grid_digit.png)"; \
 	echo "  export     $$run/bundle/  (model.safetensors, policy.json, bundle.json)"; \
 	echo "  predict    $$run/predict/val_test.csv"; \
 	echo "  manifest   $$manifest"
+
+# Train, then explain, finding the model through the manifest alone (digits on a noisy
+# canvas, so the mask-mass and pointing-game checks have ground truth).
+train_and_xai: setup
+	@set -e; \
+	manifest=$$($(PY) scripts/train.py --config $(XAI_CONFIG) --set run.output_root=$(OUT)); \
+	summary=$$($(PY) scripts/xai.py --from-manifest $$manifest); \
+	$(PY) scripts/manifest.py verify $$manifest; \
+	echo "xai summary: $$summary"; cat $$summary
 
 test: setup lint pytest
 

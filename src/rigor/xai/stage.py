@@ -24,8 +24,12 @@ def explain(
     force: bool = False,
     overrides: dict[str, Any] | None = None,
     ids: list[str] | None = None,
+    job_id: str | None = None,
 ) -> Path:
-    """Write xai/ (attributions.npz, overlays, grid.png, summary.json) and a stage entry."""
+    """Write xai/ (attributions.npz, overlays, grid.png, summary.json) and a stage entry.
+
+    ``job_id`` (set by the worker service) is recorded in the stage's options.
+    """
     from rigor.manifest import load_manifest
 
     manifest = load_manifest(manifest_path)
@@ -55,9 +59,8 @@ def explain(
     _log(ctx, summary)
     logs = sorted(str(p.relative_to(ctx.run_dir)) for p in (out / "logs").rglob("*") if p.is_file())
     outputs = ["xai/attributions.npz", "xai/summary.json", *files, *logs]
-    finish_stage(
-        ctx, "xai", {"ids": ids, **options.model_dump(exclude={"worker"})}, outputs, _flat(summary)
-    )
+    stage_options = {"ids": ids, "job_id": job_id, **options.model_dump(exclude={"worker"})}
+    finish_stage(ctx, "xai", stage_options, outputs, _flat(summary))
     return out / "summary.json"
 
 

@@ -55,10 +55,9 @@ train_and_xai: setup
 
 test: setup lint pytest
 
+# ruff, black, mypy, nbstripout, the configs/schemas check and actionlint (.pre-commit-config.yaml)
 lint: setup
-	$(VENV)/bin/ruff check src scripts tests
-	$(VENV)/bin/black --check --quiet src scripts tests
-	$(VENV)/bin/mypy src/rigor
+	$(VENV)/bin/pre-commit run --all-files --show-diff-on-failure
 
 pytest: setup
 	$(VENV)/bin/pytest -q
@@ -72,7 +71,7 @@ bench: setup
 # Regenerate the pip lock from pyproject.toml in a throw-away environment.
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install --quiet -e '.[dev]' nbclient nbformat ipykernel nbstripout fastapi uvicorn httpx submitit
+	.lock-venv/bin/pip install --quiet -e '.[dev]' submitit
 	{ echo "# rigor pip lock: every distribution of the dev environment, pinned (regenerate: make lock)."; \
 	  echo "# torch 2.14.1 + torchvision 0.29.2 come from the package index (their CUDA builds run on CPU)."; \
 	  .lock-venv/bin/pip freeze --exclude-editable | sort -f; } > locks/requirements.lock

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import yaml
 from conftest import CONFIGS, ROOT, SMOKE
 
 from rigor.config import config_hash, load_config, render_config_schema
+from rigor.configcheck import problems, section_schema
 from rigor.errors import ConfigError
 
 
@@ -202,17 +202,6 @@ def test_every_shipped_experiment_composes_and_validates() -> None:
         assert load_config(path, environ={}).config.run.name == path.stem
 
 
-def section_schema(schema: dict, section: str) -> dict:
-    """The schema of one config section with nothing required at any depth: a group file
-    is partial (unknown keys and wrong types are still errors)."""
-    defs = {
-        name: {k: v for k, v in d.items() if k != "required"}
-        for name, d in copy.deepcopy(schema["$defs"]).items()
-    }
-    name = schema["properties"][section]["$ref"].split("/")[-1]
-    return {"$schema": schema["$schema"], "$defs": defs, **defs[name]}
-
-
 def test_every_yaml_under_configs_validates_against_the_schema() -> None:
     """Group files validate against their section's schema; every other file once composed."""
     from jsonschema import Draft202012Validator
@@ -254,3 +243,18 @@ def test_schema_describes_every_field() -> None:
     for name, definition in schema["$defs"].items():
         for field, spec in definition["properties"].items():
             assert spec.get("description"), f"{name}.{field} has no description"
+
+
+def test_configcheck_finds_nothing_in_the_shipped_tree_and_catches_a_typo(tmp_path: Path) -> None:
+    assert problems() == []
+    import shutil
+
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    shutil.copytree(ROOT / "schema", tmp_path / "schema")
+    (tmp_path / "configs" / "model" / "cnn_small.yaml").write_text(
+        "backbone: cnn_small\nchanels: [1]\n"
+    )
+    (tmp_path / "schema" / "manifest.v1.json").write_text('{"type": "nonsense"}')
+    found = problems(tmp_path)
+    assert any("configs/model/cnn_small.yaml" in line and "chanels" in line for line in found)
+    assert any("schema/manifest.v1.json" in line for line in found)

@@ -79,7 +79,10 @@ def test_logs_follow_the_schedule_and_metric_keys(smoke_manifest: Path) -> None:
     with open(run / "logs" / "epochs.csv") as handle:
         epochs = list(csv.DictReader(handle))
     assert [int(row["epoch"]) for row in epochs] == [0, 1]
-    assert {"acc/val_select", "loss/val_select", "acc/digit/val_select"} <= set(epochs[0])
+    assert {"acc/val_select", "loss/val_select", "acc/digit/val_select", "loss/train"} <= set(
+        epochs[0]
+    )
+    assert all(0 < float(row["loss/train"]) < 10 for row in epochs)  # a per-epoch mean, not blank
 
 
 def test_predictions_match_the_best_checkpoint(smoke_manifest: Path) -> None:

@@ -27,6 +27,7 @@ REQUIRED_KEYS = (
     "rng",
     "micro_batch",
     "top_k",
+    "epoch_sums",
     "config_hash",
 )
 

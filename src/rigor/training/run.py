@@ -261,6 +261,7 @@ class Session:
         self.epoch = self.position = self.epoch_step = self.step = 0
         self.best_epoch, self.stopped_early, self.samples = -1, False, 0
         self.top_k: list[dict[str, Any]] = []
+        self.epoch_sums: dict[str, float] = {}  # sample-weighted train losses of this epoch
         if state is not None:
             self._restore(state)
         self.tracker = Tracker(run_dir, cfg.logging, start_step=self.step)
@@ -313,6 +314,9 @@ class Session:
             self.step, self.epoch_step = self.step + 1, self.epoch_step + 1
             self.position += result.samples
             self.samples += result.samples
+            self.epoch_sums["samples"] = self.epoch_sums.get("samples", 0.0) + result.samples
+            for key, value in result.losses.items():
+                self.epoch_sums[key] = self.epoch_sums.get(key, 0.0) + value * result.samples
             if self.tracker.should_log_step(self.step):
                 speed = result.samples / max(time.perf_counter() - started, 1e-9)
                 extra = {"lr": result.lr, "grad_norm": result.grad_norm, "samples_per_s": speed}
@@ -325,8 +329,11 @@ class Session:
         preds = predict(
             self.eval_model(), self.select_loader, self.prepared.device, self.precision.autocast
         )
-        values = split_metrics(preds, self.prepared.dataset.tasks, "val_select")
+        seen = self.epoch_sums.pop("samples", 0.0) or 1.0
+        values = {key: total / seen for key, total in self.epoch_sums.items()}
+        values |= split_metrics(preds, self.prepared.dataset.tasks, "val_select")
         values["lr"] = float(self.scheduler.get_last_lr()[-1])
+        self.epoch_sums = {}
         improved = self.early.update(values[self.monitor])
         self.tracker.log_epoch(self.epoch, self.step, values)
         print(f"epoch {self.epoch}: {self.monitor}={values[self.monitor]:.4f}", file=sys.stderr)
@@ -378,6 +385,7 @@ class Session:
             "micro_batch": self.stepper.micro,
             "oom_events": self.stepper.events,
             "top_k": self.top_k,
+            "epoch_sums": dict(self.epoch_sums),
             "config_hash": self.prepared.resolved.hash,
         }
 
@@ -396,6 +404,7 @@ class Session:
             state["oom_events"]
         )
         self.top_k = list(state["top_k"])
+        self.epoch_sums = {key: float(value) for key, value in state["epoch_sums"].items()}
         set_rng_state(state["rng"])
 
 

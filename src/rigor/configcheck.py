@@ -1,0 +1,75 @@
+"""Check every YAML under configs/ and every JSON under schema/ (a pre-commit hook).
+
+Experiment and top-level files must compose into a valid config; group files (data/,
+model/) must fit their section's schema with nothing required; schema files must be valid
+Draft 2020-12 schemas and match what the code emits.
+
+    python -m rigor.configcheck        # exit 1 listing every problem
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from rigor.config import load_config
+from rigor.errors import ConfigError
+from rigor.manifest.env import PROJECT_ROOT
+from rigor.schema import stale
+
+GROUPS = ("data", "model")
+
+
+def section_schema(schema: dict[str, Any], section: str) -> dict[str, Any]:
+    """One section's schema with nothing required at any depth (group files are partial)."""
+    defs = {
+        name: {key: value for key, value in body.items() if key != "required"}
+        for name, body in copy.deepcopy(schema["$defs"]).items()
+    }
+    name = schema["properties"][section]["$ref"].split("/")[-1]
+    return {"$schema": schema["$schema"], "$defs": defs, **defs[name]}
+
+
+def problems(root: Path = PROJECT_ROOT) -> list[str]:
+    """Every problem found, one line each."""
+    found: list[str] = []
+    schema = json.loads((root / "schema" / "config.schema.json").read_text())
+    for path in sorted((root / "schema").glob("*.json")):
+        try:
+            Draft202012Validator.check_schema(json.loads(path.read_text()))
+        except Exception as err:  # noqa: BLE001 - any failure is a problem to report
+            found.append(f"{path.relative_to(root)}: not a valid JSON Schema: {err}")
+    found += [f"schema/{name}: stale (run make schema)" for name in stale(root / "schema")]
+    for path in sorted((root / "configs").rglob("*.yaml")):
+        rel = path.relative_to(root)
+        if path.parent.name in GROUPS:
+            validator = Draft202012Validator(section_schema(schema, path.parent.name))
+            found += [
+                f"{rel}: {e.json_path}: {e.message}"
+                for e in validator.iter_errors(yaml.safe_load(path.read_text()))
+            ]
+            continue
+        try:
+            load_config(path, environ={})
+        except ConfigError as err:
+            found.append(f"{rel}: {err}")
+    return found
+
+
+def main() -> int:
+    """Print problems; exit 1 if there are any."""
+    found = problems()
+    for line in found:
+        print(line)
+    print(f"configs and schemas: {len(found)} problem(s)")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import numpy as np
 import sklearn
@@ -24,12 +25,6 @@ def build_digits(cfg: DataConfig) -> RawData:
     targets = bunch.target.astype(np.int64)
     ids = [f"digits-{index:04d}" for index in range(len(images))]
     digest = hashlib.sha256(images.tobytes() + targets.tobytes()).hexdigest()
-
-    def decode(size: tuple[int, int] | None, channels: int, version: str) -> np.ndarray:
-        if channels != 1:
-            raise ConfigError("data.channels: digits are grey images; set data.channels: 1")
-        return images if size is None else resize(images, size, version)
-
     return RawData(
         name="digits",
         version=f"sklearn-{sklearn.__version__}",
@@ -38,8 +33,21 @@ def build_digits(cfg: DataConfig) -> RawData:
         ids=ids,
         groups=ids,
         fingerprint=digest,
-        decode=decode,
+        decode=grey_decoder(images, "digits"),
     )
+
+
+def grey_decoder(
+    images: np.ndarray, name: str
+) -> Callable[[tuple[int, int] | None, int, str], np.ndarray]:
+    """The decode function of an in-memory grey dataset: resize on request, refuse RGB."""
+
+    def decode(size: tuple[int, int] | None, channels: int, version: str) -> np.ndarray:
+        if channels != 1:
+            raise ConfigError(f"data.channels: {name} images are grey; set data.channels: 1")
+        return images if size is None else resize(images, size, version)
+
+    return decode
 
 
 # The canvas variant's definition (part of the dataset, like CIFAR's 32x32, not a knob):
@@ -67,11 +75,6 @@ def build_digits_canvas(cfg: DataConfig) -> RawData:
     ids = [f"canvas-{index:04d}" for index in range(n)]
     digest = hashlib.sha256(images.tobytes() + targets.tobytes() + masks.tobytes()).hexdigest()
 
-    def decode(size: tuple[int, int] | None, channels: int, version: str) -> np.ndarray:
-        if channels != 1:
-            raise ConfigError("data.channels: digits_canvas images are grey; set data.channels: 1")
-        return images if size is None else resize(images, size, version)
-
     return RawData(
         name="digits_canvas",
         version=f"sklearn-{sklearn.__version__}-canvas{CANVAS}-noise{NOISE}-seed{CANVAS_SEED}",
@@ -80,6 +83,6 @@ def build_digits_canvas(cfg: DataConfig) -> RawData:
         ids=ids,
         groups=ids,
         fingerprint=digest,
-        decode=decode,
+        decode=grey_decoder(images, "digits_canvas"),
         masks=masks,
     )

@@ -1,4 +1,4 @@
-"""Accuracy-type metrics from confusion matrices, with batched forms for the bootstrap."""
+"""MCC and macro-F1 from confusion matrices, with batched forms for the bootstrap."""
 
 from __future__ import annotations
 
@@ -53,11 +53,6 @@ def _f1_b(draws: np.ndarray, predicted: np.ndarray, labels: np.ndarray) -> np.nd
     return macro_f1_from(confusions(draws, predicted, labels, _classes(predicted, labels)))
 
 
-def _acc_b(draws: np.ndarray, predicted: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    hits = (np.asarray(predicted) == np.asarray(labels)).astype(np.float64)
-    return hits[draws].mean(axis=1)
-
-
 @with_batched(_mcc_b)
 def mcc(predicted: np.ndarray, labels: np.ndarray) -> float:
     """Matthews correlation coefficient (multi-class)."""
@@ -68,9 +63,3 @@ def mcc(predicted: np.ndarray, labels: np.ndarray) -> float:
 def macro_f1(predicted: np.ndarray, labels: np.ndarray) -> float:
     """Unweighted mean of per-class F1."""
     return float(_f1_b(None, predicted, labels)[0])  # type: ignore[arg-type]
-
-
-@with_batched(_acc_b)
-def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
-    """Share of correct predictions."""
-    return float(np.mean(np.asarray(predicted) == np.asarray(labels)))

@@ -20,6 +20,7 @@ EXPECTED_DIM = {
     "resnet50": 2048,
     "convnext_tiny": 768,
     "vit_b_16": 768,
+    "dinov3_vit": 384,
 }
 
 

@@ -17,10 +17,14 @@ from rigor.stages import open_run
 def reproduce(
     manifest_path: Path, output_root: Path, env_policy: str | None = None, force: bool = False
 ) -> dict[str, Any]:
-    """Train again with the recorded config (same seed) under ``output_root`` and compare."""
+    """Train (or pretrain) again with the recorded config and seed under ``output_root``
+    and compare."""
+    from rigor.pretraining.run import pretrain
     from rigor.training.run import train
 
-    ctx = open_run(manifest_path, ["config_raw.json", "splits.json"], env_policy, force)
+    ctx = open_run(
+        manifest_path, ["config_raw.json", "splits.json"], env_policy, force, allow_pretrain=True
+    )
     original = ctx.manifest
     config = ctx.config.model_copy(deep=True)
     config.run.output_root = str(output_root)
@@ -30,7 +34,8 @@ def reproduce(
         raise UsageError(
             f"{manifest_path}: the recorded config no longer validates to the same hash"
         )
-    new_path = train(resolved, env_policy=env_policy, force=force)
+    task = pretrain if original["stages"][0]["name"] == "pretrain" else train
+    new_path = task(resolved, env_policy=env_policy, force=force)
     report = compare(manifest_path, new_path)
     atomic_write_json(new_path.parent / "reproduction.json", report)
     return report

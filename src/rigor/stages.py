@@ -42,13 +42,27 @@ class RunContext:
 
 
 def open_run(
-    manifest_path: str | Path, reads: list[str], env_policy: str | None, force: bool
+    manifest_path: str | Path,
+    reads: list[str],
+    env_policy: str | None,
+    force: bool,
+    allow_pretrain: bool = False,
 ) -> RunContext:
-    """Validate, verify what ``reads`` lists, apply the env policy; exits 3/4/5 on failure."""
+    """Validate, verify what ``reads`` lists, apply the env policy; exits 3/4/5 on failure.
+
+    Only ``reproduce`` reads pretrain runs (``allow_pretrain``); every other stage needs a
+    trained classifier and its predictions.
+    """
     import json
 
     path = Path(manifest_path)
     manifest = load_manifest(path)
+    first = manifest["stages"][0]["name"]
+    if first != "train" and not allow_pretrain:
+        raise ArtifactError(
+            f"{path}: run {manifest['run_id']} is a {first} run (no classifier, no predictions); "
+            "fine-tune from its weights (model.hf.path) and give this stage that run's manifest"
+        )
     wanted = ["config_resolved.json", *reads]
     missing = [rel for rel in wanted if rel not in manifest["sha256"]]
     if missing:

@@ -119,11 +119,56 @@ class DataConfig(Section):
     num_workers: int = Field(ge=0, le=64, description="DataLoader worker processes.")
 
 
+class HFConfig(Section):
+    """A Hugging Face encoder (DINOv3 ViT): built from these sizes, or loaded from ``path``."""
+
+    path: str | None = Field(
+        description="Local folder for from_pretrained (config.json + model.safetensors); the "
+        "sizes below are then read from it. null: build from the sizes, randomly initialised."
+    )
+    hidden_size: int = Field(ge=8, description="Token width (384 for ViT-S, 768 for ViT-B).")
+    num_layers: int = Field(ge=1, description="Transformer blocks.")
+    num_heads: int = Field(ge=1, description="Attention heads; must divide hidden_size.")
+    intermediate_size: int = Field(ge=8, description="Width of the MLP in each block.")
+    patch_size: int = Field(ge=1, description="Side of the square patches, in pixels.")
+    num_register_tokens: int = Field(ge=0, description="Register tokens after the CLS token.")
+    pooling: Literal["cls", "mean"] = Field(
+        description="Image feature: the normalised CLS token, or the mean of the patch tokens."
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> HFConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.hf.num_heads ({self.num_heads}) must divide model.hf.hidden_size "
+                f"({self.hidden_size})"
+            )
+        return self
+
+
+class PeftConfig(Section):
+    """Parameter-efficient fine-tuning of the backbone with the peft library."""
+
+    method: Literal["none", "lora", "dora"] = Field(
+        description="none: train the backbone as configured; lora: low-rank adapters on "
+        "target_modules with the base weights frozen; dora: weight-decomposed LoRA."
+    )
+    r: int = Field(ge=1, description="Rank of the adapters.")
+    alpha: int = Field(ge=1, description="Scale numerator: the update is (alpha / r) B A.")
+    dropout: float = Field(ge=0, lt=1, description="Dropout on the adapters' input.")
+    target_modules: list[str] = Field(
+        min_length=1,
+        description="Names (suffixes) of the backbone's Linear/Conv layers that get adapters, "
+        "e.g. q_proj, v_proj for DINOv3.",
+    )
+
+
 class ModelConfig(Section):
     """Backbone and heads."""
 
     backbone: str = Field(
-        description="Registered backbone: cnn_small, resnet18, resnet50, convnext_tiny, vit_b_16."
+        description="Registered backbone: cnn_small, resnet18, resnet50, convnext_tiny, "
+        "vit_b_16, dinov3_vit."
     )
     channels: list[int] = Field(
         min_length=1, description="Conv channel widths of cnn_small, one entry per block."
@@ -133,6 +178,17 @@ class ModelConfig(Section):
         description="Local backbone weights (.safetensors or .pt state dict); null: from scratch."
     )
     freeze_backbone: bool = Field(description="Train the heads only.")
+    hf: HFConfig = Field(description="Sizes or local folder of a Hugging Face backbone.")
+    peft: PeftConfig = Field(description="LoRA/DoRA adapters on the backbone.")
+
+    @model_validator(mode="after")
+    def _peft_or_freeze(self) -> ModelConfig:
+        if self.freeze_backbone and self.peft.method != "none":
+            raise ValueError(
+                f"model.freeze_backbone and model.peft.method={self.peft.method} conflict: "
+                "PEFT already freezes the base weights and trains the adapters"
+            )
+        return self
 
 
 class TrainingConfig(Section):
@@ -300,6 +356,27 @@ class XaiConfig(Section):
     worker: XaiWorkerConfig = Field(description="The worker service.")
 
 
+class PretrainConfig(Section):
+    """Masked-autoencoder pretraining of a ViT backbone (scripts/pretrain.py)."""
+
+    mask_ratio: float = Field(gt=0, lt=1, description="Share of patches hidden from the encoder.")
+    decoder_dim: int = Field(ge=8, description="Token width of the light decoder.")
+    decoder_layers: int = Field(ge=1, description="Transformer blocks of the decoder.")
+    decoder_heads: int = Field(ge=1, description="Attention heads of the decoder.")
+    norm_pix_loss: bool = Field(
+        description="Reconstruct each patch's pixels normalised by the patch's own mean and std."
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> PretrainConfig:
+        if self.decoder_dim % self.decoder_heads:
+            raise ValueError(
+                f"pretrain.decoder_heads ({self.decoder_heads}) must divide pretrain.decoder_dim "
+                f"({self.decoder_dim})"
+            )
+        return self
+
+
 class Config(Section):
     """A whole run's config, as validated after composition and overrides."""
 
@@ -314,6 +391,7 @@ class Config(Section):
     evaluation: EvaluationConfig = Field(description="Metrics and bootstrap of scripts/eval.py.")
     calibration: CalibrationConfig = Field(description="Calibration of scripts/calibrate.py.")
     xai: XaiConfig = Field(description="Explanations of scripts/xai.py.")
+    pretrain: PretrainConfig = Field(description="MAE pretraining of scripts/pretrain.py.")
 
     @model_validator(mode="after")
     def _cross_field(self) -> Config:

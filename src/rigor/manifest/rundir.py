@@ -23,13 +23,15 @@ def run_id_base(name: str, config_hash: str, moment: datetime) -> str:
     return f"{moment.strftime('%Y%m%dT%H%M%SZ')}-{safe}-{config_hash[:8]}"
 
 
-def create_run_dir(output_root: Path, name: str, config_hash: str) -> tuple[str, Path]:
-    """Create ``<output_root>/runs/<run_id>/`` exclusively; a taken id gets a numeric suffix.
+def create_run_dir(
+    output_root: Path, name: str, config_hash: str, folder: str = "runs"
+) -> tuple[str, Path]:
+    """Create ``<output_root>/<folder>/<run_id>/`` exclusively; a taken id gets a suffix.
 
     ``mkdir`` without ``exist_ok`` is atomic, so two runs started in the same second
-    (even in two processes) never share a folder.
+    (even in two processes) never share a folder. Sweeps use ``folder="sweeps"``.
     """
-    runs = output_root / "runs"
+    runs = output_root / folder
     runs.mkdir(parents=True, exist_ok=True)
     base = run_id_base(name, config_hash, utc_now())
     for attempt in range(10_000):

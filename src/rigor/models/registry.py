@@ -66,6 +66,7 @@ class RigorModel(nn.Module):
         self.heads = heads
         self.feature_dim = feature_dim
         self.arch = arch
+        self.peft_info: dict[str, int] = {}  # adapted layers and adapter parameters, if any
 
     def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits (classification) or predictions (regression) per task."""
@@ -76,6 +77,7 @@ class RigorModel(nn.Module):
 def backbone_spec(name: str) -> BackboneSpec:
     """The registered spec of ``name``; ConfigError naming the field otherwise."""
     import rigor.models.backbones  # noqa: F401  (registers the built-in backbones and heads)
+    import rigor.models.hf  # noqa: F401  (registers the Hugging Face backbones)
 
     if name not in BACKBONES:
         raise ConfigError(
@@ -130,10 +132,17 @@ def build_model(
     backbone, dim = spec.build(cfg, input_shape)
     if cfg.weights_path:
         load_weights(backbone, Path(cfg.weights_path))
+    peft: dict[str, int] = {}
+    if cfg.peft.method != "none":
+        from rigor.models.hf import apply_peft
+
+        peft = apply_peft(backbone, cfg.peft)
     heads = nn.ModuleDict({name: HEADS[task.kind](cfg, task, dim) for name, task in tasks.items()})
     if cfg.freeze_backbone:
         backbone.requires_grad_(False)
-    return RigorModel(backbone, heads, dim, cfg.backbone)
+    model = RigorModel(backbone, heads, dim, cfg.backbone)
+    model.peft_info = peft
+    return model
 
 
 def model_size(model: nn.Module) -> dict[str, float]:

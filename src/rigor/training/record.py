@@ -26,8 +26,14 @@ def build_manifest(
     metrics: dict[str, float],
     summary: dict[str, Any],
     predictions: list[str],
+    stage: str = "train",
+    extra_artifacts: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """Manifest v1 for a finished run, with the sha256 of every artifact."""
+    """Manifest v1 for a finished run, with the sha256 of every artifact.
+
+    ``stage`` names the first stage (``train``, or ``pretrain`` for an MAE run, which has no
+    predictions); ``extra_artifacts`` adds artifact lists (e.g. ``weights``, ``figures``).
+    """
     cfg = prepared.resolved.config
     dataset, lock = prepared.dataset, prepared.lock
     checkpoints = _files(run_dir, "checkpoints")
@@ -39,6 +45,8 @@ def build_manifest(
         "logs": _files(run_dir, "logs"),
         "splits": ["splits.json"],
     }
+    for key, paths in (extra_artifacts or {}).items():
+        artifacts[key] = sorted({*artifacts.get(key, []), *paths})
     configs = ["config.yaml", "config_raw.json", "config_resolved.json"]
     every = sorted({*checkpoints, *configs, *(p for paths in artifacts.values() for p in paths)})
     finished = utc_now()
@@ -73,7 +81,7 @@ def build_manifest(
         "encoder": {
             "arch": cfg.model.backbone,
             "dim": prepared.model.feature_dim,
-            "weights": cfg.model.weights_path,
+            "weights": cfg.model.weights_path or cfg.model.hf.path,
         },
         "transforms": prepared.transforms,
         "checkpoints": checkpoints,
@@ -87,7 +95,7 @@ def build_manifest(
         "sha256": hash_files(run_dir, every),
         "stages": [
             {
-                "name": "train",
+                "name": stage,
                 "status": "complete",
                 "started_at": iso(prepared.started),
                 "finished_at": iso(finished),

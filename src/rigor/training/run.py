@@ -86,10 +86,13 @@ def prepare(resolved: ResolvedConfig, env_policy: str | None, force: bool) -> Pr
     dataset.transform = build_transform(cfg.data.transforms, mean, std)
     shape = tuple(int(s) for s in dataset.inputs.shape[1:])
     model = build_model(cfg.model, dataset.tasks, (shape[0], shape[1], shape[2]))
-    info = model_size(model)
+    info = {**model_size(model), **model.peft_info}
+    adapters = (
+        f", {cfg.model.peft.method} on {info['adapted_layers']} layers" if model.peft_info else ""
+    )
     print(
         f"model: {cfg.model.backbone}, {info['params_total']:,} parameters "
-        f"({info['params_trainable']:,} trainable), {info['size_mb']} MB",
+        f"({info['params_trainable']:,} trainable{adapters}), {info['size_mb']} MB",
         file=sys.stderr,
     )
     device = pick_device(cfg.run.device, cfg.training.tf32)

@@ -1,0 +1,127 @@
+"""Hugging Face encoders (DINOv3 ViT) and PEFT adapters (LoRA, DoRA) through the peft library.
+
+The DINOv3 backbone is the real ``transformers.DINOv3ViTModel``: built from ``model.hf`` sizes
+with random weights (no download), or read with ``from_pretrained`` from a local folder.
+Adapters are injected in place with ``peft.inject_adapter_in_model``, so the backbone's layer
+names (used by XAI and by checkpoints) stay those of the plain model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rigor.config.models import HFConfig, ModelConfig, PeftConfig
+from rigor.errors import ArtifactError, ConfigError
+from rigor.models.registry import IMAGENET, InputShape, register_backbone
+
+
+class HFBackbone(nn.Module):
+    """A Hugging Face vision encoder returning (N, dim) features; grey inputs become RGB.
+
+    Layer names are ``net.<transformers name>`` (``net.model.layer.0.attention.q_proj``).
+    """
+
+    def __init__(self, net: nn.Module, grey: bool, pooling: str, prefix_tokens: int) -> None:
+        super().__init__()
+        self.net = net
+        self.grey = grey
+        self.pooling = pooling
+        self.prefix_tokens = prefix_tokens
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The normalised CLS token, or the mean of the normalised patch tokens."""
+        if self.grey:
+            inputs = inputs.expand(-1, 3, -1, -1)
+        out = self.net(pixel_values=inputs)
+        if self.pooling == "cls":
+            return out.pooler_output
+        return out.last_hidden_state[:, self.prefix_tokens :].mean(dim=1)
+
+
+def dinov3_config(cfg: HFConfig, image_size: int) -> Any:
+    """The ``DINOv3ViTConfig`` of ``model.hf`` (3 input channels, like the released weights)."""
+    from transformers import DINOv3ViTConfig
+
+    return DINOv3ViTConfig(
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        patch_size=cfg.patch_size,
+        num_register_tokens=cfg.num_register_tokens,
+        image_size=image_size,
+        num_channels=3,
+    )
+
+
+def load_dinov3(cfg: HFConfig, image_size: int) -> Any:
+    """``DINOv3ViTModel`` from the local folder ``cfg.path``, or built from the sizes."""
+    from transformers import DINOv3ViTModel
+
+    if cfg.path is None:
+        return DINOv3ViTModel(dinov3_config(cfg, image_size))
+    folder = Path(cfg.path)
+    if not (folder / "config.json").is_file():
+        raise ArtifactError(
+            f"model.hf.path: {folder} has no config.json (expected a folder written by "
+            "save_pretrained, e.g. a pretrain run's pretrain/hf/)"
+        )
+    try:
+        return DINOv3ViTModel.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"model.hf.path: cannot load {folder}: {err}") from None
+
+
+@register_backbone("dinov3_vit", IMAGENET, "net.embeddings.patch_embeddings")
+def dinov3_vit(cfg: ModelConfig, shape: InputShape) -> tuple[nn.Module, int]:
+    """DINOv3 ViT; the image sides must be multiples of the patch size."""
+    if shape[0] not in (1, 3):
+        raise ConfigError(f"model.backbone dinov3_vit takes 1 or 3 channels, data has {shape[0]}")
+    net = load_dinov3(cfg.hf, shape[1])
+    patch = int(net.config.patch_size)
+    if shape[1] % patch or shape[2] % patch:
+        raise ConfigError(
+            f"model.hf.patch_size {patch} does not divide the {shape[1]}x{shape[2]} images; "
+            "set data.transforms.image_size or the patch size"
+        )
+    prefix = 1 + int(net.config.num_register_tokens)
+    return HFBackbone(net, shape[0] == 1, cfg.hf.pooling, prefix), int(net.config.hidden_size)
+
+
+def apply_peft(backbone: nn.Module, cfg: PeftConfig) -> dict[str, int]:
+    """Inject LoRA/DoRA adapters into ``backbone`` in place and freeze everything else in it.
+
+    Returns the number of adapted layers and adapter parameters. Raises ConfigError when no
+    layer matches ``target_modules``.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    names = [name for name, _ in backbone.named_modules()]
+    matched = [n for n in names if any(n == t or n.endswith("." + t) for t in cfg.target_modules)]
+    if not matched:
+        leaves = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in backbone.named_modules() if not list(m.children())}
+        )
+        raise ConfigError(
+            f"model.peft.target_modules {cfg.target_modules} match no layer of the backbone "
+            f"(leaf layer names: {leaves[:20]})"
+        )
+    config = LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        use_dora=cfg.method == "dora",
+        bias="none",
+    )
+    inject_adapter_in_model(config, backbone)
+    adapter = 0
+    for name, param in backbone.named_parameters():
+        is_adapter = "lora_" in name
+        param.requires_grad_(is_adapter)
+        adapter += param.numel() if is_adapter else 0
+    return {"adapted_layers": len(matched), "adapter_params": adapter}

@@ -1,0 +1,1 @@
+"""MAE pretraining of ViT encoders (scripts/pretrain.py)."""

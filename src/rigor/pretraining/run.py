@@ -1,0 +1,255 @@
+"""The pretrain task function: MAE on the train split's images, a run folder with a manifest.
+
+Labels are never read. The train split fits the weights and val_select's reconstruction loss
+(with masks fixed by the seed) picks the best epoch, so a later fine-tune on the same data and
+seed has seen none of val_calib or val_test. The best encoder is saved with
+``save_pretrained`` under ``pretrain/hf/``: a fine-tune loads it through ``model.hf.path``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from rigor.config import ResolvedConfig
+from rigor.errors import ConfigError
+from rigor.io import atomic_write_json
+from rigor.manifest import write_manifest
+from rigor.manifest.rundir import create_run_dir
+from rigor.pretraining.mae import MAE
+from rigor.tracking import Tracker
+from rigor.training.checkpoint import rng_state, save_checkpoint
+from rigor.training.policy import (
+    EarlyStopping,
+    EpochSampler,
+    Precision,
+    build_optimizer,
+    build_scheduler,
+)
+from rigor.training.run import Prepared, make_loader, prepare, write_run_inputs
+
+TRAIN_KEY, VAL_KEY = "loss/mae/train", "loss/mae/val_select"
+HF_DIR = "pretrain/hf"
+FIGURE = "pretrain/reconstructions.png"
+
+
+def check_pretrain_config(resolved: ResolvedConfig) -> None:
+    """MAE needs a ViT backbone trained in full (no adapters, not frozen)."""
+    model = resolved.config.model
+    if model.backbone != "dinov3_vit":
+        raise ConfigError(
+            f"model.backbone: pretrain.py pretrains dinov3_vit encoders, not {model.backbone!r}"
+        )
+    if model.peft.method != "none" or model.freeze_backbone:
+        raise ConfigError(
+            "model.peft.method / model.freeze_backbone: MAE pretraining trains the whole "
+            "encoder; set peft.method: none and freeze_backbone: false"
+        )
+
+
+def pretrain(resolved: ResolvedConfig, env_policy: str | None = None, force: bool = False) -> Path:
+    """Pretrain the configured encoder with MAE and return the run's ``manifest.json`` path."""
+    check_pretrain_config(resolved)
+    prepared = prepare(resolved, env_policy, force)
+    cfg = resolved.config
+    channels, height, width = (int(s) for s in prepared.dataset.inputs.shape[1:])
+    encoder: Any = prepared.model.backbone.net
+    patch = int(encoder.config.patch_size)
+    mae = MAE(encoder, channels, (height // patch) * (width // patch), cfg.pretrain)
+    mae.to(prepared.device)
+    run_id, run_dir = create_run_dir(Path(cfg.run.output_root), cfg.run.name, resolved.hash)
+    print(f"run {run_id}: MAE pretraining, writing to {run_dir}", file=sys.stderr)
+    write_run_inputs(run_dir, prepared)
+    summary, best_value = _fit(run_dir, prepared, mae)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    encoder.save_pretrained(str(run_dir / HF_DIR), safe_serialization=True)
+    _figure(run_dir, prepared, mae)
+    metrics = {f"best/{VAL_KEY}": best_value}
+    atomic_write_json(run_dir / "metrics.json", {"metrics": metrics, "training": summary})
+    from rigor.training.record import build_manifest
+
+    weights = sorted(
+        str(p.relative_to(run_dir)) for p in (run_dir / HF_DIR).rglob("*") if p.is_file()
+    )
+    manifest = build_manifest(
+        run_dir,
+        prepared,
+        metrics,
+        summary,
+        [],
+        stage="pretrain",
+        extra_artifacts={"weights": weights, "figures": [FIGURE]},
+    )
+    return write_manifest(run_dir, manifest)
+
+
+def _fit(run_dir: Path, prepared: Prepared, mae: MAE) -> tuple[dict[str, Any], float]:
+    """The epochs; keeps the best weights (lowest val_select loss) in ``mae`` at the end."""
+    cfg = prepared.resolved.config
+    train_loader = make_loader(prepared, prepared.splits["train"], train=True)
+    val_loader = make_loader(prepared, prepared.splits["val_select"], train=False)
+    accumulate = cfg.training.accumulate_steps
+    per_epoch = math.ceil(len(train_loader) / accumulate)
+    steps_per_epoch = min(per_epoch, cfg.training.max_steps_per_epoch or per_epoch)
+    optimizer = build_optimizer(mae, cfg.training, cfg.optimizer)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.training.epochs, steps_per_epoch)
+    precision = Precision(cfg.training.precision, prepared.device)
+    early = EarlyStopping("min", cfg.training.patience, cfg.training.min_delta)
+    tracker = Tracker(run_dir, cfg.logging)
+    masks = torch.Generator().manual_seed(cfg.run.seed)
+    best_state: dict[str, torch.Tensor] | None = None
+    step = samples = best_epoch = epoch = 0
+    started = time.perf_counter()
+    for epoch in range(cfg.training.epochs):
+        sampler = train_loader.sampler
+        assert isinstance(sampler, EpochSampler) and train_loader.generator is not None
+        sampler.set_epoch(epoch, 0)
+        train_loader.generator.manual_seed(cfg.run.seed * 1_000_003 + epoch)
+        mae.train()
+        batches = iter(train_loader)
+        seen, total_loss = 0, 0.0
+        for _ in tracker.progress(range(steps_per_epoch), steps_per_epoch, f"epoch {epoch}"):
+            group = [b["input"] for _, b in zip(range(accumulate), batches, strict=False)]
+            if not group:
+                break
+            loss, norm, count = _step(
+                mae, group, optimizer, precision, prepared.device, masks, cfg.training.grad_clip
+            )
+            lr = float(optimizer.param_groups[-1]["lr"])
+            scheduler.step()
+            step, seen, samples = step + 1, seen + count, samples + count
+            total_loss += loss * count
+            if tracker.should_log_step(step):
+                tracker.log_step(step, {TRAIN_KEY: loss, "lr": lr, "grad_norm": norm})
+        value = _validate(mae, val_loader, precision, prepared.device, cfg.run.seed)
+        values = {TRAIN_KEY: total_loss / max(seen, 1), VAL_KEY: value}
+        values["lr"] = float(scheduler.get_last_lr()[-1])
+        tracker.log_epoch(epoch, step, values)
+        print(f"epoch {epoch}: {VAL_KEY}={value:.4f}", file=sys.stderr)
+        state = {
+            "model": mae.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch + 1,
+            "step": step,
+            "rng": rng_state(),
+            "config_hash": prepared.resolved.hash,
+        }
+        if early.update(value):
+            best_epoch, best_state = epoch, copy.deepcopy(mae.state_dict())
+            save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
+        save_checkpoint(run_dir / "checkpoints" / "last.pt", state)
+        if early.should_stop:
+            break
+    tracker.close()
+    assert best_state is not None
+    mae.load_state_dict(best_state)
+    wall = max(time.perf_counter() - started, 1e-9)
+    summary = {
+        "objective": "mae",
+        "epochs": cfg.training.epochs,
+        "epochs_run": epoch + 1,
+        "stopped_early": early.should_stop,
+        "steps": step,
+        "best_epoch": best_epoch,
+        "wall_time_s": round(wall, 3),
+        "samples_per_s": round(samples / wall, 1),
+        "model": prepared.model_info,
+        "mask_ratio": cfg.pretrain.mask_ratio,
+    }
+    return summary, float(early.best_value)
+
+
+def _step(
+    mae: MAE,
+    group: list[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    precision: Precision,
+    device: torch.device,
+    masks: torch.Generator,
+    clip: float | None,
+) -> tuple[float, float, int]:
+    """One optimizer step over the accumulation group; the loss is the group's sample mean."""
+    optimizer.zero_grad(set_to_none=True)
+    total = sum(len(images) for images in group)
+    loss_sum = 0.0
+    for images in group:
+        with precision.autocast():
+            out = mae(images.to(device), masks)
+        weight = len(images) / total
+        precision.scaler.scale(out.loss * weight).backward()
+        loss_sum += out.loss.item() * weight
+    precision.scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(mae.parameters(), clip or float("inf"))
+    precision.scaler.step(optimizer)
+    precision.scaler.update()
+    return loss_sum, float(norm), total
+
+
+@torch.no_grad()
+def _validate(
+    mae: MAE,
+    loader: DataLoader[Any],
+    precision: Precision,
+    device: torch.device,
+    seed: int,
+) -> float:
+    """Mean reconstruction loss on val_select with the same masks every epoch."""
+    mae.eval()
+    masks = torch.Generator().manual_seed(seed + 1)
+    total, count = 0.0, 0
+    for batch in loader:
+        images = batch["input"].to(device)
+        with precision.autocast():
+            out = mae(images, masks)
+        total += out.loss.item() * len(images)
+        count += len(images)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def _figure(run_dir: Path, prepared: Prepared, mae: MAE, n: int = 8) -> None:
+    """Originals, masked inputs and reconstructions of the first val_select images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rigor.io import atomic_write_with
+    from rigor.pretraining.mae import patchify, unpatchify
+
+    mae.eval()
+    rows = prepared.splits["val_select"][:n]
+    images = torch.stack([prepared.dataset[row]["input"] for row in rows]).to(prepared.device)
+    out = mae(images, torch.Generator().manual_seed(prepared.resolved.config.run.seed + 1))
+    recon = mae.reconstruct(images, out).cpu()
+    patches = patchify(images.float().cpu(), mae.patch)
+    masked = unpatchify(
+        patches * (1 - out.mask.cpu())[..., None], mae.patch, mae.channels, images.shape[2]
+    )
+    fig, axes = plt.subplots(3, len(rows), figsize=(1.4 * len(rows), 4.4), squeeze=False)
+    for col in range(len(rows)):
+        for row, (title, batch) in enumerate(
+            (("input", images.cpu()), ("visible", masked), ("reconstruction", recon))
+        ):
+            picture = batch[col].float().permute(1, 2, 0).numpy()
+            low, high = float(images[col].min()), float(images[col].max())
+            picture = ((picture - low) / max(high - low, 1e-6)).clip(0, 1)  # the input's range
+            ax = axes[row][col]
+            ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(title, fontsize=8)
+    fig.tight_layout()
+    atomic_write_with(run_dir / FIGURE, lambda handle: fig.savefig(handle, format="png", dpi=100))
+    plt.close(fig)

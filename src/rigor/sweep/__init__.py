@@ -1,0 +1,1 @@
+"""Sweeps: grid expansion, local and submitit launchers, summaries ranked on val_select."""

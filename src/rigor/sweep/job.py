@@ -1,0 +1,64 @@
+"""One sweep point: compose its config, train (or pretrain), record the outcome as JSON.
+
+The same function runs in a local subprocess (``python -m rigor.sweep.job SPEC``) and in a
+submitit job on a cluster. The outcome goes to ``points/<index>.json`` in the sweep folder,
+so the sweep never has to unpickle a job's result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from rigor.errors import RigorError
+from rigor.io import atomic_write_json
+
+
+def run_point(spec: dict[str, Any]) -> int:
+    """Run the point ``spec`` describes; returns its exit code (0 ok) after writing status.
+
+    ``spec`` keys: index, config, sets, overrides, task (train|pretrain), env_policy, cwd
+    (where the sweep was launched), status (the JSON file to write).
+    """
+    from rigor.config import load_config
+
+    status_path = Path(spec["status"])
+    os.chdir(spec["cwd"])  # relative config and output paths mean what they meant at launch
+    result: dict[str, Any] = {"index": spec["index"], "overrides": spec["overrides"]}
+    try:
+        resolved = load_config(spec["config"], sets=spec["sets"], sweep=spec["overrides"])
+        if spec["task"] == "pretrain":
+            from rigor.pretraining.run import pretrain as task
+        else:
+            from rigor.training.run import train as task
+        manifest = task(resolved, env_policy=spec["env_policy"])
+        result |= {"status": "ok", "exit_code": 0, "manifest": str(manifest), "error": None}
+    except RigorError as err:
+        result |= {"status": "failed", "exit_code": err.exit_code, "manifest": None}
+        result["error"] = str(err)
+    except Exception as err:  # noqa: BLE001 - one point's crash must not end the sweep
+        traceback.print_exc()
+        result |= {"status": "failed", "exit_code": 1, "manifest": None}
+        result["error"] = f"unexpected {type(err).__name__}: {err}"
+    atomic_write_json(status_path, result)
+    if result["error"]:
+        print(f"error: sweep point {spec['index']}: {result['error']}", file=sys.stderr)
+    return int(result["exit_code"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rigor.sweep.job SPEC.json``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m rigor.sweep.job SPEC.json", file=sys.stderr)
+        return 2
+    spec = json.loads(Path(args[0]).read_text())
+    return run_point(spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Summarise a sweep from its points' status files and run manifests.
+
+Points are ranked by the config's monitor on ``val_select`` (the split that picks models);
+``val_test`` numbers are reported next to it and never used to choose.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from rigor.errors import UsageError
+from rigor.io import atomic_write_json, atomic_write_text
+from rigor.manifest import load_manifest
+from rigor.tracking import monitor_to_key
+
+
+def _monitor(manifest: dict[str, Any], manifest_path: Path) -> tuple[str, str]:
+    """The ranking metric key (``best/…``) and its mode from the run's resolved config."""
+    config = json.loads((manifest_path.parent / "config_resolved.json").read_text())
+    if manifest["stages"][0]["name"] == "pretrain":
+        return "best/loss/mae/val_select", "min"
+    training = config["training"]
+    return f"best/{monitor_to_key(training['monitor'])}", training["monitor_mode"]
+
+
+def summarize(folder: Path) -> dict[str, Any]:
+    """Write ``summary.json`` and ``summary.csv`` for the sweep in ``folder``; return it."""
+    record_path = folder / "sweep.json"
+    if not record_path.is_file():
+        raise UsageError(f"--summarize: {folder} is not a sweep folder (no sweep.json)")
+    record = json.loads(record_path.read_text())
+    rows: list[dict[str, Any]] = []
+    monitor, mode = None, "max"
+    for point in record["points"]:
+        status_path = folder / "points" / f"{point['index']}.json"
+        row: dict[str, Any] = {"index": point["index"], "overrides": point["overrides"]}
+        if not status_path.is_file():
+            row |= {"status": "pending", "error": "no status yet (running, or lost: see logs)"}
+            rows.append(row)
+            continue
+        status = json.loads(status_path.read_text())
+        row |= {"status": status["status"], "error": status["error"]}
+        if status["status"] == "ok":
+            manifest_path = Path(status["manifest"])
+            if not manifest_path.is_absolute():
+                manifest_path = Path(record.get("cwd", ".")) / manifest_path
+            manifest = load_manifest(manifest_path)
+            monitor, mode = _monitor(manifest, manifest_path)
+            row |= {
+                "run_id": manifest["run_id"],
+                "manifest": str(manifest_path),
+                "metrics": manifest["metrics"],
+            }
+        rows.append(row)
+    done = [r for r in rows if r["status"] == "ok" and monitor in r["metrics"]]
+    sign = -1.0 if mode == "max" else 1.0
+    ranked = sorted(done, key=lambda r: (_key(sign * r["metrics"][monitor]), r["index"]))
+    for rank, row in enumerate(ranked, start=1):
+        row["rank"] = rank
+    summary = {
+        "sweep_id": record["sweep_id"],
+        "monitor": monitor,
+        "mode": mode,
+        "chosen_on": "val_select",
+        "best": ranked[0] if ranked else None,
+        "points": rows,
+    }
+    atomic_write_json(folder / "summary.json", summary)
+    keys = [entry["key"] for entry in record["grid"]]
+    atomic_write_text(folder / "summary.csv", _csv(rows, keys))
+    return summary
+
+
+def _key(value: float) -> float:
+    return math.inf if value is None or math.isnan(value) else value
+
+
+def _csv(rows: list[dict[str, Any]], grid: list[str]) -> str:
+    metric_names = sorted(
+        {
+            key
+            for row in rows
+            for key in row.get("metrics", {})
+            if key.startswith("best/") or key.endswith(("/val_select", "/val_test"))
+        }
+    )
+    header = ["rank", "index", *grid, "status", "run_id", *metric_names]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    ordered = sorted(rows, key=lambda r: (r.get("rank", math.inf), r["index"]))
+    for row in ordered:
+        metrics = row.get("metrics", {})
+        writer.writerow(
+            [
+                row.get("rank", ""),
+                row["index"],
+                *(json.dumps(row["overrides"][key]) for key in grid),
+                row["status"],
+                row.get("run_id", ""),
+                *(metrics.get(name, "") for name in metric_names),
+            ]
+        )
+    return buffer.getvalue()
+
+
+def print_table(summary: dict[str, Any], out: Any = None) -> None:
+    """A short ranked table: rank, overrides, monitor value, status (to stdout by default)."""
+    out = sys.stdout if out is None else out
+    monitor = summary["monitor"]
+    print(f"ranked by {monitor} ({summary['mode']}, chosen on val_select)", file=out)
+    rows = sorted(summary["points"], key=lambda r: (r.get("rank", math.inf), r["index"]))
+    for row in rows:
+        value = row.get("metrics", {}).get(monitor) if monitor else None
+        shown = f"{value:.4f}" if isinstance(value, float) else "-"
+        rank = row.get("rank", "-")
+        print(f"{rank!s:>4}  {shown:>8}  {row['status']:<7} {row['overrides']}", file=out)

@@ -73,17 +73,26 @@ def test_docs_commands_run_as_written(workdir: Path) -> None:
     manifest = result.stdout.strip().splitlines()[-1].removeprefix("MANIFEST=")
     assert (workdir / manifest).is_file()
 
+    blocks = [b for path in DOCS for b in shell_blocks(path) if b is not tour]
+    chains = [b for b in blocks if any(line.startswith("M=$(") for line in b)]
     others = [
         line
-        for path in DOCS
-        for block in shell_blocks(path)
-        if block is not tour
+        for block in blocks
+        if block not in chains
         for line in block
         if quick(line) and "$M" not in line and "scripts/train.py" not in line
     ]
-    assert len(others) >= 6  # manifest.py validate/verify/show/diff, reproduce.py, xai.py
+    assert len(others) >= 8  # manifest.py validate/verify/show/diff, reproduce, xai, sweep x2
+    assert chains  # docs/peft.md: pretrain, then fine-tune from its weights
     for line in others:
         command = PLACEHOLDER.sub(manifest, line).replace(".venv/bin/python", python)
         command = re.sub(r"^python ", f"{python} ", command)
+        sweeps = sorted((workdir / "results" / "sweeps").glob("*"))
+        if sweeps:
+            command = command.replace("results/sweeps/<sweep_id>", str(sweeps[-1]))
         result = run(command, workdir)
         assert result.returncode == 0, f"{line}\n{result.stderr[-2000:]}"
+    for block in chains:  # a block that captures a manifest runs as one script
+        script = "\n".join(line.replace(".venv/bin/python", python) for line in block)
+        result = run(script, workdir)
+        assert result.returncode == 0, f"{script}\n{result.stderr[-2000:]}"

@@ -238,6 +238,10 @@ class TrainingConfig(Section):
         description="Metric that picks the best checkpoint; must be on val_select.",
     )
     monitor_mode: Literal["max", "min"] = Field(description="Whether the monitor should rise.")
+    task_weighting: Literal["equal", "uncertainty"] = Field(
+        description="How task losses add up: equal (a plain sum) or uncertainty (learned "
+        "homoscedastic-uncertainty weights, Kendall et al. 2018)."
+    )
 
 
 class OptimizerConfig(Section):

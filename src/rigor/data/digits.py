@@ -15,6 +15,19 @@ from rigor.data.transforms import resize
 from rigor.errors import ConfigError
 
 DIGIT = TaskSpec("digit", "classification", 10, tuple(str(d) for d in range(10)))
+# Derived tasks for multi-task runs: functions of the image and its label, so the same
+# fingerprint covers them.
+PARITY = TaskSpec("parity", "classification", 2, ("even", "odd"))
+INK = TaskSpec("ink", "regression")
+
+
+def derived_targets(images: np.ndarray, digits: np.ndarray) -> dict[str, np.ndarray]:
+    """``digit``; ``parity`` (0 even, 1 odd); ``ink``: mean intensity in [0, 1], times 10."""
+    return {
+        "digit": digits,
+        "parity": (digits % 2).astype(np.int64),
+        "ink": (images.reshape(len(images), -1).mean(axis=1) * 10).astype(np.float32),
+    }
 
 
 @register_dataset("digits")
@@ -28,8 +41,8 @@ def build_digits(cfg: DataConfig) -> RawData:
     return RawData(
         name="digits",
         version=f"sklearn-{sklearn.__version__}",
-        offered={"digit": DIGIT},
-        targets={"digit": targets},
+        offered={"digit": DIGIT, "parity": PARITY, "ink": INK},
+        targets=derived_targets(images, targets),
         ids=ids,
         groups=ids,
         fingerprint=digest,

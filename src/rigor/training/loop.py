@@ -4,6 +4,7 @@ prediction, and split metrics."""
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,11 +29,48 @@ def task_loss(output: torch.Tensor, target: torch.Tensor, spec: TaskSpec) -> tor
     return F.mse_loss(output.float(), target.float())
 
 
+class UncertaintyWeights(nn.Module):
+    """Learned task weights from homoscedastic uncertainty (Kendall, Gal and Cipolla, 2018).
+
+    Each task has a log-variance :math:`s_t = \\log\\sigma_t^2` (initialised at 0). The
+    total loss is :math:`\\sum_t c_t e^{-s_t} L_t + s_t / 2` with :math:`c_t = 1` for
+    classification and :math:`1/2` for regression.
+    """
+
+    def __init__(self, tasks: dict[str, TaskSpec]) -> None:
+        super().__init__()
+        self.kinds = {name: spec.kind for name, spec in tasks.items()}
+        self.log_vars = nn.ParameterDict({name: nn.Parameter(torch.zeros(())) for name in tasks})
+
+    def forward(self, per_task: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The weighted total of the per-task losses."""
+        terms = []
+        for name, loss in per_task.items():
+            s = self.log_vars[name]
+            scale = 1.0 if self.kinds[name] == "classification" else 0.5
+            terms.append(scale * torch.exp(-s) * loss + 0.5 * s)
+        return torch.stack(terms).sum()
+
+    def record(self) -> dict[str, dict[str, float]]:
+        """Each task's log-variance and effective weight :math:`c_t e^{-s_t}`."""
+        out: dict[str, dict[str, float]] = {}
+        for name, s in self.log_vars.items():
+            scale = 1.0 if self.kinds[name] == "classification" else 0.5
+            value = float(s.detach())
+            out[name] = {"log_variance": value, "weight": scale * math.exp(-value)}
+        return out
+
+
 def total_loss(
-    outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], tasks: dict[str, TaskSpec]
+    outputs: dict[str, torch.Tensor],
+    targets: dict[str, torch.Tensor],
+    tasks: dict[str, TaskSpec],
+    weighting: UncertaintyWeights | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Sum of the per-task losses, and each task's loss."""
+    """The objective (the plain sum, or the uncertainty-weighted one), and each task's loss."""
     per_task = {name: task_loss(outputs[name], targets[name], spec) for name, spec in tasks.items()}
+    if weighting is not None:
+        return weighting(per_task), per_task
     return torch.stack(list(per_task.values())).sum(), per_task
 
 
@@ -72,6 +110,7 @@ class Stepper:
     floor: int
     device: torch.device
     ema: EMA | None = None
+    weighting: UncertaintyWeights | None = None
     events: list[dict[str, int]] = field(default_factory=list)
 
     def step(self, batches: list[dict[str, Any]], step_index: int) -> StepResult:
@@ -84,7 +123,10 @@ class Stepper:
                 self._halve(step_index)
         scaler = self.precision.scaler
         scaler.unscale_(self.optimizer)
-        norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or float("inf"))
+        params = [*self.model.parameters()]
+        if self.weighting is not None:
+            params += list(self.weighting.parameters())
+        norm = nn.utils.clip_grad_norm_(params, self.grad_clip or float("inf"))
         lr = float(self.optimizer.param_groups[-1]["lr"])  # the heads' rate, used by this step
         scaler.step(self.optimizer)
         scaler.update()
@@ -100,11 +142,13 @@ class Stepper:
         for inputs, targets in self._chunks(batches):
             with self.precision.autocast():
                 outputs = self.model(inputs)
-            loss, per_task = total_loss(outputs, targets, self.tasks)
+            loss, per_task = total_loss(outputs, targets, self.tasks, self.weighting)
             weight = len(inputs) / total
             self.precision.scaler.scale(loss * weight).backward()
             named = {metric_key("loss", "train"): loss}
             named |= {metric_key("loss", "train", name): value for name, value in per_task.items()}
+            if self.weighting is not None:
+                named |= {f"log_variance/{n}": s for n, s in self.weighting.log_vars.items()}
             for key, value in named.items():
                 sums[key] = sums.get(key, 0.0) + value.item() * weight
         return sums, total

@@ -70,10 +70,17 @@ def param_groups(
 
 
 def build_optimizer(
-    model: nn.Module, training: TrainingConfig, cfg: OptimizerConfig
+    model: nn.Module,
+    training: TrainingConfig,
+    cfg: OptimizerConfig,
+    loss_weights: nn.Module | None = None,
 ) -> torch.optim.Optimizer:
-    """AdamW or SGD over the parameter groups."""
+    """AdamW or SGD over the parameter groups; learned loss weights (if any) come first, at
+    the heads' rate and without weight decay, so the heads' group stays the last one."""
     groups = param_groups(model, training.lr, training.backbone_lr_scale, cfg.weight_decay)
+    if loss_weights is not None:
+        extra = {"name": "loss_weights", "lr": training.lr, "weight_decay": 0.0}
+        groups.insert(0, {**extra, "params": list(loss_weights.parameters())})
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=training.lr, momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=training.lr, betas=cfg.betas)

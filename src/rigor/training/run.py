@@ -27,7 +27,13 @@ from rigor.manifest.rundir import create_run_dir, utc_now
 from rigor.models.registry import RigorModel, backbone_spec, build_model, model_size
 from rigor.tracking import Tracker, monitor_to_key
 from rigor.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from rigor.training.loop import Stepper, available_monitors, predict, split_metrics
+from rigor.training.loop import (
+    Stepper,
+    UncertaintyWeights,
+    available_monitors,
+    predict,
+    split_metrics,
+)
 from rigor.training.policy import (
     EMA,
     EarlyStopping,
@@ -239,7 +245,12 @@ class Session:
         per_epoch = math.ceil(len(self.train_loader) / cfg.training.accumulate_steps)
         self.steps_per_epoch = min(per_epoch, cfg.training.max_steps_per_epoch or per_epoch)
         model = prepared.model
-        self.optimizer = build_optimizer(model, cfg.training, cfg.optimizer)
+        self.weighting = (
+            UncertaintyWeights(prepared.dataset.tasks).to(prepared.device)
+            if cfg.training.task_weighting == "uncertainty"
+            else None
+        )
+        self.optimizer = build_optimizer(model, cfg.training, cfg.optimizer, self.weighting)
         self.scheduler = build_scheduler(
             self.optimizer, cfg.scheduler, cfg.training.epochs, self.steps_per_epoch
         )
@@ -259,6 +270,7 @@ class Session:
             cfg.training.min_batch_size,
             prepared.device,
             self.ema,
+            self.weighting,
         )
         self.monitor = monitor_to_key(cfg.training.monitor)
         self.epoch = self.position = self.epoch_step = self.step = 0
@@ -295,6 +307,10 @@ class Session:
             "oom_fallback": {
                 "events": self.stepper.events,
                 "final_micro_batch": self.stepper.micro,
+            },
+            "task_weighting": {
+                "method": self.cfg.training.task_weighting,
+                "tasks": self.weighting.record() if self.weighting is not None else None,
             },
         }
 
@@ -390,6 +406,7 @@ class Session:
             "top_k": self.top_k,
             "epoch_sums": dict(self.epoch_sums),
             "config_hash": self.prepared.resolved.hash,
+            "loss_weights": self.weighting.state_dict() if self.weighting is not None else None,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -399,6 +416,8 @@ class Session:
         self.precision.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.weighting is not None and state.get("loss_weights") is not None:
+            self.weighting.load_state_dict(state["loss_weights"])
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self.epoch_step, self.step = int(state["epoch_step"]), int(state["step"])
         self.best_epoch, self.stopped_early = int(state["best_epoch"]), bool(state["stopped_early"])

@@ -109,3 +109,21 @@ def test_from_pretrained_reads_a_local_folder(tmp_path: Path) -> None:
         assert torch.equal(state.get(name, state.get(adapted)), param), name
     with pytest.raises(ArtifactError, match="no config.json"):
         build_model(cfg(f"model.hf.path={tmp_path}"), TASKS, SHAPE)
+
+
+def test_a_pretrained_folder_must_match_the_configured_sizes(tmp_path: Path) -> None:
+    source = build_model(cfg("model.peft.method=none"), TASKS, SHAPE).backbone.net
+    source.save_pretrained(str(tmp_path / "hf"))
+    with pytest.raises(ConfigError, match="hidden_size: model.hf gives 32, config.json has 64"):
+        build_model(
+            cfg(f"model.hf.path={tmp_path / 'hf'}", "model.hf.hidden_size=32"), TASKS, SHAPE
+        )
+
+
+def test_bundle_and_restore_rebuild_without_the_pretrained_folder(tmp_path: Path) -> None:
+    from rigor.training.restore import architecture
+
+    model_cfg = cfg(f"model.hf.path={tmp_path / 'gone'}", "model.weights_path=gone.pt")
+    rebuilt = architecture(model_cfg)
+    assert rebuilt.hf.path is None and rebuilt.weights_path is None
+    assert build_model(rebuilt, TASKS, SHAPE).feature_dim == 64

@@ -123,8 +123,8 @@ class HFConfig(Section):
     """A Hugging Face encoder (DINOv3 ViT): built from these sizes, or loaded from ``path``."""
 
     path: str | None = Field(
-        description="Local folder for from_pretrained (config.json + model.safetensors); the "
-        "sizes below are then read from it. null: build from the sizes, randomly initialised."
+        description="Local folder for from_pretrained (config.json + model.safetensors); its "
+        "sizes must equal those below. null: build from the sizes, randomly initialised."
     )
     hidden_size: int = Field(ge=8, description="Token width (384 for ViT-S, 768 for ViT-B).")
     num_layers: int = Field(ge=1, description="Transformer blocks.")

@@ -20,12 +20,13 @@ from rigor.io import atomic_write_text
 
 def _model(bundle: Bundle, config: Config) -> torch.nn.Module:
     from rigor.models.registry import build_model
-    from rigor.training.restore import task_specs
+    from rigor.training.restore import architecture, task_specs
 
     c, h, w = bundle.record["input_shape"]
-    model_cfg = config.model.model_copy(update={"weights_path": None})
     model = build_model(
-        model_cfg, task_specs({"dataset": {"tasks": bundle.record["tasks"]}}), (c, h, w)
+        architecture(config.model),
+        task_specs({"dataset": {"tasks": bundle.record["tasks"]}}),
+        (c, h, w),
     )
     model.load_state_dict(bundle.state)
     return model.eval()

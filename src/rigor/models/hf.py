@@ -71,9 +71,50 @@ def load_dinov3(cfg: HFConfig, image_size: int) -> Any:
             "save_pretrained, e.g. a pretrain run's pretrain/hf/)"
         )
     try:
-        return DINOv3ViTModel.from_pretrained(str(folder), local_files_only=True)
+        net = DINOv3ViTModel.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as err:
         raise ArtifactError(f"model.hf.path: cannot load {folder}: {err}") from None
+    check_same_architecture(cfg, net.config, folder)
+    return net
+
+
+# Fields that fix the architecture: a checkpoint's model is rebuilt from model.hf alone
+# (export, predict, xai), so a pretrained folder must agree with model.hf on all of them.
+_ARCH_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "patch_size",
+    "num_register_tokens",
+    "use_gated_mlp",
+    "hidden_act",
+    "layerscale_value",
+    "layer_norm_eps",
+    "rope_theta",
+    "query_bias",
+    "key_bias",
+    "value_bias",
+    "proj_bias",
+    "mlp_bias",
+)
+_CONFIG_NAMES = {"num_hidden_layers": "num_layers", "num_attention_heads": "num_heads"}
+
+
+def check_same_architecture(cfg: HFConfig, loaded: Any, folder: Path) -> None:
+    """ConfigError listing every architecture field where ``folder``'s config.json differs."""
+    expected = dinov3_config(cfg, int(loaded.image_size))
+    diffs = [
+        f"{_CONFIG_NAMES.get(name, name)}: model.hf gives {getattr(expected, name)!r}, "
+        f"config.json has {getattr(loaded, name)!r}"
+        for name in _ARCH_FIELDS
+        if getattr(expected, name) != getattr(loaded, name)
+    ]
+    if diffs:
+        raise ConfigError(
+            f"model.hf.path {folder}: its architecture differs from model.hf (set the sizes in "
+            f"model.hf to match; other fields are not configurable yet): " + "; ".join(diffs)
+        )
 
 
 @register_backbone("dinov3_vit", IMAGENET, "net.embeddings.patch_embeddings")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rigor.config.models import Config
+from rigor.config.models import Config, ModelConfig
 from rigor.data.registry import DatasetSource, TaskSpec, build_dataset
 from rigor.data.transforms import build_transform
 from rigor.models.registry import RigorModel, build_model
@@ -27,12 +27,18 @@ def task_specs(manifest: dict[str, Any]) -> dict[str, TaskSpec]:
     return specs
 
 
+def architecture(model: ModelConfig) -> ModelConfig:
+    """``model`` without its initial weights (``weights_path``, ``hf.path``): a checkpoint or
+    a bundle supplies the weights, so rebuilding never reads the original weight files."""
+    hf = model.hf.model_copy(update={"path": None})
+    return model.model_copy(update={"weights_path": None, "hf": hf})
+
+
 def empty_model(
     config: Config, manifest: dict[str, Any], input_shape: tuple[int, int, int]
 ) -> RigorModel:
-    """The run's architecture with fresh weights (original weights_path is not needed)."""
-    model_cfg = config.model.model_copy(update={"weights_path": None})
-    return build_model(model_cfg, task_specs(manifest), input_shape)
+    """The run's architecture with fresh weights."""
+    return build_model(architecture(config.model), task_specs(manifest), input_shape)
 
 
 def best_state(

@@ -27,6 +27,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-coverage", type=float, help="override calibration.min_coverage")
     parser.add_argument("--fnr-target", type=float, help="override calibration.fnr_target (binary)")
     parser.add_argument("--task", help="override calibration.task")
+    parser.add_argument(
+        "--score",
+        choices=("msp", "gate"),
+        help="override calibration.score: threshold the calibrated MSP or the SelectiveNet gate",
+    )
     add_common_flags(parser)
     args = parser.parse_args(argv)
     overrides = {
@@ -36,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "min_coverage": args.min_coverage,
             "fnr_target": args.fnr_target,
             "task": args.task,
+            "score": args.score,
         }.items()
         if value is not None
     }

@@ -38,7 +38,7 @@ THRESHOLDS_SCHEMA: dict[str, Any] = {
     "properties": {
         "schema_version": {"const": 1},
         "task": {"type": "string"},
-        "score": {"const": "msp_temperature"},
+        "score": {"enum": ["msp_temperature", "gate"]},
         "temperature": {"type": "number", "exclusiveMinimum": 0},
         "threshold": {"type": "number", "minimum": 0, "maximum": 1},
         "target_risk": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from rigor.calibration.policy import choose, sweep
+from rigor.calibration.policy import choose, sigmoid, sweep
 from rigor.calibration.schema import validate_thresholds
 from rigor.calibration.temperature import fit_temperature, softmax
 from rigor.errors import UsageError
@@ -46,6 +46,12 @@ def calibrate(
     task = classification_task(ctx, options.task)
     with np.load(ctx.path(READS), allow_pickle=False) as data:
         logits, labels = data[f"logits_{task}"], data[f"targets_{task}"].astype(np.int64)
+        gate = data[f"gate_{task}"] if f"gate_{task}" in data.files else None
+    if options.score == "gate" and gate is None:
+        raise UsageError(
+            f"calibration.score: gate needs a gated task, but task {task!r} of this run has no "
+            "gate (train with model.gate.task set to it)"
+        )
     temperature = fit_temperature(logits, labels)
     before, after = softmax(logits), softmax(logits, temperature)
     evaluation = ctx.config.evaluation
@@ -55,12 +61,15 @@ def calibrate(
         "seed": evaluation.seed,
     }
     binary = logits.shape[1] == 2
-    table = sweep(after.max(axis=1), after.argmax(axis=1), labels, binary)
+    confidence = (
+        sigmoid(gate) if options.score == "gate" and gate is not None else after.max(axis=1)
+    )
+    table = sweep(confidence, after.argmax(axis=1), labels, binary)
     chosen = choose(table, options.target_risk, options.min_coverage, options.fnr_target)
     record = {
         "schema_version": 1,
         "task": task,
-        "score": "msp_temperature",
+        "score": "gate" if options.score == "gate" else "msp_temperature",
         "temperature": temperature,
         "threshold": float(table.threshold[chosen]),
         "target_risk": options.target_risk,

@@ -163,6 +163,25 @@ class PeftConfig(Section):
     )
 
 
+class GateConfig(Section):
+    """A SelectiveNet gate (Geifman and El-Yaniv, 2019) on one classification task."""
+
+    task: str | None = Field(
+        description="Classification task that gets a selection head g(x) and an auxiliary "
+        "head, trained with the SelectiveNet loss; null: no gate."
+    )
+    target_coverage: float = Field(
+        gt=0, le=1, description="Coverage c the selection head is trained towards."
+    )
+    lam: float = Field(ge=0, description="Weight lambda of the coverage penalty (32 in the paper).")
+    alpha: float = Field(
+        ge=0,
+        le=1,
+        description="Weight of the selective loss; 1 - alpha goes to the auxiliary head.",
+    )
+    hidden: int = Field(ge=1, description="Width of the selection head's hidden layer.")
+
+
 class ModelConfig(Section):
     """Backbone and heads."""
 
@@ -180,6 +199,7 @@ class ModelConfig(Section):
     freeze_backbone: bool = Field(description="Train the heads only.")
     hf: HFConfig = Field(description="Sizes or local folder of a Hugging Face backbone.")
     peft: PeftConfig = Field(description="LoRA/DoRA adapters on the backbone.")
+    gate: GateConfig = Field(description="SelectiveNet gate head on a classification task.")
 
     @model_validator(mode="after")
     def _peft_or_freeze(self) -> ModelConfig:
@@ -307,6 +327,10 @@ class CalibrationConfig(Section):
         gt=0, lt=1, description="Largest selective risk the threshold may accept."
     )
     min_coverage: float = Field(ge=0, le=1, description="Smallest coverage the threshold may give.")
+    score: Literal["msp", "gate"] = Field(
+        description="Confidence the threshold applies to: msp (temperature-scaled max softmax "
+        "probability) or gate (the SelectiveNet selection head; needs model.gate.task)."
+    )
     fnr_target: float | None = Field(
         gt=0,
         lt=1,
@@ -413,6 +437,16 @@ class Config(Section):
                 f"scheduler.warmup_epochs ({self.scheduler.warmup_epochs}) must be shorter than "
                 f"training.epochs ({self.training.epochs})"
             )
+        gate = self.model.gate.task
+        if gate is not None and self.training.min_batch_size < 2:
+            raise ValueError(
+                "training.min_batch_size must be at least 2 with model.gate.task set (the gate's "
+                "BatchNorm needs two samples)"
+            )
+        if gate is not None and gate not in self.data.tasks:
+            raise ValueError(f"model.gate.task {gate!r} is not in data.tasks {self.data.tasks}")
+        if self.calibration.score == "gate" and gate is None:
+            raise ValueError("calibration.score is gate, but model.gate.task is null")
         if len(set(self.data.tasks)) != len(self.data.tasks):
             raise ValueError(f"data.tasks has duplicates: {self.data.tasks}")
         return self

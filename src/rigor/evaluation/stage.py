@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from rigor.calibration.policy import policy_confidence, sigmoid
 from rigor.calibration.temperature import softmax
 from rigor.config.models import EvaluationConfig
 from rigor.evaluation import plots
@@ -31,8 +32,11 @@ BAND_RESAMPLES = 200
 GRID = np.linspace(0.01, 1.0, 100)
 
 
-def confidence_scores(logits: np.ndarray, temperature: float | None) -> dict[str, np.ndarray]:
-    """MSP, max-logit and negative entropy (and calibrated MSP when a temperature is given)."""
+def confidence_scores(
+    logits: np.ndarray, temperature: float | None, gate_logits: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """MSP, max-logit and negative entropy; calibrated MSP when a temperature is given; the
+    SelectiveNet selection score ``gate`` when the task has a gate."""
     probs = softmax(logits)
     logp = np.log(np.clip(probs, 1e-300, 1.0))
     scores = {
@@ -42,6 +46,8 @@ def confidence_scores(logits: np.ndarray, temperature: float | None) -> dict[str
     }
     if temperature is not None:
         scores["msp_calibrated"] = softmax(logits, temperature).max(axis=1)
+    if gate_logits is not None:
+        scores["gate"] = sigmoid(gate_logits)
     return scores
 
 
@@ -73,8 +79,9 @@ def evaluate(
         logits, targets = predictions[f"logits_{task}"], predictions[f"targets_{task}"]
         if spec["kind"] == "classification":
             task_policy = policy if policy and policy["task"] == task else None
+            gate = predictions.get(f"gate_{task}")
             result, files = _classification(
-                ctx, task, spec, logits, targets.astype(np.int64), task_policy, options
+                ctx, task, spec, logits, targets.astype(np.int64), gate, task_policy, options
             )
         else:
             result, files = (
@@ -107,6 +114,7 @@ def _classification(
     spec: dict[str, Any],
     logits: np.ndarray,
     labels: np.ndarray,
+    gate: np.ndarray | None,
     policy: dict[str, Any] | None,
     options: EvaluationConfig,
 ) -> tuple[dict[str, Any], list[str]]:
@@ -121,7 +129,8 @@ def _classification(
         "scores": {},
     }
     augrc_samples: dict[str, np.ndarray] = {}
-    for name, confidence in confidence_scores(logits, temperature).items():
+    scores = confidence_scores(logits, temperature, gate)
+    for name, confidence in scores.items():
         scored = softmax(logits, temperature or 1.0) if name == "msp_calibrated" else probs
         estimates, samples = score_replicates(
             scored,
@@ -147,20 +156,25 @@ def _classification(
             }
         augrc_samples[name] = samples["augrc"]
     if policy is not None:
-        result["policy"] = _policy(logits, labels, policy, options)
+        result["policy"] = _policy(
+            logits, labels, policy_confidence(logits, gate, policy), policy, options
+        )
     files = _classification_plots(
-        ctx, task, spec, logits, labels, temperature, result, augrc_samples, options
+        ctx, task, spec, logits, labels, scores, temperature, result, augrc_samples, options
     )
     return result, files
 
 
 def _policy(
-    logits: np.ndarray, labels: np.ndarray, policy: dict[str, Any], options: EvaluationConfig
+    logits: np.ndarray,
+    labels: np.ndarray,
+    confidence: np.ndarray,
+    policy: dict[str, Any],
+    options: EvaluationConfig,
 ) -> dict[str, Any]:
     """The val_calib policy applied unchanged to val_test: coverage and selective risk, with CIs."""
-    probs = softmax(logits, policy["temperature"])
-    accepted = probs.max(axis=1) >= policy["threshold"]
-    wrong = probs.argmax(axis=1) != labels
+    accepted = confidence >= policy["threshold"]
+    wrong = np.asarray(logits).argmax(axis=1) != labels
 
     def coverage(acc: np.ndarray, _: np.ndarray) -> float:
         return float(acc.mean())
@@ -171,6 +185,7 @@ def _policy(
     risk_ci = bootstrap_ci(risk, accepted, wrong, **_ci(options))
     exact = clopper_pearson_upper(int(wrong[accepted].sum()), int(accepted.sum()), options.level)
     return {
+        "score": policy["score"],
         "temperature": policy["temperature"],
         "threshold": policy["threshold"],
         "target_risk": policy["target_risk"],
@@ -221,12 +236,12 @@ def _classification_plots(
     spec: dict[str, Any],
     logits: np.ndarray,
     labels: np.ndarray,
+    scores: dict[str, np.ndarray],
     temperature: float | None,
     result: dict[str, Any],
     augrc_samples: dict[str, np.ndarray],
     options: EvaluationConfig,
 ) -> list[str]:
-    scores = confidence_scores(logits, temperature)
     correct = softmax(logits).argmax(axis=1) == labels
     files = {
         name: f"eval/{task}_{name}.png"
@@ -358,6 +373,8 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
     for task, result in report["tasks"].items():
         if result["kind"] == "classification":
             summary[f"{task}/augrc_msp"] = result["scores"]["msp"]["augrc"]["estimate"]
+            if "gate" in result["scores"]:
+                summary[f"{task}/augrc_gate"] = result["scores"]["gate"]["augrc"]["estimate"]
             summary[f"{task}/accuracy"] = result["calibration"]["accuracy"]["estimate"]
             if "policy" in result:
                 summary[f"{task}/policy_coverage"] = result["policy"]["coverage"]["estimate"]

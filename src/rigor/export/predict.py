@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from rigor.calibration.temperature import softmax
+from rigor.calibration.policy import policy_confidence
 from rigor.config.models import Config
 from rigor.errors import UsageError
 from rigor.export.bundle import Bundle, load_bundle
 from rigor.io import atomic_write_text
+from rigor.models.registry import GATE
 
 
 def _model(bundle: Bundle, config: Config) -> torch.nn.Module:
@@ -83,11 +84,15 @@ def predict_with_bundle(
         x = (x - mean) / std
     task, policy = bundle.record["task"], bundle.policy
     with torch.no_grad():
-        logits = _model(bundle, config)(x)[task].numpy()
-    probs = softmax(logits, policy["temperature"])
-    confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
+        outputs = _model(bundle, config)(x)
+    logits = outputs[task].numpy()
+    gate = outputs[GATE + task].numpy() if GATE + task in outputs else None
+    confidence = policy_confidence(logits, gate, policy)
+    predicted = logits.argmax(axis=1)
     abstained = confidence < policy["threshold"]
-    classes = bundle.record["tasks"][task].get("classes") or [str(k) for k in range(probs.shape[1])]
+    classes = bundle.record["tasks"][task].get("classes") or [
+        str(k) for k in range(logits.shape[1])
+    ]
     target = output or root.parent / "predict" / f"{split or 'inputs'}.csv"
     atomic_write_text(target, _table(ids, predicted, confidence, abstained, classes, labels))
     summary: dict[str, Any] = {

@@ -57,21 +57,61 @@ def register_head(kind: str) -> Callable[[HeadBuilder], HeadBuilder]:
     return decorate
 
 
-class RigorModel(nn.Module):
-    """A backbone and one head per task in an ``nn.ModuleDict``; forward returns a dict."""
+GATE, AUX = "gate:", "aux:"  # output keys of a gated task: gate:<task>, aux:<task>
 
-    def __init__(self, backbone: nn.Module, heads: nn.ModuleDict, feature_dim: int, arch: str):
+
+class GateHead(nn.Module):
+    """SelectiveNet's selection head g (one logit per sample) and auxiliary head h.
+
+    g: Linear -> ReLU -> BatchNorm -> Linear(1), as in Geifman and El-Yaniv (2019); h: dropout
+    and a linear layer to the task's classes, trained with plain cross-entropy.
+    """
+
+    def __init__(self, dim: int, num_classes: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.selector = nn.Sequential(
+            nn.Linear(dim, hidden),
+            nn.ReLU(),
+            nn.BatchNorm1d(hidden),
+            nn.Linear(hidden, 1),
+            nn.Flatten(0),
+        )
+        self.aux = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_classes))
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The selection logit (N,) and the auxiliary logits (N, K)."""
+        return self.selector(features), self.aux(features)
+
+
+class RigorModel(nn.Module):
+    """A backbone and one head per task in an ``nn.ModuleDict``; forward returns a dict.
+
+    A gated task also returns ``gate:<task>`` (selection logits) and ``aux:<task>``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        heads: nn.ModuleDict,
+        feature_dim: int,
+        arch: str,
+        gates: nn.ModuleDict | None = None,
+    ):
         super().__init__()
         self.backbone = backbone
         self.heads = heads
+        self.gates = gates if gates is not None else nn.ModuleDict()
         self.feature_dim = feature_dim
         self.arch = arch
         self.peft_info: dict[str, int] = {}  # adapted layers and adapter parameters, if any
 
     def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits (classification) or predictions (regression) per task."""
+        """Logits (classification) or predictions (regression) per task, and gate outputs."""
         features = self.backbone(inputs)
-        return {task: head(features) for task, head in self.heads.items()}
+        outputs = {task: head(features) for task, head in self.heads.items()}
+        for task, gate in self.gates.items():
+            outputs[GATE + task], outputs[AUX + task] = gate(features)
+        return outputs
 
 
 def backbone_spec(name: str) -> BackboneSpec:
@@ -138,9 +178,19 @@ def build_model(
 
         peft = apply_peft(backbone, cfg.peft)
     heads = nn.ModuleDict({name: HEADS[task.kind](cfg, task, dim) for name, task in tasks.items()})
+    gates = nn.ModuleDict()
+    if cfg.gate.task is not None:
+        gated = tasks.get(cfg.gate.task)
+        if gated is None or gated.kind != "classification" or gated.num_classes is None:
+            kinds = {name: task.kind for name, task in tasks.items()}
+            raise ConfigError(
+                f"model.gate.task: {cfg.gate.task!r} is not a classification task of this run "
+                f"(tasks: {kinds})"
+            )
+        gates[cfg.gate.task] = GateHead(dim, gated.num_classes, cfg.gate.hidden, cfg.dropout)
     if cfg.freeze_backbone:
         backbone.requires_grad_(False)
-    model = RigorModel(backbone, heads, dim, cfg.backbone)
+    model = RigorModel(backbone, heads, dim, cfg.backbone, gates)
     model.peft_info = peft
     return model
 

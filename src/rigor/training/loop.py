@@ -15,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rigor.config.models import GateConfig
 from rigor.data.registry import TaskSpec
 from rigor.errors import RigorError
 from rigor.evaluation.selective import augrc
+from rigor.models.registry import AUX, GATE
 from rigor.tracking import metric_key
 from rigor.training.policy import EMA, Precision
 
@@ -61,14 +63,53 @@ class UncertaintyWeights(nn.Module):
         return out
 
 
+def selectivenet_loss(
+    logits: torch.Tensor,
+    gate_logits: torch.Tensor,
+    aux_logits: torch.Tensor,
+    target: torch.Tensor,
+    gate: GateConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The SelectiveNet objective (Geifman and El-Yaniv, 2019) for one batch.
+
+    With per-sample cross-entropy l_i, selection g_i = sigmoid(gate logit) and empirical
+    coverage phi = mean(g): selective risk r = mean(l * g) / phi, and
+
+        L = alpha * (r + lam * max(0, c - phi)^2) + (1 - alpha) * CE(aux logits, y).
+
+    Returns the objective, phi and r (phi and r detached).
+    """
+    target = target.long()
+    per_sample = F.cross_entropy(logits.float(), target, reduction="none")
+    selection = torch.sigmoid(gate_logits.float())
+    coverage = selection.mean()
+    risk = (per_sample * selection).mean() / coverage.clamp_min(1e-12)
+    penalty = gate.lam * torch.clamp(gate.target_coverage - coverage, min=0) ** 2
+    aux = F.cross_entropy(aux_logits.float(), target)
+    loss = gate.alpha * (risk + penalty) + (1 - gate.alpha) * aux
+    return loss, coverage.detach(), risk.detach()
+
+
 def total_loss(
     outputs: dict[str, torch.Tensor],
     targets: dict[str, torch.Tensor],
     tasks: dict[str, TaskSpec],
     weighting: UncertaintyWeights | None = None,
+    gate: GateConfig | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The objective (the plain sum, or the uncertainty-weighted one), and each task's loss."""
-    per_task = {name: task_loss(outputs[name], targets[name], spec) for name, spec in tasks.items()}
+    """The objective (the plain sum, or the uncertainty-weighted one), and each task's loss.
+
+    The gated task's loss is its SelectiveNet objective; every other task's is
+    :func:`task_loss`.
+    """
+    per_task = {}
+    for name, spec in tasks.items():
+        if gate is not None and name == gate.task:
+            per_task[name] = selectivenet_loss(
+                outputs[name], outputs[GATE + name], outputs[AUX + name], targets[name], gate
+            )[0]
+        else:
+            per_task[name] = task_loss(outputs[name], targets[name], spec)
     if weighting is not None:
         return weighting(per_task), per_task
     return torch.stack(list(per_task.values())).sum(), per_task
@@ -111,6 +152,7 @@ class Stepper:
     device: torch.device
     ema: EMA | None = None
     weighting: UncertaintyWeights | None = None
+    gate: GateConfig | None = None
     events: list[dict[str, int]] = field(default_factory=list)
 
     def step(self, batches: list[dict[str, Any]], step_index: int) -> StepResult:
@@ -142,13 +184,17 @@ class Stepper:
         for inputs, targets in self._chunks(batches):
             with self.precision.autocast():
                 outputs = self.model(inputs)
-            loss, per_task = total_loss(outputs, targets, self.tasks, self.weighting)
+            loss, per_task = total_loss(outputs, targets, self.tasks, self.weighting, self.gate)
             weight = len(inputs) / total
             self.precision.scaler.scale(loss * weight).backward()
             named = {metric_key("loss", "train"): loss}
             named |= {metric_key("loss", "train", name): value for name, value in per_task.items()}
             if self.weighting is not None:
                 named |= {f"log_variance/{n}": s for n, s in self.weighting.log_vars.items()}
+            if self.gate is not None and self.gate.task is not None:
+                task = self.gate.task
+                selection = torch.sigmoid(outputs[GATE + task].detach().float())
+                named[metric_key("gate_coverage", "train", task)] = selection.mean()
             for key, value in named.items():
                 sums[key] = sums.get(key, 0.0) + value.item() * weight
         return sums, total
@@ -249,6 +295,8 @@ def split_metrics(
             metrics[metric_key("augrc", split, name)] = augrc(confidence, hits.numpy())
             accs.append(acc)
             augrcs.append(metrics[metric_key("augrc", split, name)])
+            if GATE + name in preds["outputs"]:
+                metrics |= gate_metrics(preds["outputs"][GATE + name], hits.numpy(), name, split)
         else:
             mae = float((output - target.float()).abs().mean())
             metrics[metric_key("mae", split, name)] = mae
@@ -260,6 +308,20 @@ def split_metrics(
     if maes:
         metrics[metric_key("mae", split)] = float(np.mean(maes))
     return metrics
+
+
+def gate_metrics(
+    gate_logits: np.ndarray, correct: np.ndarray, task: str, split: str
+) -> dict[str, float]:
+    """AUGRC of the selection score, and coverage and selective risk at g >= 0.5."""
+    selection = 1.0 / (1.0 + np.exp(-gate_logits.astype(np.float64)))
+    accepted = selection >= 0.5
+    risk = float((~correct[accepted]).mean()) if accepted.any() else float("nan")
+    return {
+        metric_key("gate_augrc", split, task): augrc(selection, correct),
+        metric_key("gate_coverage", split, task): float(accepted.mean()),
+        metric_key("gate_risk", split, task): risk,
+    }
 
 
 def available_monitors(tasks: dict[str, TaskSpec]) -> set[str]:

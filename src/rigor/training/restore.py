@@ -80,8 +80,7 @@ def predict_split(ctx: Any, split: str) -> dict[str, np.ndarray]:
     rows = split_rows(run_dir, dataset, split)
     loader = DataLoader(Subset(dataset, rows), batch_size=config.training.eval_batch_size)
     preds = predict(model.to(device), loader, device)
+    from rigor.training.run import prediction_arrays
+
     arrays = {"ids": preds["ids"], "groups": np.asarray([dataset.groups[r] for r in rows])}
-    for task in preds["outputs"]:
-        arrays[f"logits_{task}"] = preds["outputs"][task]
-        arrays[f"targets_{task}"] = preds["targets"][task]
-    return arrays
+    return arrays | prediction_arrays(preds)

@@ -24,7 +24,7 @@ from rigor.io import atomic_write_json, atomic_write_text, atomic_write_with
 from rigor.manifest import write_manifest
 from rigor.manifest.env import Lock, check_lock
 from rigor.manifest.rundir import create_run_dir, utc_now
-from rigor.models.registry import RigorModel, backbone_spec, build_model, model_size
+from rigor.models.registry import GATE, RigorModel, backbone_spec, build_model, model_size
 from rigor.tracking import Tracker, monitor_to_key
 from rigor.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rigor.training.loop import (
@@ -271,6 +271,7 @@ class Session:
             prepared.device,
             self.ema,
             self.weighting,
+            cfg.model.gate if cfg.model.gate.task is not None else None,
         )
         self.monitor = monitor_to_key(cfg.training.monitor)
         self.epoch = self.position = self.epoch_step = self.step = 0
@@ -445,15 +446,25 @@ def write_predictions(run_dir: Path, prepared: Prepared, session: Session) -> di
         arrays = {
             "ids": preds["ids"],
             "groups": np.asarray(groups),
-            "tasks": np.asarray(sorted(preds["outputs"])),
+            "tasks": np.asarray(sorted(preds["targets"])),
         }
-        for task in preds["outputs"]:
-            arrays[f"logits_{task}"] = preds["outputs"][task]
-            arrays[f"targets_{task}"] = preds["targets"][task]
+        arrays |= prediction_arrays(preds)
         rel = f"predictions/{split}.npz"
         save_npz(run_dir / rel, arrays)
         paths.append(rel)
     return {"metrics": metrics, "predictions": paths}
+
+
+def prediction_arrays(preds: dict[str, Any]) -> dict[str, np.ndarray]:
+    """``logits_<task>`` and ``targets_<task>`` per task, and ``gate_<task>`` (selection
+    logits) for a gated task; auxiliary-head logits are not kept."""
+    arrays = {}
+    for task, targets in preds["targets"].items():
+        arrays[f"logits_{task}"] = preds["outputs"][task]
+        arrays[f"targets_{task}"] = targets
+        if GATE + task in preds["outputs"]:
+            arrays[f"gate_{task}"] = preds["outputs"][GATE + task]
+    return arrays
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -131,6 +131,14 @@ def test_pretrain_run_writes_an_encoder_that_a_fine_tune_loads(
     base = "backbone.net.model.layer.0.attention.q_proj.base_layer.weight"
     assert torch.equal(state[base], saved["model.layer.0.attention.q_proj.weight"])
 
+    # the experiment log drafts a pretrain run with its reconstruction loss
+    from rigor.experiments import draft_entry
+
+    log = tmp_path / "EXPERIMENTS.md"
+    log.write_text("# Experiments\n")
+    entry = draft_entry(path, "mae check", log)
+    assert f"| best/loss/mae/val_select | {best:.4g} |" in entry
+
     # later stages refuse the pretrain manifest with a clear message
     code = run_script("eval", "--from-manifest", str(path))
     assert code == 5

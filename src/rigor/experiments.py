@@ -37,15 +37,20 @@ def _ci(entry: dict[str, Any]) -> str:
 
 
 def result_rows(run: Path, manifest: dict[str, Any]) -> list[tuple[str, str]]:
-    """(metric, value) rows: eval results with CIs when the run has them, else training metrics."""
+    """(metric, value) rows: eval results with CIs when the run has them, else the run's own
+    val_test metrics (or, for a pretrain run, its best val_select reconstruction loss)."""
     path = run / "eval" / "metrics.json"
     if "eval/metrics.json" not in manifest["sha256"] or not path.is_file():
+        wanted = "best/" if manifest["stages"][0]["name"] == "pretrain" else "/val_test"
         return [
             (key, f"{value:.4g}")
             for key, value in sorted(manifest["metrics"].items())
-            if "/val_test" in key
+            if wanted in key and value is not None
         ]
     rows: list[tuple[str, str]] = []
+    for task, result in json.loads(path.read_text())["tasks"].items():
+        if result["kind"] == "classification" and "gate" in result["scores"]:
+            rows.append((f"{task} AUGRC (gate)", _ci(result["scores"]["gate"]["augrc"])))
     for task, result in json.loads(path.read_text())["tasks"].items():
         if result["kind"] == "classification":
             rows += [

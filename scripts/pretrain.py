@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from rigor.cli import add_common_flags, run_main
+from rigor.cli import add_common_flags, add_set_flag, run_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,14 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", required=True, help="experiment YAML (composes via defaults:)")
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set pretrain.mask_ratio=0.6 (repeatable)",
-    )
+    add_set_flag(parser, "pretrain.mask_ratio=0.6")
     add_common_flags(parser)
     args = parser.parse_args(argv)
 

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rigor.cli import add_common_flags, run_main
+from rigor.cli import add_common_flags, add_set_flag, run_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,14 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--grid-file", type=Path, help="YAML with a 'grid:' mapping of key: [values]"
     )
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an override shared by every point (repeatable)",
-    )
+    add_set_flag(parser, "training.epochs=5; every point gets it")
     parser.add_argument("--task", choices=("train", "pretrain"), default="train")
     parser.add_argument("--launcher", choices=("local", "submitit"), default="local")
     parser.add_argument("--max-parallel", type=int, default=1, help="local: points at once")

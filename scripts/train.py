@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from rigor.cli import add_common_flags, run_main
+from rigor.cli import add_common_flags, add_set_flag, run_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,14 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", required=True, help="experiment YAML (composes via defaults:)")
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set training.lr=3e-4 (repeatable, applied in order)",
-    )
+    add_set_flag(parser, "training.lr=3e-4")
     parser.add_argument(
         "--resume",
         metavar="PATH|auto",

@@ -29,6 +29,18 @@ def add_common_flags(parser: argparse.ArgumentParser, *, env: bool = True) -> No
         )
 
 
+def add_set_flag(parser: argparse.ArgumentParser, example: str = "training.lr=3e-4") -> None:
+    """``--set KEY=VALUE``, repeatable, collected in ``args.sets`` in the order given."""
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config value, e.g. --set {example} (repeatable, applied in order)",
+    )
+
+
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run a script's ``main`` and map errors to the documented exit codes.
 

@@ -8,6 +8,7 @@ Exit codes: 0 ok, 1 unexpected, 2 invalid config, 4 env mismatch (strict), 5 art
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -37,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rigor.training.run import train
 
     manifest = train(resolved, env_policy=args.env_policy, force=args.force, resume=args.resume)
-    print(manifest)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line from rank 0
+        print(manifest)
     return 0
 
 

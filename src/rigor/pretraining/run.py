@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from rigor.config import ResolvedConfig
-from rigor.errors import ConfigError
+from rigor.errors import ConfigError, UsageError
 from rigor.io import atomic_write_json
 from rigor.manifest import write_manifest
 from rigor.manifest.rundir import create_run_dir
@@ -56,6 +57,8 @@ def check_pretrain_config(resolved: ResolvedConfig) -> None:
 
 def pretrain(resolved: ResolvedConfig, env_policy: str | None = None, force: bool = False) -> Path:
     """Pretrain the configured encoder with MAE and return the run's ``manifest.json`` path."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("pretrain.py runs in one process; torchrun is supported by train.py only")
     check_pretrain_config(resolved)
     prepared = prepare(resolved, env_policy, force)
     cfg = resolved.config

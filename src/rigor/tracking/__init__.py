@@ -124,3 +124,27 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
         return []
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+class NullTracker:
+    """A tracker that writes nothing: what ranks other than 0 use under torchrun."""
+
+    def should_log_step(self, step: int) -> bool:
+        """Never."""
+        return False
+
+    def log_step(self, step: int, values: dict[str, float]) -> None:
+        """Nothing."""
+
+    def log_epoch(self, epoch: int, step: int, values: dict[str, float]) -> None:
+        """Nothing."""
+
+    def truncate_steps(self, last_step: int) -> None:
+        """Nothing."""
+
+    def progress(self, items: Iterable[T], total: int, desc: str) -> Iterator[T]:
+        """The items, without a bar."""
+        return iter(items)
+
+    def close(self) -> None:
+        """Nothing."""

@@ -153,6 +153,8 @@ class Stepper:
     ema: EMA | None = None
     weighting: UncertaintyWeights | None = None
     gate: GateConfig | None = None
+    forward_model: nn.Module | None = None  # the DDP wrapper under torchrun
+    world_size: int = 1
     events: list[dict[str, int]] = field(default_factory=list)
 
     def step(self, batches: list[dict[str, Any]], step_index: int) -> StepResult:
@@ -162,7 +164,19 @@ class Stepper:
                 losses, samples = self._accumulate(batches)
                 break
             except torch.OutOfMemoryError:
+                if self.world_size > 1:
+                    raise OutOfMemoryFloor(
+                        "out of memory under torchrun: halving the micro-batch would desync the "
+                        "processes; lower training.batch_size or use more processes"
+                    ) from None
                 self._halve(step_index)
+        if self.weighting is not None and self.world_size > 1:
+            import torch.distributed as dist
+
+            for param in self.weighting.parameters():  # DDP averages only the model's grads
+                if param.grad is not None:
+                    dist.all_reduce(param.grad)
+                    param.grad /= self.world_size
         scaler = self.precision.scaler
         scaler.unscale_(self.optimizer)
         params = [*self.model.parameters()]
@@ -183,7 +197,7 @@ class Stepper:
         sums: dict[str, float] = {}
         for inputs, targets in self._chunks(batches):
             with self.precision.autocast():
-                outputs = self.model(inputs)
+                outputs = (self.forward_model or self.model)(inputs)
             loss, per_task = total_loss(outputs, targets, self.tasks, self.weighting, self.gate)
             weight = len(inputs) / total
             self.precision.scaler.scale(loss * weight).backward()

@@ -193,9 +193,10 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     mid-epoch from the recorded sampler position.
     """
 
-    def __init__(self, size: int, seed: int) -> None:
+    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1) -> None:
         self.size = size
         self.seed = seed
+        self.rank, self.world = rank, world
         self.epoch = 0
         self.start = 0
 
@@ -204,12 +205,21 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         self.epoch, self.start = epoch, start
 
     def order(self) -> list[int]:
-        """The full order of the current epoch."""
+        """This rank's order of the current epoch (the whole order in a single process).
+
+        Under torchrun the epoch's permutation is padded by wrapping to a multiple of the
+        world size and rank r takes positions r, r + world, ...: batch i of every rank together
+        is batch i of a single process with a world-times-larger batch.
+        """
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.size, generator=generator).tolist()
+        order = torch.randperm(self.size, generator=generator).tolist()
+        if self.world == 1:
+            return order
+        padded = order + order[: -self.size % self.world or 0]
+        return padded[self.rank :: self.world]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order()[self.start :])
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return -(-self.size // self.world) - self.start

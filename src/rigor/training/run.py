@@ -25,8 +25,15 @@ from rigor.manifest import write_manifest
 from rigor.manifest.env import Lock, check_lock
 from rigor.manifest.rundir import create_run_dir, utc_now
 from rigor.models.registry import GATE, RigorModel, backbone_spec, build_model, model_size
-from rigor.tracking import Tracker, monitor_to_key
+from rigor.tracking import NullTracker, Tracker, monitor_to_key
 from rigor.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rigor.training.distributed import (
+    DistInfo,
+    barrier,
+    broadcast,
+    init_distributed,
+    sum_over_ranks,
+)
 from rigor.training.loop import (
     Stepper,
     UncertaintyWeights,
@@ -62,11 +69,18 @@ class Prepared:
     lock: Lock | None
     environment: dict[str, Any]
     model_info: dict[str, float]
+    dist: DistInfo = field(default_factory=DistInfo)
     started: datetime = field(default_factory=utc_now)
 
 
-def prepare(resolved: ResolvedConfig, env_policy: str | None, force: bool) -> Prepared:
+def prepare(
+    resolved: ResolvedConfig,
+    env_policy: str | None,
+    force: bool,
+    dist_info: DistInfo | None = None,
+) -> Prepared:
     """Check the environment, build data, splits and model; raise before writing anything."""
+    dist_info = dist_info or DistInfo()
     cfg = resolved.config
     lock, environment = check_lock(cfg.env.lockfile, env_policy or cfg.env.policy, force)
     seed_everything(cfg.run.seed, cfg.run.determinism)
@@ -96,12 +110,21 @@ def prepare(resolved: ResolvedConfig, env_policy: str | None, force: bool) -> Pr
     adapters = (
         f", {cfg.model.peft.method} on {info['adapted_layers']} layers" if model.peft_info else ""
     )
-    print(
-        f"model: {cfg.model.backbone}, {info['params_total']:,} parameters "
-        f"({info['params_trainable']:,} trainable{adapters}), {info['size_mb']} MB",
-        file=sys.stderr,
-    )
+    if dist_info.main:
+        print(
+            f"model: {cfg.model.backbone}, {info['params_total']:,} parameters "
+            f"({info['params_trainable']:,} trainable{adapters}), {info['size_mb']} MB",
+            file=sys.stderr,
+        )
     device = pick_device(cfg.run.device, cfg.training.tf32)
+    if dist_info.enabled:
+        if cfg.training.batch_size % dist_info.world_size:
+            raise ConfigError(
+                f"training.batch_size ({cfg.training.batch_size}) must be a multiple of the "
+                f"number of processes ({dist_info.world_size}): it is the global batch"
+            )
+        if device.type == "cuda":
+            device = torch.device("cuda", dist_info.local_rank)
     return Prepared(
         resolved=resolved,
         dataset=dataset,
@@ -112,6 +135,7 @@ def prepare(resolved: ResolvedConfig, env_policy: str | None, force: bool) -> Pr
         lock=lock,
         environment=environment,
         model_info=info,
+        dist=dist_info,
     )
 
 
@@ -141,20 +165,29 @@ def train(
         resume: a checkpoint file or run folder to continue, ``auto`` for the newest
             unfinished run of this experiment and config, or None for a fresh run.
     """
-    prepared = prepare(resolved, env_policy, force)
     cfg = resolved.config
+    info = init_distributed(cfg.run.device)
+    if info.enabled and resume is not None:
+        raise UsageError("--resume: resuming a torchrun run is not supported yet")
+    prepared = prepare(resolved, env_policy, force, info)
     checkpoint = find_resume(resume, Path(cfg.run.output_root), cfg.run.name, resolved.hash)
     state = load_checkpoint(checkpoint, resolved.hash, force) if checkpoint else None
     if checkpoint is not None:
         run_dir = checkpoint.parent.parent
         _check_same_splits(run_dir, prepared, force)
         print(f"run {run_dir.name}: resuming from {checkpoint}", file=sys.stderr)
-    else:
+    elif info.main:
         run_id, run_dir = create_run_dir(Path(cfg.run.output_root), cfg.run.name, resolved.hash)
-        print(f"run {run_id}: writing to {run_dir}", file=sys.stderr)
-    write_run_inputs(run_dir, prepared)
+        where = f" ({info.world_size} processes, {info.backend})" if info.enabled else ""
+        print(f"run {run_id}: writing to {run_dir}{where}", file=sys.stderr)
+    run_dir = broadcast(run_dir if info.main else None, info)
+    if info.main:
+        write_run_inputs(run_dir, prepared)
     session = Session(run_dir, prepared, state)
     summary = session.run()
+    if not info.main:  # rank 0 writes predictions and the manifest
+        barrier(info)
+        return run_dir / "manifest.json"
     if checkpoint is not None:
         summary["resumed_from"] = {
             "checkpoint": str(checkpoint),
@@ -166,7 +199,9 @@ def train(
     from rigor.training.record import build_manifest
 
     manifest = build_manifest(run_dir, prepared, metrics, summary, outputs["predictions"])
-    return write_manifest(run_dir, manifest)
+    path = write_manifest(run_dir, manifest)
+    barrier(info)
+    return path
 
 
 def find_resume(resume: str | None, output_root: Path, name: str, config_hash: str) -> Path | None:
@@ -222,11 +257,14 @@ def write_run_inputs(run_dir: Path, prepared: Prepared) -> None:
 
 def make_loader(prepared: Prepared, rows: list[int], train: bool) -> DataLoader[Any]:
     """A DataLoader with its own generator (the global RNG is never drawn from)."""
-    cfg = prepared.resolved.config
+    cfg, info = prepared.resolved.config, prepared.dist
+    per_process = cfg.training.batch_size // info.world_size  # batch_size is the global batch
     return DataLoader(
         Subset(prepared.dataset, rows),
-        batch_size=cfg.training.batch_size if train else cfg.training.eval_batch_size,
-        sampler=EpochSampler(len(rows), cfg.run.seed) if train else None,
+        batch_size=per_process if train else cfg.training.eval_batch_size,
+        sampler=(
+            EpochSampler(len(rows), cfg.run.seed, info.rank, info.world_size) if train else None
+        ),
         num_workers=cfg.data.num_workers,
         worker_init_fn=worker_init_fn,
         generator=torch.Generator().manual_seed(cfg.run.seed),
@@ -272,6 +310,8 @@ class Session:
             self.ema,
             self.weighting,
             cfg.model.gate if cfg.model.gate.task is not None else None,
+            self._ddp(model) if prepared.dist.enabled else None,
+            prepared.dist.world_size,
         )
         self.monitor = monitor_to_key(cfg.training.monitor)
         self.epoch = self.position = self.epoch_step = self.step = 0
@@ -280,8 +320,24 @@ class Session:
         self.epoch_sums: dict[str, float] = {}  # sample-weighted train losses of this epoch
         if state is not None:
             self._restore(state)
-        self.tracker = Tracker(run_dir, cfg.logging, start_step=self.step)
+        self.main = prepared.dist.main
+        self.tracker: Tracker | NullTracker = (
+            Tracker(run_dir, cfg.logging, start_step=self.step) if self.main else NullTracker()
+        )
         self.tracker.truncate_steps(self.step)
+
+    def _ddp(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = self.prepared.device
+        ids = [device.index] if device.type == "cuda" else None
+        # Some parameters never reach the loss (DINOv3's mask token outside MAE), so DDP
+        # must look for unused ones each step.
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+    def _save(self, rel: str, state: dict[str, Any]) -> None:
+        if self.main:
+            save_checkpoint(self.run_dir / rel, state)
 
     def eval_model(self) -> torch.nn.Module:
         """The weights that are evaluated and saved as predictions: EMA when enabled."""
@@ -295,6 +351,7 @@ class Session:
             self._end_epoch()
         self.tracker.close()
         wall = max(time.perf_counter() - started, 1e-9)
+        samples = self.samples * self.prepared.dist.world_size  # every rank sees as many
         return {
             "final": {f"best/{self.monitor}": self.early.best_value},
             "epochs": self.cfg.training.epochs,
@@ -303,7 +360,8 @@ class Session:
             "steps": self.step,
             "best_epoch": self.best_epoch,
             "wall_time_s": round(wall, 3),
-            "samples_per_s": round(self.samples / wall, 1),
+            "samples_per_s": round(samples / wall, 1),
+            "distributed": self.prepared.dist.record(),
             "model": self.prepared.model_info,
             "oom_fallback": {
                 "events": self.stepper.events,
@@ -343,20 +401,22 @@ class Session:
                 self.tracker.log_step(self.step, {**result.losses, **extra})
             every = cfg.checkpoint_every_n_steps
             if every and self.step % every == 0 and self.epoch_step < self.steps_per_epoch:
-                save_checkpoint(self.run_dir / "checkpoints" / "last.pt", self._state())
+                self._save("checkpoints/last.pt", self._state())
 
     def _end_epoch(self) -> None:
         preds = predict(
             self.eval_model(), self.select_loader, self.prepared.device, self.precision.autocast
         )
-        seen = self.epoch_sums.pop("samples", 0.0) or 1.0
-        values = {key: total / seen for key, total in self.epoch_sums.items()}
+        sums = sum_over_ranks(self.epoch_sums, self.prepared.dist)
+        seen = sums.pop("samples", 0.0) or 1.0
+        values = {key: total / seen for key, total in sums.items()}
         values |= split_metrics(preds, self.prepared.dataset.tasks, "val_select")
         values["lr"] = float(self.scheduler.get_last_lr()[-1])
         self.epoch_sums = {}
         improved = self.early.update(values[self.monitor])
         self.tracker.log_epoch(self.epoch, self.step, values)
-        print(f"epoch {self.epoch}: {self.monitor}={values[self.monitor]:.4f}", file=sys.stderr)
+        if self.main:
+            print(f"epoch {self.epoch}: {self.monitor}={values[self.monitor]:.4f}", file=sys.stderr)
         finished = self.epoch
         if improved:
             self.best_epoch = finished
@@ -365,8 +425,8 @@ class Session:
         state = self._state()
         self._keep_top_k(finished, values[self.monitor], state)
         if improved:
-            save_checkpoint(self.run_dir / "checkpoints" / "best.pt", state)
-        save_checkpoint(self.run_dir / "checkpoints" / "last.pt", state)
+            self._save("checkpoints/best.pt", state)
+        self._save("checkpoints/last.pt", state)
 
     def _keep_top_k(self, epoch: int, value: float, state: dict[str, Any]) -> None:
         k = self.cfg.training.keep_top_k
@@ -381,9 +441,10 @@ class Session:
         ranked = sorted([*self.top_k, entry], key=lambda e: (-sign * e["value"], e["epoch"]))
         keep, drop = ranked[:k], ranked[k:]
         if entry in keep:
-            save_checkpoint(self.run_dir / entry["path"], state)
+            self._save(entry["path"], state)
         for old in drop:
-            (self.run_dir / old["path"]).unlink(missing_ok=True)
+            if self.main:
+                (self.run_dir / old["path"]).unlink(missing_ok=True)
         self.top_k = keep
 
     def _state(self) -> dict[str, Any]:

@@ -1,0 +1,105 @@
+"""torchrun: two real processes (gloo on CPU) train like one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, SMOKE
+
+from rigor.config import load_config
+from rigor.training.policy import EpochSampler
+from rigor.training.run import train
+
+# A tiny DINOv3 with no dropout and no BatchNorm: with the same seed its updates do not depend
+# on how the global batch is split across processes.
+TINY = [
+    "model.backbone=dinov3_vit",
+    "model.hf.hidden_size=16",
+    "model.hf.num_layers=1",
+    "model.hf.num_heads=2",
+    "model.hf.intermediate_size=32",
+    "model.hf.patch_size=4",
+    "model.hf.num_register_tokens=0",
+    "model.dropout=0",
+    "training.max_steps_per_epoch=8",
+    "logging.tensorboard=false",
+]
+
+
+def torchrun(out: Path, *sets: str) -> subprocess.CompletedProcess[str]:
+    args = [a for s in sets for a in ("--set", s)]
+    out.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "scripts" / "train.py"),
+        "--config",
+        str(SMOKE),
+        "--set",
+        f"run.output_root={out}",
+        "--env-policy",
+        "ignore",
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=out)
+
+
+def test_sampler_shards_make_up_the_single_process_batches() -> None:
+    single = EpochSampler(11, seed=3).order()
+    shards = [EpochSampler(11, seed=3, rank=r, world=2).order() for r in range(2)]
+    assert [len(s) for s in shards] == [6, 6]  # padded by wrapping to a multiple of 2
+    per_rank = 2
+    for i in range(3):  # batch i of both ranks together = batch i of one process (size 4)
+        together = (
+            shards[0][per_rank * i : per_rank * (i + 1)]
+            + shards[1][per_rank * i : per_rank * (i + 1)]
+        )
+        assert sorted(together) == sorted((single + single[:1])[4 * i : 4 * (i + 1)])
+
+
+def test_two_processes_match_one_process(tmp_path: Path) -> None:
+    result = torchrun(tmp_path / "ddp", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1  # rank 0 alone prints the manifest path
+    ddp_manifest = Path(lines[0])
+    assert len(list((tmp_path / "ddp" / "runs").iterdir())) == 1
+    single_manifest = train(
+        load_config(SMOKE, sets=[f"run.output_root={tmp_path / 'one'}", *TINY], environ={}),
+        env_policy="ignore",
+    )
+    a = torch.load(single_manifest.parent / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(ddp_manifest.parent / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5, rtol=0), key
+    one, two = (json.loads(p.read_text()) for p in (single_manifest, ddp_manifest))
+    assert two["stages"][0]["summary"]["distributed"] == {"world_size": 2, "backend": "gloo"}
+    assert one["stages"][0]["summary"]["distributed"] == {"world_size": 1, "backend": None}
+    assert two["stages"][0]["summary"]["steps"] == one["stages"][0]["summary"]["steps"] == 16
+    for key, value in one["metrics"].items():
+        assert two["metrics"][key] == pytest.approx(value, abs=1e-4), key
+    # each epoch logged once, with the train loss averaged over both processes
+    rows = (ddp_manifest.parent / "logs" / "epochs.csv").read_text().splitlines()
+    assert len(rows) == 3
+    ref = (single_manifest.parent / "logs" / "epochs.csv").read_text().splitlines()
+    loss_one = float(ref[1].split(",")[2])
+    assert float(rows[1].split(",")[2]) == pytest.approx(loss_one, rel=1e-4)
+
+
+def test_global_batch_must_split_evenly(tmp_path: Path) -> None:
+    result = torchrun(tmp_path / "out", "training.batch_size=31", "training.min_batch_size=1")
+    assert result.returncode != 0
+    assert "training.batch_size (31) must be a multiple of the number of processes (2)" in (
+        result.stderr
+    )
+    assert not (tmp_path / "out" / "runs").exists()

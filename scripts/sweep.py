@@ -42,6 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--launcher", choices=("local", "submitit"), default="local")
     parser.add_argument("--max-parallel", type=int, default=1, help="local: points at once")
     parser.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        help="DDP processes per point: torchrun (local) or submitit tasks (cluster)",
+    )
+    parser.add_argument(
         "--cluster",
         choices=("slurm", "local", "debug"),
         default=None,
@@ -69,8 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.config is None:
         raise UsageError("--config is required unless --summarize is given")
-    if args.max_parallel < 1:
-        raise UsageError("--max-parallel must be at least 1")
+    if args.max_parallel < 1 or args.nproc_per_node < 1:
+        raise UsageError("--max-parallel and --nproc-per-node must be at least 1")
 
     from rigor.sweep.grid import build_grid
     from rigor.sweep.launch import LaunchOptions, sweep
@@ -78,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = LaunchOptions(
         launcher=args.launcher,
         max_parallel=args.max_parallel,
+        nproc_per_node=args.nproc_per_node,
         cluster=args.cluster,
         timeout_min=args.timeout_min,
         slurm_partition=args.partition,

@@ -145,3 +145,30 @@ def test_submitit_sweep(tmp_path: Path, run_script, cluster: str) -> None:  # ty
     record = json.loads((folder / "sweep.json").read_text())
     assert [job["cluster"] for job in record["jobs"]] == [cluster, cluster]
     assert sorted(p["rank"] for p in summary["points"]) == [1, 2]
+
+
+@pytest.mark.parametrize("launcher", ["local", "submitit"])
+def test_points_can_train_with_two_processes(tmp_path: Path, run_script, launcher: str) -> None:  # type: ignore[no-untyped-def]
+    extra = ["--cluster", "local"] if launcher == "submitit" else []
+    code = run_script(
+        "sweep",
+        "--config",
+        str(SMOKE),
+        "--set",
+        f"run.output_root={tmp_path}",
+        "--grid",
+        "training.lr=3e-3",
+        "--launcher",
+        launcher,
+        "--nproc-per-node",
+        "2",
+        "--env-policy",
+        "ignore",
+        *extra,
+    )
+    assert code == 0
+    _, summary = _summary(tmp_path)
+    (point,) = summary["points"]
+    manifest = json.loads(Path(point["manifest"]).read_text())
+    assert manifest["stages"][0]["summary"]["distributed"] == {"world_size": 2, "backend": "gloo"}
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # one run, written by rank 0

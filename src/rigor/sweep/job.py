@@ -21,13 +21,20 @@ from rigor.io import atomic_write_json
 def run_point(spec: dict[str, Any]) -> int:
     """Run the point ``spec`` describes; returns its exit code (0 ok) after writing status.
 
-    ``spec`` keys: index, config, sets, overrides, task (train|pretrain), env_policy, cwd
-    (where the sweep was launched), status (the JSON file to write).
+    ``spec`` keys: index, config, sets, overrides, task (train|pretrain), env_policy,
+    launcher, nproc_per_node, cwd (where the sweep was launched), status (the JSON file to
+    write; under several processes rank 0 writes it).
     """
     from rigor.config import load_config
 
     status_path = Path(spec["status"])
     os.chdir(spec["cwd"])  # relative config and output paths mean what they meant at launch
+    if spec["launcher"] == "submitit" and spec["nproc_per_node"] > 1:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        # submitit started one task per process: give torch.distributed what torchrun would
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    main = int(os.environ.get("RANK", "0")) == 0  # rank 0 alone records the outcome
     result: dict[str, Any] = {"index": spec["index"], "overrides": spec["overrides"]}
     try:
         resolved = load_config(spec["config"], sets=spec["sets"], sweep=spec["overrides"])
@@ -44,7 +51,8 @@ def run_point(spec: dict[str, Any]) -> int:
         traceback.print_exc()
         result |= {"status": "failed", "exit_code": 1, "manifest": None}
         result["error"] = f"unexpected {type(err).__name__}: {err}"
-    atomic_write_json(status_path, result)
+    if main:
+        atomic_write_json(status_path, result)
     if result["error"]:
         print(f"error: sweep point {spec['index']}: {result['error']}", file=sys.stderr)
     return int(result["exit_code"])

@@ -35,10 +35,13 @@ class LaunchOptions:
     ``submitit`` (``cluster``: None lets submitit pick Slurm when available; ``local`` runs
     submitit's local executor; ``debug`` runs in this process). The ``slurm_*`` fields,
     ``timeout_min``, ``gpus_per_node``, ``cpus_per_task`` and ``mem_gb`` go to Slurm.
+    ``nproc_per_node`` > 1 trains each point with that many DDP processes: under torchrun
+    (local launcher) or as that many submitit tasks (``tasks_per_node``).
     """
 
     launcher: str = "local"
     max_parallel: int = 1
+    nproc_per_node: int = 1
     cluster: str | None = None
     timeout_min: int = 60
     slurm_partition: str | None = None
@@ -102,6 +105,8 @@ def sweep(
             "overrides": point,
             "task": task,
             "env_policy": env_policy,
+            "launcher": options.launcher,
+            "nproc_per_node": options.nproc_per_node,
             "cwd": os.getcwd(),
             "status": str((folder / "points" / f"{index}.json").resolve()),
         }
@@ -122,6 +127,8 @@ def sweep(
         ],
     }
     atomic_write_json(folder / "sweep.json", record)
+    if options.nproc_per_node > 1 and options.cluster == "debug":
+        raise UsageError("--nproc-per-node > 1 needs processes; the debug cluster has one")
     if options.launcher == "local":
         _run_local(folder, specs, options.max_parallel)
     elif options.launcher == "submitit":
@@ -155,8 +162,12 @@ def _run_local(folder: Path, specs: list[dict[str, Any]], max_parallel: int) -> 
             spec = pending.pop(0)
             log = open(folder / "logs" / f"{spec['index']}.log", "wb")  # noqa: SIM115
             spec_path = folder / "points" / f"{spec['index']}.spec.json"
+            job = ["-m", "rigor.sweep.job", str(spec_path)]
+            if spec["nproc_per_node"] > 1:  # each point under torchrun, on a free port
+                run = ["-m", "torch.distributed.run", "--standalone"]
+                job = [*run, "--nproc_per_node", str(spec["nproc_per_node"]), *job]
             proc = subprocess.Popen(
-                [sys.executable, "-m", "rigor.sweep.job", str(spec_path)],
+                [sys.executable, *job],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -178,7 +189,10 @@ def _run_submitit(
     from rigor.sweep.job import run_point
 
     executor = submitit.AutoExecutor(folder=folder / "submitit", cluster=options.cluster)
-    params: dict[str, Any] = {"timeout_min": options.timeout_min}
+    params: dict[str, Any] = {
+        "timeout_min": options.timeout_min,
+        "tasks_per_node": options.nproc_per_node,
+    }
     if executor.cluster == "slurm":
         params |= {
             "slurm_partition": options.slurm_partition,

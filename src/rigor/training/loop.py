@@ -327,15 +327,17 @@ def split_metrics(
 def gate_metrics(
     gate_logits: np.ndarray, correct: np.ndarray, task: str, split: str
 ) -> dict[str, float]:
-    """AUGRC of the selection score, and coverage and selective risk at g >= 0.5."""
+    """AUGRC of the selection score, and coverage and selective risk at g >= 0.5 (the risk
+    is left out when the gate accepts nothing)."""
     selection = 1.0 / (1.0 + np.exp(-gate_logits.astype(np.float64)))
     accepted = selection >= 0.5
-    risk = float((~correct[accepted]).mean()) if accepted.any() else float("nan")
-    return {
+    metrics = {
         metric_key("gate_augrc", split, task): augrc(selection, correct),
         metric_key("gate_coverage", split, task): float(accepted.mean()),
-        metric_key("gate_risk", split, task): risk,
     }
+    if accepted.any():
+        metrics[metric_key("gate_risk", split, task)] = float((~correct[accepted]).mean())
+    return metrics
 
 
 def available_monitors(tasks: dict[str, TaskSpec]) -> set[str]:

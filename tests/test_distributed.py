@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,28 @@ TINY = [
     "training.max_steps_per_epoch=8",
     "logging.tensorboard=false",
 ]
+
+
+def torchrun_cmd(out: Path, *sets: str, extra: tuple[str, ...] = ()) -> list[str]:
+    args = [a for s in sets for a in ("--set", s)]
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "scripts" / "train.py"),
+        "--config",
+        str(SMOKE),
+        "--set",
+        f"run.output_root={out}",
+        "--env-policy",
+        "ignore",
+        *args,
+        *extra,
+    ]
 
 
 def torchrun(out: Path, *sets: str) -> subprocess.CompletedProcess[str]:
@@ -103,3 +128,102 @@ def test_global_batch_must_split_evenly(tmp_path: Path) -> None:
         result.stderr
     )
     assert not (tmp_path / "out" / "runs").exists()
+
+
+# 4 epochs of 17 steps (global batch 64 = 2 x 32), a checkpoint every 5 steps, dropout and EMA.
+RESUMABLE = (
+    "training.max_steps_per_epoch=null",
+    "training.epochs=4",
+    "training.batch_size=64",
+    "training.checkpoint_every_n_steps=5",
+    "training.ema_decay=0.9",
+    "model.dropout=0.3",
+    "logging.tensorboard=false",
+)
+
+
+def kill_everything_writing_to(out: Path) -> None:
+    """SIGKILL the launcher and every worker whose command line names ``out`` (torchrun puts
+    its workers in their own sessions, so killing the launcher's group is not enough)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if f"run.output_root={out}" in cmdline:
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_killed_torchrun_run_resumes_to_the_same_result(tmp_path: Path) -> None:
+    straight = subprocess.run(
+        torchrun_cmd(tmp_path / "a", *RESUMABLE), capture_output=True, text=True, timeout=300
+    )
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    # kill the whole torchrun job (launcher and both workers) mid-epoch
+    job = subprocess.Popen(
+        torchrun_cmd(tmp_path / "b", *RESUMABLE),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 180
+    try:
+        while job.poll() is None and time.monotonic() < deadline:
+            logs = list((tmp_path / "b").glob("runs/*/logs/steps.jsonl"))
+            lines = logs[0].read_text().splitlines() if logs else []
+            if lines and lines[-1].endswith("}") and json.loads(lines[-1])["step"] >= 28:
+                kill_everything_writing_to(tmp_path / "b")
+                job.wait()
+                break
+            time.sleep(0.002)
+        else:
+            pytest.fail("the run ended before it could be killed")
+    finally:
+        kill_everything_writing_to(tmp_path / "b")
+    run_b = next((tmp_path / "b" / "runs").iterdir())
+    assert not (run_b / "manifest.json").exists()
+    state = torch.load(run_b / "checkpoints" / "last.pt", weights_only=True)
+    assert state["world_size"] == 2 and state["position"] > 0  # a mid-epoch checkpoint
+    resumed = subprocess.run(
+        torchrun_cmd(tmp_path / "b", *RESUMABLE, extra=("--resume", "auto")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert Path(resumed.stdout.strip()).parent == run_b
+    run_a = Path(straight.stdout.strip()).parent
+    for name in ("last.pt", "best.pt"):
+        a = torch.load(run_a / "checkpoints" / name, weights_only=True)
+        b = torch.load(run_b / "checkpoints" / name, weights_only=True)
+        for part in ("model", "ema"):
+            assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), (name, part)
+    one, two = (json.loads((r / "manifest.json").read_text()) for r in (run_a, run_b))
+    assert one["metrics"] == two["metrics"]
+    # a single process may not continue a two-process mid-epoch checkpoint
+    (run_b / "manifest.json").unlink()
+    torch.save(state, run_b / "checkpoints" / "last.pt")
+    single = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "train.py"),
+            "--config",
+            str(SMOKE),
+            "--env-policy",
+            "ignore",
+            "--set",
+            f"run.output_root={tmp_path / 'b'}",
+            *[a for x in RESUMABLE for a in ("--set", x)],
+            "--resume",
+            str(run_b),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert single.returncode == 2
+    assert "resume it with the same number of processes" in single.stderr

@@ -167,15 +167,21 @@ def train(
     """
     cfg = resolved.config
     info = init_distributed(cfg.run.device)
-    if info.enabled and resume is not None:
-        raise UsageError("--resume: resuming a torchrun run is not supported yet")
     prepared = prepare(resolved, env_policy, force, info)
-    checkpoint = find_resume(resume, Path(cfg.run.output_root), cfg.run.name, resolved.hash)
+    checkpoint = broadcast(
+        (
+            find_resume(resume, Path(cfg.run.output_root), cfg.run.name, resolved.hash)
+            if info.main
+            else None
+        ),
+        info,
+    )
     state = load_checkpoint(checkpoint, resolved.hash, force) if checkpoint else None
     if checkpoint is not None:
         run_dir = checkpoint.parent.parent
         _check_same_splits(run_dir, prepared, force)
-        print(f"run {run_dir.name}: resuming from {checkpoint}", file=sys.stderr)
+        if info.main:
+            print(f"run {run_dir.name}: resuming from {checkpoint}", file=sys.stderr)
     elif info.main:
         run_id, run_dir = create_run_dir(Path(cfg.run.output_root), cfg.run.name, resolved.hash)
         where = f" ({info.world_size} processes, {info.backend})" if info.enabled else ""
@@ -469,9 +475,16 @@ class Session:
             "epoch_sums": dict(self.epoch_sums),
             "config_hash": self.prepared.resolved.hash,
             "loss_weights": self.weighting.state_dict() if self.weighting is not None else None,
+            "world_size": self.prepared.dist.world_size,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
+        world, now = int(state.get("world_size", 1)), self.prepared.dist.world_size
+        if world != now and int(state["position"]) > 0:
+            raise UsageError(
+                f"--resume: the checkpoint was written mid-epoch by {world} process(es); resume "
+                f"it with the same number of processes (this run has {now})"
+            )
         self.prepared.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

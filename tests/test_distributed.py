@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -153,10 +154,8 @@ def kill_everything_writing_to(out: Path) -> None:
         except OSError:
             continue
         if f"run.output_root={out}" in cmdline:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(proc.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def test_a_killed_torchrun_run_resumes_to_the_same_result(tmp_path: Path) -> None:

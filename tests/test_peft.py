@@ -127,3 +127,26 @@ def test_bundle_and_restore_rebuild_without_the_pretrained_folder(tmp_path: Path
     rebuilt = architecture(model_cfg)
     assert rebuilt.hf.path is None and rebuilt.weights_path is None
     assert build_model(rebuilt, TASKS, SHAPE).feature_dim == 64
+
+
+def test_the_hugging_face_example_in_docs_extending_runs() -> None:
+    import re
+
+    from conftest import ROOT
+
+    from rigor.models.registry import BACKBONES
+
+    text = (ROOT / "docs" / "extending.md").read_text()
+    section = text.split("## A Hugging Face backbone", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S)
+    assert code is not None
+    try:
+        exec(compile(code.group(1), "docs/extending.md", "exec"), {"__name__": "docs_example"})
+        model = build_model(cfg("model.backbone=hf_vit"), TASKS, SHAPE)  # peft: lora r=8
+        assert model(torch.randn(2, 1, 8, 8))["digit"].shape == (2, 10)
+        small = build_model(
+            cfg("model.backbone=hf_vit", "model.peft.target_modules=[q_proj,v_proj]"), TASKS, SHAPE
+        )
+        assert small.peft_info == {"adapted_layers": 4, "adapter_params": 4096}  # as the doc says
+    finally:
+        BACKBONES.pop("hf_vit", None)

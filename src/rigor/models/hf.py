@@ -36,10 +36,10 @@ class HFBackbone(nn.Module):
         """The normalised CLS token, or the mean of the normalised patch tokens."""
         if self.grey:
             inputs = inputs.expand(-1, 3, -1, -1)
-        out = self.net(pixel_values=inputs)
-        if self.pooling == "cls":
-            return out.pooler_output
-        return out.last_hidden_state[:, self.prefix_tokens :].mean(dim=1)
+        tokens = self.net(pixel_values=inputs).last_hidden_state
+        if self.pooling == "cls":  # DINOv3's pooler output is this same normalised token
+            return tokens[:, 0]
+        return tokens[:, self.prefix_tokens :].mean(dim=1)
 
 
 def dinov3_config(cfg: HFConfig, image_size: int) -> Any:

@@ -78,8 +78,9 @@ def load_dinov3(cfg: HFConfig, image_size: int) -> Any:
     return net
 
 
-# Fields that fix the architecture: a checkpoint's model is rebuilt from model.hf alone
-# (export, predict, xai), so a pretrained folder must agree with model.hf on all of them.
+# Fields that fix the architecture (not init-only values such as layerscale_value): a
+# checkpoint's model is rebuilt from model.hf alone (export, predict, xai), so a pretrained
+# folder must agree with model.hf on all of them.
 _ARCH_FIELDS = (
     "hidden_size",
     "num_hidden_layers",
@@ -89,7 +90,6 @@ _ARCH_FIELDS = (
     "num_register_tokens",
     "use_gated_mlp",
     "hidden_act",
-    "layerscale_value",
     "layer_norm_eps",
     "rope_theta",
     "query_bias",

@@ -221,3 +221,40 @@ def test_temperature_refuses_degenerate_sets() -> None:
         fit_temperature(logits, np.array([0, 1, 0]))
     with pytest.raises(NoFiniteOptimum, match="classified wrongly"):
         fit_temperature(logits, np.array([1, 0, 1]))
+
+
+def test_cluster_bootstrap_with_singleton_groups_is_the_row_bootstrap() -> None:
+    from rigor.evaluation.bootstrap import bootstrap_ci, cluster_ci
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=60), rng.normal(size=60)
+
+    def mae(x: np.ndarray, y: np.ndarray) -> float:
+        return float(np.abs(x - y).mean())
+
+    rows = bootstrap_ci(mae, a, b, n_resamples=200, seed=5)
+    clusters = cluster_ci(mae, a, b, groups=np.arange(60), n_resamples=200, seed=5)
+    assert clusters.pop("n_groups") == 60
+    assert clusters == rows
+
+
+def test_cluster_bootstrap_widens_the_interval_when_groups_share_an_offset() -> None:
+    from rigor.evaluation.bootstrap import bootstrap_ci, cluster_ci
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(6), 40)
+    # each group's errors share an offset: 240 rows but only 6 independent units
+    errors = rng.normal(0.0, 1.0, 6)[groups] + rng.normal(0.0, 0.1, 240)
+
+    def mean_error(e: np.ndarray, _: np.ndarray) -> float:
+        return float(e.mean())
+
+    rows = bootstrap_ci(mean_error, errors, errors, n_resamples=400, seed=0)
+    clusters = cluster_ci(mean_error, errors, errors, groups=groups, n_resamples=400, seed=0)
+    assert clusters["estimate"] == rows["estimate"]
+    width = clusters["ci_upper"] - clusters["ci_lower"]
+    assert width > 4 * (rows["ci_upper"] - rows["ci_lower"])
+    # the bootstrap standard error of a mean of 6 equal-sized groups is the population sd
+    # of the group means over sqrt(6)
+    means = np.array([errors[groups == g].mean() for g in range(6)])
+    assert clusters["std"] == pytest.approx(means.std() / np.sqrt(6), rel=0.15)

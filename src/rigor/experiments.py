@@ -68,8 +68,17 @@ def result_rows(run: Path, manifest: dict[str, Any]) -> list[tuple[str, str]]:
                     (f"{task} policy coverage", _ci(policy["coverage"])),
                     (f"{task} policy selective risk", _ci(policy["selective_risk"])),
                 ]
+        elif len(result["per_target"]) == 1:  # one value per task, e.g. one gene per head
+            target = result["per_target"][0]
+            rows += [
+                (f"{task} Pearson r", _ci(target["pearson"])),
+                (f"{task} MAE", _ci(target["mae"])),
+            ]
         else:
-            rows.append((f"{task} MAE (mean over targets)", f"{result['mae_mean']:.4g}"))
+            rows += [
+                (f"{task} Pearson r (mean over targets)", f"{result['pearson_mean']:.4g}"),
+                (f"{task} MAE (mean over targets)", f"{result['mae_mean']:.4g}"),
+            ]
     return rows
 
 

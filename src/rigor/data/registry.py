@@ -122,6 +122,7 @@ def raw_dataset(cfg: DataConfig) -> RawData:
     """Run the builder the config names."""
     import rigor.data.digits  # noqa: F401  (registers the built-in datasets)
     import rigor.data.files  # noqa: F401
+    import rigor.data.tiles  # noqa: F401
 
     if cfg.name not in DATASETS:
         raise ConfigError(

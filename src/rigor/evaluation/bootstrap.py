@@ -89,6 +89,38 @@ def _batched_form(
     return getattr(metric, "batched", None), (), {}
 
 
+def cluster_ci(
+    metric: Callable[..., float],
+    *arrays: Any,
+    groups: Any,
+    n_resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Cluster (group) bootstrap: each resample draws as many groups as there are, with
+    replacement, and takes every row of each drawn group (Field & Welsh 2007).
+
+    Rows of one patient are not independent; resampling rows would give intervals that are
+    too narrow. Chunk k of resamples draws from child k of ``SeedSequence(seed)``, as in
+    :func:`bootstrap_ci`. The result also has ``n_groups``.
+    """
+    data = [np.asarray(a) for a in arrays]
+    labels, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    if any(len(a) != len(inverse) for a in data):
+        raise ValueError("all arrays and groups must have the same length")
+    members = [np.flatnonzero(inverse == g) for g in range(len(labels))]
+
+    def batched(draws: np.ndarray) -> dict[str, np.ndarray]:
+        values = []
+        for picked in draws:
+            index = np.concatenate([members[g] for g in picked])
+            values.append(metric(*[a[index] for a in data]))
+        return {"value": np.asarray(values, dtype=np.float64)}
+
+    values = replicates(batched, len(labels), n_resamples, seed)["value"]
+    return summarize(values, metric(*data), level) | {"n_groups": int(len(labels))}
+
+
 def bootstrap_ci(
     metric: Callable[..., float],
     *arrays: Any,

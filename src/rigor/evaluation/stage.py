@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ from rigor.calibration.policy import policy_confidence, sigmoid
 from rigor.calibration.temperature import softmax
 from rigor.config.models import EvaluationConfig
 from rigor.evaluation import plots
-from rigor.evaluation.bootstrap import bootstrap_ci, summarize
+from rigor.evaluation.bootstrap import bootstrap_ci, cluster_ci, summarize
 from rigor.evaluation.classification import confusions, macro_f1, mcc
+from rigor.evaluation.regression import pearson
 from rigor.evaluation.selective import generalized_risk_coverage_curve, risk_coverage_curve
 from rigor.evaluation.summary import score_replicates
 from rigor.io import atomic_write_json, atomic_write_text
@@ -299,24 +301,34 @@ def _regression(
     groups: np.ndarray | None,
     options: EvaluationConfig,
 ) -> dict[str, Any]:
-    """MAE, RMSE and Pearson per target (mean and median across targets), MAE per group."""
+    """MAE, RMSE and Pearson per target (mean and median across targets), MAE per group.
+
+    When a group (patient) holds several samples, the CIs resample groups, not samples
+    (``ci_unit: group``); otherwise samples (``ci_unit: sample``).
+    """
     predicted = np.asarray(predicted, dtype=np.float64).reshape(len(targets), -1)
     targets = np.asarray(targets, dtype=np.float64).reshape(len(targets), -1)
-    per_target = []
-    for j in range(targets.shape[1]):
-        p, t = predicted[:, j], targets[:, j]
-        per_target.append(
-            {
-                "mae": bootstrap_ci(lambda a, b: float(np.abs(a - b).mean()), p, t, **_ci(options)),
-                "rmse": bootstrap_ci(
-                    lambda a, b: float(np.sqrt(((a - b) ** 2).mean())), p, t, **_ci(options)
-                ),
-                "pearson": bootstrap_ci(_pearson, p, t, **_ci(options)),
-            }
-        )
+    clustered = groups is not None and len(np.unique(groups)) < len(groups)
+
+    def ci(
+        metric: Callable[[np.ndarray, np.ndarray], float], p: np.ndarray, t: np.ndarray
+    ) -> dict[str, Any]:
+        if clustered:
+            return cluster_ci(metric, p, t, groups=groups, **_ci(options))
+        return bootstrap_ci(metric, p, t, **_ci(options))
+
+    per_target = [
+        {
+            "mae": ci(_mae, predicted[:, j], targets[:, j]),
+            "rmse": ci(_rmse, predicted[:, j], targets[:, j]),
+            "pearson": ci(pearson, predicted[:, j], targets[:, j]),
+        }
+        for j in range(targets.shape[1])
+    ]
     result: dict[str, Any] = {
         "kind": "regression",
         "n": int(len(targets)),
+        "ci_unit": "group" if clustered else "sample",
         "per_target": per_target,
     }
     for metric in ("mae", "rmse", "pearson"):
@@ -332,10 +344,12 @@ def _regression(
     return result
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    if a.std() == 0 or b.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
+def _mae(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).mean())
+
+
+def _rmse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(((a - b) ** 2).mean()))
 
 
 def _rows(prefix: str, node: Any) -> list[dict[str, Any]]:

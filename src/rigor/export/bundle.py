@@ -31,9 +31,14 @@ def export(manifest_path: Path, env_policy: str | None = None, force: bool = Fal
 
     ctx = open_run(manifest_path, [], env_policy, force)
     manifest = ctx.manifest
-    if POLICY not in manifest["sha256"]:
-        raise UsageError("this run has no calibration policy: run scripts/calibrate.py first")
-    reads = [manifest["best_checkpoint"], POLICY, "splits.json", "metrics.json"]
+    calibrated = POLICY in manifest["sha256"]
+    if has_classification(manifest["dataset"]["tasks"]) and not calibrated:
+        raise UsageError(
+            "this run has a classification task but no calibration policy: run "
+            "scripts/calibrate.py first (a bundle carries exactly one active policy)"
+        )
+    reads = [manifest["best_checkpoint"], *([POLICY] if calibrated else [])]
+    reads += ["splits.json", "metrics.json"]
     reads += ["eval/metrics.json"] if "eval/metrics.json" in manifest["sha256"] else []
     verify_manifest(manifest, ctx.run_dir, only=reads)
     bundle = ctx.run_dir / "bundle"
@@ -46,7 +51,7 @@ def export(manifest_path: Path, env_policy: str | None = None, force: bool = Fal
     copies = {
         "config_resolved.json": "config_resolved.json",
         "splits.json": "splits.json",
-        POLICY: "policy.json",
+        **({POLICY: "policy.json"} if calibrated else {}),
         "metrics.json": "metrics/train.json",
     }
     if "eval/metrics.json" in reads:
@@ -54,17 +59,18 @@ def export(manifest_path: Path, env_policy: str | None = None, force: bool = Fal
     for source, target in copies.items():
         (bundle / target).parent.mkdir(exist_ok=True)
         shutil.copyfile(ctx.path(source), bundle / target)
-    policy = json.loads((bundle / "policy.json").read_text())
-    record = _record(
-        ctx, policy["task"], [p for s, p in copies.items() if p.startswith("metrics/")]
-    )
+    task = json.loads((bundle / "policy.json").read_text())["task"] if calibrated else None
+    record = _record(ctx, task, [p for p in copies.values() if p.startswith("metrics/")])
     record["sha256"] = {rel: _sha(bundle / rel) for rel in ["model.safetensors", *copies.values()]}
     atomic_write_json(bundle / "bundle.json", record)
     outputs = [f"bundle/{rel}" for rel in [*record["sha256"], "bundle.json"]]
-    finish_stage(
-        ctx, "export", {"reads": reads}, outputs, {"task": policy["task"], "files": len(outputs)}
-    )
+    finish_stage(ctx, "export", {"reads": reads}, outputs, {"task": task, "files": len(outputs)})
     return bundle
+
+
+def has_classification(tasks: dict[str, Any]) -> bool:
+    """Whether any task (manifest or bundle ``tasks`` block) is a classification task."""
+    return any(spec["kind"] == "classification" for spec in tasks.values())
 
 
 def _write(handle: Any, payload: bytes) -> None:
@@ -77,7 +83,7 @@ def _sha(path: Path) -> str:
     return sha256_file(path)
 
 
-def _record(ctx: Any, task: str, metrics: list[str]) -> dict[str, Any]:
+def _record(ctx: Any, task: str | None, metrics: list[str]) -> dict[str, Any]:
     manifest = ctx.manifest
     sizes = ctx.config.data.transforms.image_size
     channels = ctx.config.data.channels
@@ -100,22 +106,26 @@ def _record(ctx: Any, task: str, metrics: list[str]) -> dict[str, Any]:
         "config": "config_resolved.json",
         "splits": "splits.json",
         "metrics": metrics,
-        "policies": [{"path": "policy.json", "active": True}],
+        "policies": [{"path": "policy.json", "active": True}] if task is not None else [],
     }
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A checked bundle: its folder, record, active policy and weights."""
+    """A checked bundle: its folder, record, active policy (None: regression only), weights."""
 
     root: Path
     record: dict[str, Any]
-    policy: dict[str, Any]
+    policy: dict[str, Any] | None
     state: dict[str, torch.Tensor]
 
 
 def load_bundle(root: Path) -> Bundle:
-    """Check schema (exit 3), exactly one active policy (exit 3) and every hash (exit 5)."""
+    """Check schema (exit 3), the policy (exit 3) and every hash (exit 5).
+
+    A bundle with a classification task has exactly one active policy, for the task named in
+    ``task``; a regression-only bundle has none and ``task`` is null.
+    """
     from safetensors.torch import load_file
 
     from rigor.io import sha256_file
@@ -129,15 +139,23 @@ def load_bundle(root: Path) -> Bundle:
         raise ManifestError(f"{path}: not valid JSON ({err.msg})") from None
     check_schema(_VALIDATOR, record, str(path))
     active = [p for p in record["policies"] if p["active"]]
-    if len(active) != 1:
+    if has_classification(record["tasks"]):
+        if len(active) != 1:
+            raise ManifestError(
+                f"{path}: $.policies has {len(active)} active policies; exactly one is required"
+            )
+        if record["task"] is None:
+            raise ManifestError(f"{path}: $.task is null but the bundle has an active policy")
+    elif record["policies"] or record["task"] is not None:
         raise ManifestError(
-            f"{path}: $.policies has {len(active)} active policies; exactly one is required"
+            f"{path}: a regression-only bundle has no policy; $.policies must be empty and "
+            "$.task null"
         )
     listed = {
         record["weights"],
         record["config"],
         record["splits"],
-        active[0]["path"],
+        *(p["path"] for p in active),
         *record["metrics"],
     }
     unhashed = sorted(listed - set(record["sha256"]))
@@ -152,6 +170,13 @@ def load_bundle(root: Path) -> Bundle:
             problems.append(f"{rel}: sha256 changed since export")
     if problems:
         raise ArtifactError(f"bundle {root} failed verification:\n  - " + "\n  - ".join(problems))
-    policy = json.loads((root / active[0]["path"]).read_text())
-    validate_thresholds(policy, label=f"{root / active[0]['path']}")
+    policy = None
+    if active:
+        policy = json.loads((root / active[0]["path"]).read_text())
+        validate_thresholds(policy, label=f"{root / active[0]['path']}")
+        if policy["task"] != record["task"]:
+            raise ManifestError(
+                f"{path}: $.task is {record['task']!r} but the active policy is for "
+                f"{policy['task']!r}"
+            )
     return Bundle(root, record, policy, load_file(str(root / record["weights"])))

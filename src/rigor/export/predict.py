@@ -35,7 +35,7 @@ def _model(bundle: Bundle, config: Config) -> torch.nn.Module:
 
 def _split_inputs(
     bundle: Bundle, config: Config, split: str
-) -> tuple[np.ndarray, list[str], np.ndarray]:
+) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
     from rigor.data.registry import build_dataset
 
     ids = json.loads((bundle.root / bundle.record["splits"]).read_text())["splits"].get(split)
@@ -44,7 +44,7 @@ def _split_inputs(
     dataset = build_dataset(config.data, None)
     index = {sample_id: row for row, sample_id in enumerate(dataset.ids)}
     rows = [index[i] for i in ids]
-    labels = dataset.targets[bundle.record["task"]][rows].numpy()
+    labels = {task: values[rows].numpy() for task, values in dataset.targets.items()}
     return dataset.inputs[rows].numpy(), ids, labels
 
 
@@ -66,10 +66,14 @@ def predict_with_bundle(
     split: str | None = None,
     output: Path | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Predict ``inputs`` (image files) or a ``split``; write a CSV and return it with a summary."""
+    """Predict ``inputs`` (image files) or a ``split``; write a CSV and return it with a summary.
+
+    Columns: ``id``; for the policy's task ``class``, ``confidence``, ``abstained`` (and
+    ``label`` for a split); for every regression task ``<task>`` (and ``<task>_true``).
+    """
     bundle = load_bundle(root)
     config = Config.model_validate(json.loads((root / bundle.record["config"]).read_text()))
-    labels = None
+    labels: dict[str, np.ndarray] | None = None
     if split is not None:
         images, ids, labels = _split_inputs(bundle, config, split)
     elif inputs:
@@ -82,49 +86,61 @@ def predict_with_bundle(
         mean = torch.tensor(transforms["mean"]).view(1, -1, 1, 1)
         std = torch.tensor(transforms["std"]).view(1, -1, 1, 1)
         x = (x - mean) / std
-    task, policy = bundle.record["task"], bundle.policy
     with torch.no_grad():
-        outputs = _model(bundle, config)(x)
-    logits = outputs[task].numpy()
-    gate = outputs[GATE + task].numpy() if GATE + task in outputs else None
+        outputs = {k: v.numpy() for k, v in _model(bundle, config)(x).items()}
+    columns: dict[str, list[str]] = {"id": list(ids)}
+    summary: dict[str, Any] = {"n": len(ids)}
+    if bundle.policy is not None:
+        columns |= _selective(bundle, outputs, labels, summary)
+    for task, spec in bundle.record["tasks"].items():
+        if spec["kind"] != "regression":
+            continue
+        values = outputs[task].reshape(len(ids), -1)[:, 0]
+        columns[task] = [f"{v:.6f}" for v in values]
+        if labels is not None:
+            truth = labels[task].astype(np.float64)
+            columns[f"{task}_true"] = [f"{v:.6f}" for v in truth]
+            summary.setdefault("mae", {})[task] = float(np.abs(values - truth).mean())
+    target = output or root.parent / "predict" / f"{split or 'inputs'}.csv"
+    atomic_write_text(target, _table(columns))
+    return target, summary
+
+
+def _selective(
+    bundle: Bundle,
+    outputs: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray] | None,
+    summary: dict[str, Any],
+) -> dict[str, list[str]]:
+    """The policy task's class, confidence and abstention; coverage and risk in ``summary``."""
+    task, policy = bundle.record["task"], bundle.policy
+    assert policy is not None
+    logits = outputs[task]
+    gate = outputs.get(GATE + task)
     confidence = policy_confidence(logits, gate, policy)
     predicted = logits.argmax(axis=1)
     abstained = confidence < policy["threshold"]
     classes = bundle.record["tasks"][task].get("classes") or [
         str(k) for k in range(logits.shape[1])
     ]
-    target = output or root.parent / "predict" / f"{split or 'inputs'}.csv"
-    atomic_write_text(target, _table(ids, predicted, confidence, abstained, classes, labels))
-    summary: dict[str, Any] = {
-        "n": len(ids),
-        "accepted": int((~abstained).sum()),
-        "coverage": float((~abstained).mean()),
+    columns = {
+        "class": [classes[k] for k in predicted],
+        "confidence": [f"{c:.6f}" for c in confidence],
+        "abstained": ["yes" if a else "no" for a in abstained],
     }
-    if labels is not None and (~abstained).any():
-        summary["selective_risk"] = float((predicted[~abstained] != labels[~abstained]).mean())
-    return target, summary
+    summary |= {"accepted": int((~abstained).sum()), "coverage": float((~abstained).mean())}
+    if labels is not None:
+        truth = labels[task].astype(np.int64)
+        columns["label"] = [classes[k] for k in truth]
+        if (~abstained).any():
+            wrong = predicted[~abstained] != truth[~abstained]
+            summary["selective_risk"] = float(wrong.mean())
+    return columns
 
 
-def _table(
-    ids: list[str],
-    predicted: np.ndarray,
-    confidence: np.ndarray,
-    abstained: np.ndarray,
-    classes: list[str],
-    labels: np.ndarray | None,
-) -> str:
+def _table(columns: dict[str, list[str]]) -> str:
     buffer = io.StringIO()
-    columns = ["id", "class", "confidence", "abstained"] + (["label"] if labels is not None else [])
     writer = csv.writer(buffer)
-    writer.writerow(columns)
-    for row, sample_id in enumerate(ids):
-        cells = [
-            sample_id,
-            classes[predicted[row]],
-            f"{confidence[row]:.6f}",
-            "yes" if abstained[row] else "no",
-        ]
-        if labels is not None:
-            cells.append(classes[int(labels[row])])
-        writer.writerow(cells)
+    writer.writerow(list(columns))
+    writer.writerows(zip(*columns.values(), strict=True))
     return buffer.getvalue()

@@ -33,7 +33,10 @@ BUNDLE_SCHEMA: dict[str, Any] = {
         "bundle_version": {"const": 1},
         "run_id": {"type": "string"},
         "created_at": {"type": "string", "format": "date-time"},
-        "task": {"type": "string", "description": "The task whose policy is active."},
+        "task": {
+            "type": ["string", "null"],
+            "description": "The task whose policy is active; null in a regression-only bundle.",
+        },
         "tasks": {"type": "object"},
         "input_shape": {
             "type": "array",

@@ -18,6 +18,7 @@ from torch import nn
 from rigor.config.models import GateConfig
 from rigor.data.registry import TaskSpec
 from rigor.errors import RigorError
+from rigor.evaluation.regression import pearson
 from rigor.evaluation.selective import augrc
 from rigor.models.registry import AUX, GATE
 from rigor.tracking import metric_key
@@ -288,11 +289,12 @@ def predict(
 def split_metrics(
     preds: dict[str, Any], tasks: dict[str, TaskSpec], split: str
 ) -> dict[str, float]:
-    """Loss per task and in total; accuracy and AUGRC of the MSP (classification) or MAE
-    (regression); per split."""
+    """Loss per task and in total; accuracy and AUGRC of the MSP (classification), or MAE and
+    Pearson's r (regression: per gene when each gene is a task); means over tasks; per split."""
     metrics: dict[str, float] = {}
     accs: list[float] = []
     maes: list[float] = []
+    pearsons: list[float] = []
     augrcs: list[float] = []
     total = 0.0
     for name, spec in tasks.items():
@@ -315,12 +317,18 @@ def split_metrics(
             mae = float((output - target.float()).abs().mean())
             metrics[metric_key("mae", split, name)] = mae
             maes.append(mae)
+            r = pearson(output.reshape(len(target), -1)[:, 0].numpy(), target.numpy())
+            if np.isfinite(r):  # left out when a prediction is constant (no NaN in manifests)
+                metrics[metric_key("pearson", split, name)] = r
+            pearsons.append(r)
     metrics[metric_key("loss", split)] = total
     if accs:
         metrics[metric_key("acc", split)] = float(np.mean(accs))
         metrics[metric_key("augrc", split)] = float(np.mean(augrcs))
     if maes:
         metrics[metric_key("mae", split)] = float(np.mean(maes))
+        # A constant prediction has no correlation; it counts as 0 in the mean, not NaN.
+        metrics[metric_key("pearson", split)] = float(np.mean(np.nan_to_num(pearsons)))
     return metrics
 
 
@@ -347,5 +355,5 @@ def available_monitors(tasks: dict[str, TaskSpec]) -> set[str]:
     if "classification" in kinds:
         names |= {"acc", "augrc"}
     if "regression" in kinds:
-        names.add("mae")
+        names |= {"mae", "pearson"}
     return names

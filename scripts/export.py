@@ -1,11 +1,12 @@
-"""Export a calibrated run as a deployable bundle.
+"""Export a calibrated run (or a run with regression tasks only) as a deployable bundle.
 
     python scripts/export.py --from-manifest results/runs/<run_id>/manifest.json
 
 Writes bundle/{model.safetensors,config_resolved.json,policy.json,splits.json,metrics/,
-bundle.json} (bundle.json lists the sha256 of every file) and a stage entry.
-Exit codes: 0 ok, 2 no calibration yet / bad usage, 3 invalid manifest, 4 env mismatch
-(strict), 5 artifact missing or changed.
+bundle.json} (bundle.json lists the sha256 of every file) and a stage entry. A run with
+regression tasks only has no policy.json and needs no calibration.
+Exit codes: 0 ok, 2 classification run not calibrated yet / bad usage, 3 invalid manifest,
+4 env mismatch (strict), 5 artifact missing or changed.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
-"""Predict with a bundle: class, calibrated confidence, and whether the policy abstains.
+"""Predict with a bundle: class, calibrated confidence, whether the policy abstains, and a
+value per regression task (gene).
 
     python scripts/predict.py --bundle results/runs/<run_id>/bundle --split val_test
     python scripts/predict.py --bundle DIR --input image1.png image2.png [--output out.csv]
 
-Loads nothing with pickle (safetensors weights, JSON policy). Refuses a bundle with zero or
-two active policies (exit 3) or a changed file (exit 5).
+Loads nothing with pickle (safetensors weights, JSON policy). Refuses a classification bundle
+with zero or two active policies, a regression-only bundle with any policy (exit 3), or a
+changed file (exit 5).
 """
 
 from __future__ import annotations

@@ -46,6 +46,28 @@ def smoke_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train(resolved, env_policy="ignore")
 
 
+def short_run(out: Path) -> list[str]:
+    """``--set`` values for a two-epoch, three-steps-per-epoch run writing under ``out``."""
+    return [
+        f"run.output_root={out}",
+        "training.epochs=2",
+        "training.max_steps_per_epoch=3",
+        "scheduler.warmup_epochs=0.5",
+        "logging.tensorboard=false",
+    ]
+
+
+def assert_same_checkpoints(run_a: Path, run_b: Path) -> None:
+    """last.pt and best.pt of two runs hold bitwise-equal model and EMA weights."""
+    import torch
+
+    for name in ("last.pt", "best.pt"):
+        a = torch.load(run_a / "checkpoints" / name, weights_only=True)
+        b = torch.load(run_b / "checkpoints" / name, weights_only=True)
+        for part in ("model", "ema"):
+            assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), (name, part)
+
+
 @pytest.fixture
 def python() -> str:
     """The interpreter running the tests (the project's virtual environment)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SMOKE
+from conftest import ROOT, SMOKE, assert_same_checkpoints
 
 from rigor.config import load_config
 from rigor.training.policy import EpochSampler
@@ -58,24 +58,7 @@ def torchrun_cmd(out: Path, *sets: str, extra: tuple[str, ...] = ()) -> list[str
 
 
 def torchrun(out: Path, *sets: str) -> subprocess.CompletedProcess[str]:
-    args = [a for s in sets for a in ("--set", s)]
-    out.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(ROOT / "scripts" / "train.py"),
-        "--config",
-        str(SMOKE),
-        "--set",
-        f"run.output_root={out}",
-        "--env-policy",
-        "ignore",
-        *args,
-    ]
+    command = torchrun_cmd(out, *sets)
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=out)
 
 
@@ -196,11 +179,7 @@ def test_a_killed_torchrun_run_resumes_to_the_same_result(tmp_path: Path) -> Non
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert Path(resumed.stdout.strip()).parent == run_b
     run_a = Path(straight.stdout.strip()).parent
-    for name in ("last.pt", "best.pt"):
-        a = torch.load(run_a / "checkpoints" / name, weights_only=True)
-        b = torch.load(run_b / "checkpoints" / name, weights_only=True)
-        for part in ("model", "ema"):
-            assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), (name, part)
+    assert_same_checkpoints(run_a, run_b)
     one, two = (json.loads((r / "manifest.json").read_text()) for r in (run_a, run_b))
     assert one["metrics"] == two["metrics"]
     # a single process may not continue a two-process mid-epoch checkpoint

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS
+from conftest import CONFIGS, short_run
 
 from rigor.config import load_config
 from rigor.data.registry import TaskSpec
@@ -67,14 +67,7 @@ def test_log_variance_converges_to_its_closed_form_optimum() -> None:
 def test_uncertainty_run_records_weights_and_checkpoints_them(tmp_path: Path) -> None:
     from rigor.training.run import train
 
-    sets = [
-        f"run.output_root={tmp_path}",
-        "training.epochs=2",
-        "training.max_steps_per_epoch=3",
-        "scheduler.warmup_epochs=0.5",
-        "logging.tensorboard=false",
-    ]
-    path = train(load_config(MULTI, sets=sets, environ={}), env_policy="ignore")
+    path = train(load_config(MULTI, sets=short_run(tmp_path), environ={}), env_policy="ignore")
     manifest = json.loads(path.read_text())
     assert set(manifest["dataset"]["tasks"]) == {"digit", "parity", "ink"}
     assert {"acc/parity/val_test", "mae/ink/val_test"} <= set(manifest["metrics"])

@@ -10,7 +10,7 @@ from typing import Any
 
 import nbformat
 import pytest
-from conftest import CONFIGS, ROOT
+from conftest import CONFIGS, ROOT, short_run
 from nbclient import NotebookClient
 
 pytestmark = pytest.mark.smoke
@@ -55,14 +55,8 @@ def test_notebook_executes_against_a_per_gene_regression_run(
     from rigor.config import load_config
     from rigor.training.run import train
 
-    sets = [
-        f"run.output_root={tmp_path}",
-        "training.epochs=2",
-        "training.max_steps_per_epoch=3",
-        "scheduler.warmup_epochs=0.5",
-        "logging.tensorboard=false",
-    ]
-    config = load_config(CONFIGS / "experiment" / "tiles_genes.yaml", sets=sets, environ={})
+    tiles = CONFIGS / "experiment" / "tiles_genes.yaml"
+    config = load_config(tiles, sets=short_run(tmp_path), environ={})
     outputs = _execute(train(config, env_policy="ignore"), monkeypatch)
     text = "".join(out.get("text", "") for out in outputs)
     assert "no classification task" in text and "no xai stage yet" in text

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SMOKE
+from conftest import ROOT, SMOKE, assert_same_checkpoints
 
 # 8 epochs of 34 steps, checkpoints every 5 steps, dropout and EMA so RNG and EMA state matter.
 ARGS = [
@@ -84,11 +84,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path: Path, pyth
     assert Path(resumed.stdout.strip()).parent == run_b  # the same run folder, continued
 
     run_a = Path(straight.stdout.strip()).parent
-    for name in ("last.pt", "best.pt"):
-        a = torch.load(run_a / "checkpoints" / name, weights_only=True)
-        b = torch.load(run_b / "checkpoints" / name, weights_only=True)
-        for part in ("model", "ema"):
-            assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), (name, part)
+    assert_same_checkpoints(run_a, run_b)
     manifest_a = json.loads((run_a / "manifest.json").read_text())
     manifest_b = json.loads((run_b / "manifest.json").read_text())
     assert manifest_a["metrics"] == manifest_b["metrics"]

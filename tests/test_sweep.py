@@ -41,15 +41,19 @@ def test_expand_is_the_product_with_the_last_key_fastest(tmp_path: Path) -> None
         build_grid([], None)
 
 
+def smoke_sweep(run_script, out: Path, *args: str) -> int:  # type: ignore[no-untyped-def]
+    """Run ``sweep.py`` on the smoke config with its runs under ``out``; the exit code."""
+    return int(
+        run_script("sweep", "--config", str(SMOKE), "--set", f"run.output_root={out}", *args)
+    )
+
+
 def test_an_invalid_point_stops_the_sweep_before_anything_runs(
     tmp_path: Path, run_script, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
 ) -> None:
-    code = run_script(
-        "sweep",
-        "--config",
-        str(SMOKE),
-        "--set",
-        f"run.output_root={tmp_path}",
+    code = smoke_sweep(
+        run_script,
+        tmp_path,
         "--grid",
         "training.lr=1e-3,-1",
     )
@@ -57,12 +61,9 @@ def test_an_invalid_point_stops_the_sweep_before_anything_runs(
     assert code == 2
     assert "point 1 {'training.lr': -1}" in err and "training.lr" in err
     assert not (tmp_path / "sweeps").exists() and not (tmp_path / "runs").exists()
-    code = run_script(
-        "sweep",
-        "--config",
-        str(SMOKE),
-        "--set",
-        f"run.output_root={tmp_path}",
+    code = smoke_sweep(
+        run_script,
+        tmp_path,
         "--grid",
         "run.output_root=a,b",
     )
@@ -77,12 +78,9 @@ def _summary(tmp_path: Path) -> tuple[Path, dict]:  # type: ignore[type-arg]
 def test_local_sweep_runs_every_point_and_ranks_on_val_select(
     tmp_path: Path, run_script, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
 ) -> None:
-    code = run_script(
-        "sweep",
-        "--config",
-        str(SMOKE),
-        "--set",
-        f"run.output_root={tmp_path}",
+    code = smoke_sweep(
+        run_script,
+        tmp_path,
         "--grid",
         "training.lr=1e-3,1e-2",
         "--grid",
@@ -124,12 +122,9 @@ def test_local_sweep_runs_every_point_and_ranks_on_val_select(
 
 @pytest.mark.parametrize("cluster", ["local", "debug"])
 def test_submitit_sweep(tmp_path: Path, run_script, cluster: str) -> None:  # type: ignore[no-untyped-def]
-    code = run_script(
-        "sweep",
-        "--config",
-        str(SMOKE),
-        "--set",
-        f"run.output_root={tmp_path}",
+    code = smoke_sweep(
+        run_script,
+        tmp_path,
         "--grid",
         "training.lr=1e-3,1e-2",
         "--launcher",
@@ -150,12 +145,9 @@ def test_submitit_sweep(tmp_path: Path, run_script, cluster: str) -> None:  # ty
 @pytest.mark.parametrize("launcher", ["local", "submitit"])
 def test_points_can_train_with_two_processes(tmp_path: Path, run_script, launcher: str) -> None:  # type: ignore[no-untyped-def]
     extra = ["--cluster", "local"] if launcher == "submitit" else []
-    code = run_script(
-        "sweep",
-        "--config",
-        str(SMOKE),
-        "--set",
-        f"run.output_root={tmp_path}",
+    code = smoke_sweep(
+        run_script,
+        tmp_path,
         "--grid",
         "training.lr=3e-3",
         "--launcher",

@@ -58,6 +58,9 @@ RATES = np.array(
 )
 
 
+_GRID = np.mgrid[0:TILE, 0:TILE].astype(np.float64)  # pixel (row, column) coordinates
+
+
 def _unit(vector: np.ndarray) -> np.ndarray:
     return np.asarray(vector / np.linalg.norm(vector))
 
@@ -85,8 +88,7 @@ def _render(
     rng: np.random.Generator, counts: dict[str, int], stroma: float, stain: dict[str, np.ndarray]
 ) -> np.ndarray:
     """One (3, TILE, TILE) RGB tile in [0, 1] with the given cells."""
-    grid = np.mgrid[0:TILE, 0:TILE].astype(np.float64)
-    grid_pair = (grid[0], grid[1])
+    grid_pair = (_GRID[0], _GRID[1])
 
     def place(n: int) -> np.ndarray:
         return rng.uniform(1.0, TILE - 1.0, size=(n, 2))

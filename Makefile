@@ -60,13 +60,14 @@ lint: setup
 	$(VENV)/bin/pre-commit run --all-files --show-diff-on-failure
 
 pytest: setup
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not gpu"
 
 schema: setup
 	$(PY) -m rigor.schema --write
 
 bench: setup
 	$(VENV)/bin/pytest benchmarks --benchmark-only -o addopts="" -o python_files="bench_*.py"
+	$(PY) benchmarks/bench_data.py
 
 # Regenerate the pip lock from pyproject.toml in a throw-away environment.
 lock:

@@ -16,7 +16,7 @@ import torch
 from conftest import ROOT, SMOKE, assert_same_checkpoints
 
 # 8 epochs of 34 steps, checkpoints every 5 steps, dropout and EMA so RNG and EMA state matter.
-ARGS = [
+DIGITS = [
     "--config",
     str(SMOKE),
     "--env-policy",
@@ -32,16 +32,52 @@ ARGS = [
     "--set",
     "model.dropout=0.3",
 ]
+# Tiles (RGB) through 2 DataLoader workers with every augmentation on: 3 epochs of 18 steps.
+AUGMENTED = [
+    "--config",
+    str(ROOT / "configs" / "experiment" / "tiles_genes.yaml"),
+    "--env-policy",
+    "ignore",
+    "--set",
+    "training.epochs=3",
+    "--set",
+    "training.batch_size=32",
+    "--set",
+    "training.checkpoint_every_n_steps=5",
+    "--set",
+    "model.channels=[8, 16]",
+    "--set",
+    "logging.log_every_n_steps=2",
+    "--set",
+    "data.num_workers=2",
+    "--set",
+    "data.transforms.augment.random_resized_crop={scale: [0.5, 1.0], ratio: [0.75, 1.333]}",
+    "--set",
+    "data.transforms.augment.hflip=0.5",
+    "--set",
+    "data.transforms.augment.vflip=0.5",
+    "--set",
+    "data.transforms.augment.rot90=true",
+    "--set",
+    "data.transforms.augment.color_jitter="
+    "{brightness: 0.2, contrast: 0.2, saturation: 0.2, hue: 0.05}",
+    "--set",
+    "data.transforms.augment.hed={sigma: 0.05, bias: 0.02}",
+]
+VARIANTS = {
+    "digits": (DIGITS, 50, list(range(2, 8 * 34 + 1, 2))),
+    "tiles_augmented_2_workers": (AUGMENTED, 25, list(range(2, 3 * 18 + 1, 2))),
+}
 
 
-def train_cmd(python: str, out: Path, *extra: str) -> list[str]:
-    return [python, "scripts/train.py", *ARGS, "--set", f"run.output_root={out}", *extra]
+def train_cmd(python: str, out: Path, args: list[str], *extra: str) -> list[str]:
+    return [python, "scripts/train.py", *args, "--set", f"run.output_root={out}", *extra]
 
 
-def kill_mid_epoch(python: str, out: Path, at_step: int) -> int:
+def kill_mid_epoch(python: str, out: Path, at_step: int, args: list[str]) -> int:
     """Start a run, SIGKILL it once its step log reaches ``at_step``; return that step."""
     proc = subprocess.Popen(
-        train_cmd(python, out), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        train_cmd(python, out, args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 120
     try:
@@ -64,18 +100,23 @@ def read_epochs(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path: Path, python: str) -> None:
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(
+    tmp_path: Path, python: str, variant: str
+) -> None:
+    args, kill_at, logged_steps = VARIANTS[variant]
     straight = subprocess.run(
-        train_cmd(python, tmp_path / "a"), cwd=ROOT, capture_output=True, text=True
+        train_cmd(python, tmp_path / "a", args), cwd=ROOT, capture_output=True, text=True
     )
     assert straight.returncode == 0, straight.stderr
-    killed_at = kill_mid_epoch(python, tmp_path / "b", at_step=50)
+    killed_at = kill_mid_epoch(python, tmp_path / "b", kill_at, args)
     run_b = next((tmp_path / "b" / "runs").iterdir())
     assert not (run_b / "manifest.json").exists()
     state = torch.load(run_b / "checkpoints" / "last.pt", weights_only=True)
     assert state["position"] > 0 and state["step"] <= killed_at  # a mid-epoch checkpoint
     resumed = subprocess.run(
-        train_cmd(python, tmp_path / "b", "--resume", "auto"),
+        train_cmd(python, tmp_path / "b", args, "--resume", "auto"),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -99,7 +140,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path: Path, pyth
         json.loads(line)["step"]
         for line in (run_b / "logs" / "steps.jsonl").read_text().splitlines()
     ]
-    assert steps == list(range(2, 8 * 34 + 1, 2))  # no duplicated or missing rows after the replay
+    assert steps == logged_steps  # no duplicated or missing rows after the replay
 
 
 def test_resume_refuses_another_config_unless_forced(

@@ -15,6 +15,7 @@ from conftest import SMOKE
 from torch import nn
 
 from rigor.config import load_config
+from rigor.data.dataset import Batch
 from rigor.data.registry import TaskSpec
 from rigor.errors import ArtifactError, ConfigError, UsageError
 from rigor.models.registry import RigorModel, register_backbone
@@ -87,10 +88,10 @@ def grads_after_step(batches: list[dict], micro: int) -> dict[str, torch.Tensor]
 def test_accumulation_and_micro_batches_give_the_full_batch_gradient() -> None:
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(12, 1, 4, 4, generator=gen), torch.randint(0, 3, (12,), generator=gen)
-    whole = grads_after_step([{"input": x, "targets": {"digit": y}}], micro=12)
+    whole = grads_after_step([Batch(x, {"digit": y}, torch.arange(12), 12)], micro=12)
     split = [
-        {"input": x[:8], "targets": {"digit": y[:8]}},
-        {"input": x[8:], "targets": {"digit": y[8:]}},
+        Batch(x[:8], {"digit": y[:8]}, torch.arange(8), 8),
+        Batch(x[8:], {"digit": y[8:]}, torch.arange(8, 12), 4),
     ]
     for micro in (12, 3, 2):
         got = grads_after_step(split, micro=micro)

@@ -59,6 +59,72 @@ class SplitFractions(Section):
         return self
 
 
+class CropConfig(Section):
+    """RandomResizedCrop: a random area share and aspect ratio, resized back to the input size."""
+
+    scale: list[float] = Field(
+        min_length=2, max_length=2, description="Range of the crop's share of the image area."
+    )
+    ratio: list[float] = Field(
+        min_length=2, max_length=2, description="Range of the crop's aspect ratio (width/height)."
+    )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> CropConfig:
+        low, high = self.scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {self.scale}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < low <= high, got {self.ratio}")
+        return self
+
+
+class JitterConfig(Section):
+    """Colour jitter (torchvision's ColorJitter ranges: factor in [1-x, 1+x], hue in [-h, h])."""
+
+    brightness: float = Field(ge=0, le=1, description="Brightness factor spread x.")
+    contrast: float = Field(ge=0, le=1, description="Contrast factor spread x.")
+    saturation: float = Field(ge=0, le=1, description="Saturation factor spread x.")
+    hue: float = Field(ge=0, le=0.5, description="Hue shift spread h, in turns.")
+
+
+class StainConfig(Section):
+    """H&E stain augmentation in the HED colour space (Tellez et al., 2018)."""
+
+    sigma: float = Field(
+        ge=0, le=1, description="Each stain channel is scaled by a factor in [1-sigma, 1+sigma]."
+    )
+    bias: float = Field(ge=0, le=1, description="... and shifted by a value in [-bias, bias].")
+
+
+class AugmentConfig(Section):
+    """Train-only augmentation, applied to whole batches in a fixed order: crop, flips,
+    rotation, colour jitter, stain. Eval, calibrate, xai and predict never augment."""
+
+    random_resized_crop: CropConfig | None = Field(
+        description="RandomResizedCrop back to the input size; null: off."
+    )
+    hflip: float = Field(ge=0, le=1, description="Probability of a horizontal flip.")
+    vflip: float = Field(ge=0, le=1, description="Probability of a vertical flip.")
+    rot90: bool = Field(
+        description="Rotate by a uniformly drawn multiple of 90 degrees (square inputs only); "
+        "histology has no up."
+    )
+    color_jitter: JitterConfig | None = Field(description="Colour jitter (RGB); null: off.")
+    hed: StainConfig | None = Field(description="H&E stain augmentation (RGB); null: off.")
+
+    def active(self) -> bool:
+        """Whether any augmentation is switched on."""
+        return bool(
+            self.random_resized_crop
+            or self.hflip
+            or self.vflip
+            or self.rot90
+            or self.color_jitter
+            or self.hed
+        )
+
+
 class TransformConfig(Section):
     """Input transforms: one API over torchvision's v1 and v2 transforms."""
 
@@ -74,6 +140,7 @@ class TransformConfig(Section):
         max_length=2,
         description="Resize every image to [height, width]; null keeps the native size.",
     )
+    augment: AugmentConfig = Field(description="Train-only batch augmentation.")
 
 
 class CsvTarget(Section):
@@ -116,7 +183,16 @@ class DataConfig(Section):
     )
     splits: SplitFractions = Field(description="Fractions of train/val_select/val_calib/val_test.")
     transforms: TransformConfig = Field(description="Input transforms.")
-    num_workers: int = Field(ge=0, le=64, description="DataLoader worker processes.")
+    num_workers: int = Field(
+        ge=0, le=64, description="DataLoader worker processes that read and decode samples."
+    )
+    prefetch_factor: int = Field(
+        ge=1, le=64, description="Batches each worker prepares ahead (with num_workers > 0)."
+    )
+    on_bad_sample: Literal["error", "skip"] = Field(
+        description="An unreadable or truncated image: error stops the run (exit 2) naming the "
+        "file; skip leaves it out, counts it and lists it in the manifest."
+    )
 
 
 class HFConfig(Section):

@@ -1,5 +1,6 @@
-"""Datasets, task specs, splits and transforms."""
+"""Datasets read lazily per sample, task specs, splits, batch transforms and the cache."""
 
-from rigor.data.registry import DATASETS, DatasetSource, TaskSpec, build_dataset, register_dataset
+from rigor.data.dataset import Batch, ImageDataset
+from rigor.data.registry import DATASETS, TaskSpec, build_dataset, register_dataset
 
-__all__ = ["DATASETS", "DatasetSource", "TaskSpec", "build_dataset", "register_dataset"]
+__all__ = ["DATASETS", "Batch", "ImageDataset", "TaskSpec", "build_dataset", "register_dataset"]

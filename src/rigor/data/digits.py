@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 
 import numpy as np
 import sklearn
 from sklearn.datasets import load_digits
 
 from rigor.config.models import DataConfig
+from rigor.data.readers import ArrayReader
 from rigor.data.registry import RawData, TaskSpec, register_dataset
-from rigor.data.transforms import resize
 from rigor.errors import ConfigError
 
 DIGIT = TaskSpec("digit", "classification", 10, tuple(str(d) for d in range(10)))
@@ -46,21 +45,16 @@ def build_digits(cfg: DataConfig) -> RawData:
         ids=ids,
         groups=ids,
         fingerprint=digest,
-        decode=grey_decoder(images, "digits"),
+        reader=grey_reader(images, "digits", cfg),
     )
 
 
-def grey_decoder(
-    images: np.ndarray, name: str
-) -> Callable[[tuple[int, int] | None, int, str], np.ndarray]:
-    """The decode function of an in-memory grey dataset: resize on request, refuse RGB."""
-
-    def decode(size: tuple[int, int] | None, channels: int, version: str) -> np.ndarray:
-        if channels != 1:
-            raise ConfigError(f"data.channels: {name} images are grey; set data.channels: 1")
-        return images if size is None else resize(images, size, version)
-
-    return decode
+def grey_reader(images: np.ndarray, name: str, cfg: DataConfig) -> ArrayReader:
+    """The reader of an in-memory grey dataset: resized on request; RGB is refused."""
+    if cfg.channels != 1:
+        raise ConfigError(f"data.channels: {name} images are grey; set data.channels: 1")
+    size = cfg.transforms.image_size
+    return ArrayReader(images, (size[0], size[1]) if size else None, cfg.transforms.version)
 
 
 # The canvas variant's definition (part of the dataset, like CIFAR's 32x32, not a knob):
@@ -96,6 +90,6 @@ def build_digits_canvas(cfg: DataConfig) -> RawData:
         ids=ids,
         groups=ids,
         fingerprint=digest,
-        decode=grey_decoder(images, "digits_canvas"),
+        reader=grey_reader(images, "digits_canvas", cfg),
         masks=masks,
     )

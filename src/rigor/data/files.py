@@ -2,65 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from rigor.config.models import CsvConfig, DataConfig
-from rigor.data.registry import RawData, TaskSpec, register_dataset
-from rigor.data.transforms import resize
+from rigor.data.readers import FileReader, ImageRef
+from rigor.data.registry import FileList, RawData, TaskSpec, register_dataset
 from rigor.errors import UsageError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
-@dataclass(frozen=True)
-class ImageRef:
-    """One image file and where it was listed (for error messages)."""
-
-    path: Path
-    where: str
-
-
-def fingerprint(refs: Sequence[ImageRef], extra: str) -> str:
-    """sha256 over every image's bytes and the targets: the dataset's content hash."""
-    digest = hashlib.sha256(extra.encode())
-    for ref in refs:
-        try:
-            digest.update(ref.path.read_bytes())
-        except OSError as err:
-            raise UsageError(f"{ref.where}: cannot read image {ref.path}: {err.strerror}") from None
-    return digest.hexdigest()
-
-
-def decode_images(
-    refs: Sequence[ImageRef], size: tuple[int, int] | None, channels: int, version: str
-) -> np.ndarray:
-    """Decode, convert to grey or RGB, resize; (N, C, H, W) float32 in [0, 1]."""
-    from PIL import Image, UnidentifiedImageError
-
-    mode = "L" if channels == 1 else "RGB"
-    images: list[np.ndarray] = []
-    for ref in refs:
-        try:
-            with Image.open(ref.path) as image:
-                array = np.asarray(image.convert(mode), dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError) as err:
-            raise UsageError(f"{ref.where}: unreadable image {ref.path}: {err}") from None
-        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-        if size is not None:
-            array = resize(array[None], size, version)[0]
-        elif images and array.shape != images[0].shape:
-            raise UsageError(
-                f"{ref.where}: image {ref.path} is {array.shape[1:]}, the first was "
-                f"{images[0].shape[1:]}; set data.transforms.image_size to resize"
-            )
-        images.append(array)
-    return np.stack(images).astype(np.float32)
+def file_reader(refs: list[ImageRef], cfg: DataConfig) -> FileReader:
+    """The reader of a file dataset with the config's decode settings."""
+    size = cfg.transforms.image_size
+    return FileReader(
+        refs, (size[0], size[1]) if size else None, cfg.channels, cfg.transforms.version
+    )
 
 
 def _classes(values: pd.Series) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -93,8 +53,8 @@ def build_imagefolder(cfg: DataConfig) -> RawData:
         targets={"label": targets},
         ids=ids,
         groups=ids,
-        fingerprint=fingerprint(refs, "\n".join(ids) + "\n" + "\n".join(labels)),
-        decode=lambda size, channels, version: decode_images(refs, size, channels, version),
+        reader=file_reader(refs, cfg),
+        files=FileList(refs, "\n".join(ids) + "\n" + "\n".join(labels)),
     )
 
 
@@ -176,6 +136,6 @@ def build_csv(cfg: DataConfig) -> RawData:
         targets=targets,
         ids=ids,
         groups=groups,
-        fingerprint=fingerprint(refs, frame.to_csv(index=False)),
-        decode=lambda size, channels, version: decode_images(refs, size, channels, version),
+        reader=file_reader(refs, cfg),
+        files=FileList(refs, frame.to_csv(index=False)),
     )

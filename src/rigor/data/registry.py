@@ -1,24 +1,27 @@
 """Dataset registry: a name maps to a builder; no if/else chains over names.
 
-A builder returns :class:`RawData` (how to decode the inputs, plus targets, ids, groups and
-a content fingerprint). :func:`build_dataset` turns it into an in-memory
-:class:`DatasetSource`, decoding through the preprocessing cache.
+A builder returns :class:`RawData`: a reader that decodes one sample at a time, plus the
+targets, ids, groups and how to fingerprint the content. :func:`build_dataset` turns it
+into a lazily read :class:`~rigor.data.dataset.ImageDataset`, through the sharded
+preprocessing cache when ``data.cache`` is on.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from rigor.config.models import DataConfig
+from rigor.data.readers import ImageRef, SampleReader
 from rigor.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rigor.data.dataset import ImageDataset
 
 
 @dataclass(frozen=True)
@@ -37,11 +40,20 @@ class TaskSpec:
 
 
 @dataclass
-class RawData:
-    """What a builder found: a decoder for the inputs and everything else about the samples.
+class FileList:
+    """The files behind a dataset and the text (ids, targets) hashed with them."""
 
-    ``decode(size, channels)`` returns float32 (N, C, H, W) in [0, 1], resized when ``size``
-    is given. ``fingerprint`` changes whenever the inputs or targets change.
+    refs: list[ImageRef]
+    extra: str
+
+
+@dataclass
+class RawData:
+    """What a builder found: a reader for the inputs and everything else about the samples.
+
+    In-memory datasets give ``fingerprint`` directly; datasets on disk give ``files``, which
+    are hashed on first use through the hash index under ``hash_index`` (see
+    :mod:`rigor.data.fingerprint`). The fingerprint changes whenever inputs or targets do.
     """
 
     name: str
@@ -50,57 +62,30 @@ class RawData:
     targets: dict[str, np.ndarray]
     ids: list[str]
     groups: list[str]
-    fingerprint: str
-    decode: Callable[[tuple[int, int] | None, int, str], np.ndarray]
+    reader: SampleReader
+    fingerprint: str | None = None
+    files: FileList | None = None
     masks: np.ndarray | None = None  # (N, H, W) bool ground-truth relevance, native size
+    hash_index: Path | None = None
+    fingerprint_record: dict[str, Any] = field(default_factory=dict)
 
+    def content_hash(self) -> str:
+        """The content fingerprint, computed once (files: through the hash index)."""
+        if self.fingerprint is None:
+            from rigor.data.fingerprint import fingerprint_files
 
-class DatasetSource(Dataset[dict[str, Any]]):
-    """An in-memory dataset.
-
-    Items are dicts ``{"input", "targets": {task: value}, "id", "group"}``.
-    """
-
-    def __init__(self, raw: RawData, inputs: np.ndarray, tasks: list[str]) -> None:
-        unknown = [task for task in tasks if task not in raw.offered]
-        if unknown:
-            raise ConfigError(
-                f"data.tasks: {unknown} not offered by dataset {raw.name!r} "
-                f"(it offers {sorted(raw.offered)})"
+            assert self.files is not None, "a dataset needs a fingerprint or files"
+            self.fingerprint, self.fingerprint_record = fingerprint_files(
+                self.files.refs, self.files.extra, self.hash_index
             )
-        self.name = raw.name
-        self.version = raw.version
-        self.content_hash = raw.fingerprint
-        self.inputs = torch.from_numpy(inputs)
-        self.targets = {task: torch.tensor(raw.targets[task]) for task in tasks}
-        self.ids = raw.ids
-        self.groups = raw.groups
-        self.tasks = {task: raw.offered[task] for task in tasks}
-        self.transform: Callable[[torch.Tensor], torch.Tensor] | None = None
-        self.masks = _resize_masks(raw.masks, inputs.shape[2:]) if raw.masks is not None else None
+        elif not self.fingerprint_record:
+            self.fingerprint_record = {"method": "sha256 of the embedded arrays and targets"}
+        return self.fingerprint
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image = self.inputs[index]
-        if self.transform is not None:
-            image = self.transform(image)
-        return {
-            "input": image,
-            "targets": {task: values[index] for task, values in self.targets.items()},
-            "id": self.ids[index],
-            "group": self.groups[index],
-        }
-
-
-def _resize_masks(masks: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
-    """Nearest-neighbour resize of (N, H, W) masks to the inputs' size."""
-    if masks.shape[1:] == tuple(size):
-        return masks
-    tensor = torch.from_numpy(masks[:, None].astype(np.float32))
-    resized = torch.nn.functional.interpolate(tensor, size=tuple(size), mode="nearest")
-    return resized[:, 0].numpy() > 0.5
+    def describe(self, index: int) -> str:
+        """Where sample ``index`` comes from (its file, for datasets on disk)."""
+        describe = getattr(self.reader, "describe", None)
+        return str(describe(index)) if describe is not None else f"row {index}"
 
 
 DATASETS: dict[str, Callable[[DataConfig], RawData]] = {}
@@ -131,13 +116,22 @@ def raw_dataset(cfg: DataConfig) -> RawData:
     return DATASETS[cfg.name](cfg)
 
 
-def build_dataset(cfg: DataConfig, cache_root: Path | None = None) -> DatasetSource:
-    """Build the dataset the config names, decoding through the cache under ``cache_root``."""
-    from rigor.data.cache import materialize
+def build_dataset(cfg: DataConfig, cache_root: Path | None = None) -> ImageDataset:
+    """The dataset the config names, read lazily; through the sharded cache when
+    ``data.cache`` is on. ``cache_root`` also holds the fingerprints' hash index."""
+    from rigor.data.cache import cached_reader
+    from rigor.data.dataset import ImageDataset
+    from rigor.io import sha256_json
 
     raw = raw_dataset(cfg)
-    inputs, status = materialize(raw, cfg, cache_root if cfg.cache else None)
+    if cache_root is not None:
+        raw.hash_index = cache_root / "fingerprints" / f"{sha256_json(raw.version)[:16]}.json"
+    reader, status = raw.reader, "off"
+    if raw.files is None:
+        status = "not used (in-memory dataset)"
+    elif cfg.cache and cache_root is not None:
+        reader, status = cached_reader(raw, cfg, cache_root)
     print(
         f"data: {raw.name} ({len(raw.ids)} samples), preprocessing cache {status}", file=sys.stderr
     )
-    return DatasetSource(raw, inputs, cfg.tasks)
+    return ImageDataset(raw, reader, cfg.tasks, skip_bad=cfg.on_bad_sample == "skip")

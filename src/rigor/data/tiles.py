@@ -26,13 +26,12 @@ constants are in the dataset version so a change shows up in every manifest.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 
 import numpy as np
 
 from rigor.config.models import DataConfig
+from rigor.data.readers import ArrayReader
 from rigor.data.registry import RawData, TaskSpec, register_dataset
-from rigor.data.transforms import resize
 
 TILE = 32
 PATIENTS = 24
@@ -157,16 +156,17 @@ def generate() -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     return np.stack(images), np.stack(expression).astype(np.float32), ids, patients
 
 
-def rgb_decoder(images: np.ndarray) -> Callable[[tuple[int, int] | None, int, str], np.ndarray]:
-    """The decode function of an in-memory RGB dataset; grey is ITU-R 601 luma."""
+def rgb_reader(images: np.ndarray, cfg: DataConfig) -> ArrayReader:
+    """The reader of an in-memory RGB dataset; grey is ITU-R 601 luma."""
     luma = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-    def decode(size: tuple[int, int] | None, channels: int, version: str) -> np.ndarray:
-        out = images if channels == 3 else np.einsum("nchw,c->nhw", images, luma)[:, None]
-        out = np.ascontiguousarray(out, dtype=np.float32)
-        return out if size is None else resize(out, size, version)
-
-    return decode
+    if cfg.channels != 3:
+        images = np.einsum("nchw,c->nhw", images, luma)[:, None]
+    size = cfg.transforms.image_size
+    return ArrayReader(
+        np.ascontiguousarray(images, dtype=np.float32),
+        (size[0], size[1]) if size else None,
+        cfg.transforms.version,
+    )
 
 
 @register_dataset("tiles")
@@ -182,5 +182,5 @@ def build_tiles(cfg: DataConfig) -> RawData:
         ids=ids,
         groups=patients,
         fingerprint=digest,
-        decode=rgb_decoder(images),
+        reader=rgb_reader(images, cfg),
     )

@@ -1,49 +1,39 @@
-"""One transform API over torchvision v1 and v2; statistics from the train split or a preset."""
+"""The input pipeline a run records: normalisation statistics and augmentation.
+
+Samples are decoded and resized once by their reader; conversion to float,
+augmentation and normalisation happen on the batch (:class:`rigor.data.loader.InputPipeline`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 
 from rigor.config.models import TransformConfig
+from rigor.data.augment import BatchAugment, augment_record
+from rigor.data.loader import InputPipeline
 
 
-def _functional(version: str) -> Any:
-    if version == "v2":
-        from torchvision.transforms.v2 import functional
-    else:
-        from torchvision.transforms import functional
-    return functional
-
-
-def resize(images: np.ndarray, size: tuple[int, int], version: str) -> np.ndarray:
-    """Resize (N, C, H, W) float images with antialiasing (bilinear)."""
-    out = _functional(version).resize(torch.from_numpy(images), list(size), antialias=True)
-    return np.ascontiguousarray(out.numpy(), dtype=np.float32)
-
-
-def channel_stats(inputs: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of (N, C, H, W) inputs."""
-    flat = inputs.transpose(0, 1).reshape(inputs.shape[1], -1).double()
-    return flat.mean(dim=1).tolist(), flat.std(dim=1).clamp_min(1e-8).tolist()
-
-
-def build_transform(
-    cfg: TransformConfig, mean: list[float], std: list[float]
-) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The per-item transform: normalisation with the given statistics, or nothing."""
+def build_pipeline(
+    cfg: TransformConfig, mean: list[float] | None, std: list[float] | None, train: bool = False
+) -> InputPipeline:
+    """The batch pipeline: normalisation with the given statistics (when ``normalize``) and,
+    for training only, the configured augmentation."""
+    augment = BatchAugment(cfg.augment) if train and cfg.augment.active() else None
     if not cfg.normalize:
-        return None
-    if cfg.version == "v2":
-        from torchvision.transforms import v2
+        return InputPipeline(None, None, augment)
+    return InputPipeline(mean, std, augment)
 
-        return v2.Normalize(mean=mean, std=std)
-    from torchvision import transforms
 
-    return transforms.Normalize(mean=mean, std=std)
+def preset_stats(
+    preset: tuple[tuple[float, ...], tuple[float, ...]], channels: int
+) -> tuple[list[float], list[float]]:
+    """A backbone's preset statistics; a grey image (repeated to RGB later) gets their mean."""
+    mean, std = list(preset[0]), list(preset[1])
+    if channels == 1:
+        return [float(np.mean(mean))], [float(np.mean(std))]
+    return mean, std
 
 
 def transforms_record(cfg: TransformConfig, mean: list[float], std: list[float]) -> dict[str, Any]:
@@ -53,4 +43,10 @@ def transforms_record(cfg: TransformConfig, mean: list[float], std: list[float])
         "normalize": cfg.normalize,
         "mean": mean if cfg.normalize else None,
         "std": std if cfg.normalize else None,
+        "augment": augment_record(cfg.augment),
     }
+
+
+def pipeline_from_record(cfg: TransformConfig, record: dict[str, Any]) -> InputPipeline:
+    """The evaluation pipeline of a finished run (its recorded statistics, no augmentation)."""
+    return build_pipeline(cfg, record.get("mean"), record.get("std"), train=False)

@@ -90,7 +90,7 @@ def _record(ctx: Any, task: str | None, metrics: list[str]) -> dict[str, Any]:
     if sizes is None:  # the native size: read it back from the data the run trained on
         from rigor.training.restore import run_dataset
 
-        shape = list(run_dataset(ctx.run_dir, ctx.config, manifest).inputs.shape[1:])
+        shape = list(run_dataset(ctx.run_dir, ctx.config, manifest)[0].input_shape)
     else:
         shape = [channels, *sizes]
     return {

@@ -13,6 +13,7 @@ import torch
 
 from rigor.calibration.policy import policy_confidence
 from rigor.config.models import Config
+from rigor.data.dataset import ImageDataset
 from rigor.errors import UsageError
 from rigor.export.bundle import Bundle, load_bundle
 from rigor.io import atomic_write_text
@@ -33,9 +34,7 @@ def _model(bundle: Bundle, config: Config) -> torch.nn.Module:
     return model.eval()
 
 
-def _split_inputs(
-    bundle: Bundle, config: Config, split: str
-) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
+def _split_rows(bundle: Bundle, config: Config, split: str) -> tuple[ImageDataset, list[int]]:
     from rigor.data.registry import build_dataset
 
     ids = json.loads((bundle.root / bundle.record["splits"]).read_text())["splits"].get(split)
@@ -43,21 +42,56 @@ def _split_inputs(
         raise UsageError(f"--split: unknown split {split!r}")
     dataset = build_dataset(config.data, None)
     index = {sample_id: row for row, sample_id in enumerate(dataset.ids)}
-    rows = [index[i] for i in ids]
-    labels = {task: values[rows].numpy() for task, values in dataset.targets.items()}
-    return dataset.inputs[rows].numpy(), ids, labels
+    return dataset, [index[i] for i in ids]
 
 
-def _file_inputs(bundle: Bundle, config: Config, paths: list[Path]) -> tuple[np.ndarray, list[str]]:
-    from rigor.data.files import ImageRef, decode_images
+def _file_rows(bundle: Bundle, config: Config, paths: list[Path]) -> tuple[ImageDataset, list[int]]:
+    """Image files as a dataset with the bundle's input size and channels (no targets)."""
+    from rigor.data.readers import FileReader, ImageRef
+    from rigor.data.registry import RawData
 
     c, h, w = bundle.record["input_shape"]
     refs = [ImageRef(path, f"--input {path}") for path in paths]
     for ref in refs:
         if not ref.path.is_file():
             raise UsageError(f"--input: file not found: {ref.path}")
-    images = decode_images(refs, (h, w), c, config.data.transforms.version)
-    return images, [str(p) for p in paths]
+    names = [str(p) for p in paths]
+    reader = FileReader(refs, (h, w), c, config.data.transforms.version)
+    raw = RawData("inputs", "files", {}, {}, names, names, reader, fingerprint="")
+    return ImageDataset(raw, reader, []), list(range(len(refs)))
+
+
+@torch.no_grad()
+def _outputs(
+    bundle: Bundle, config: Config, dataset: ImageDataset, rows: list[int]
+) -> tuple[dict[str, np.ndarray], list[str], dict[str, np.ndarray]]:
+    """Model outputs, ids and targets of ``rows``, streamed batch by batch (never augmented;
+    unreadable samples are an error, or left out under ``data.on_bad_sample: skip``)."""
+    from rigor.data.loader import make_loader
+    from rigor.data.transforms import pipeline_from_record
+
+    model = _model(bundle, config)
+    pipeline = pipeline_from_record(config.data.transforms, bundle.record["transforms"])
+    loader = make_loader(
+        dataset,
+        rows,
+        batch_size=config.training.eval_batch_size,
+        num_workers=config.data.num_workers,
+        prefetch_factor=config.data.prefetch_factor,
+    )
+    outputs: dict[str, list[np.ndarray]] = {}
+    labels: dict[str, list[np.ndarray]] = {}
+    ids: list[str] = []
+    for batch in loader:
+        if not len(batch):
+            continue
+        for task, value in model(pipeline(batch.input, torch.device("cpu"))).items():
+            outputs.setdefault(task, []).append(value.numpy())
+        for task, value in batch.targets.items():
+            labels.setdefault(task, []).append(value.numpy())
+        ids += [dataset.ids[row] for row in batch.index.tolist()]
+    joined = {task: np.concatenate(parts) for task, parts in outputs.items()}
+    return joined, ids, {task: np.concatenate(parts) for task, parts in labels.items()}
 
 
 def predict_with_bundle(
@@ -73,21 +107,14 @@ def predict_with_bundle(
     """
     bundle = load_bundle(root)
     config = Config.model_validate(json.loads((root / bundle.record["config"]).read_text()))
-    labels: dict[str, np.ndarray] | None = None
     if split is not None:
-        images, ids, labels = _split_inputs(bundle, config, split)
+        dataset, rows = _split_rows(bundle, config, split)
     elif inputs:
-        images, ids = _file_inputs(bundle, config, inputs)
+        dataset, rows = _file_rows(bundle, config, inputs)
     else:
         raise UsageError("give --input PATH... or --split NAME")
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    transforms = bundle.record["transforms"]
-    if transforms["normalize"]:
-        mean = torch.tensor(transforms["mean"]).view(1, -1, 1, 1)
-        std = torch.tensor(transforms["std"]).view(1, -1, 1, 1)
-        x = (x - mean) / std
-    with torch.no_grad():
-        outputs = {k: v.numpy() for k, v in _model(bundle, config)(x).items()}
+    outputs, ids, truth = _outputs(bundle, config, dataset, rows)
+    labels = truth if split is not None else None
     columns: dict[str, list[str]] = {"id": list(ids)}
     summary: dict[str, Any] = {"n": len(ids)}
     if bundle.policy is not None:
@@ -98,9 +125,9 @@ def predict_with_bundle(
         values = outputs[task].reshape(len(ids), -1)[:, 0]
         columns[task] = [f"{v:.6f}" for v in values]
         if labels is not None:
-            truth = labels[task].astype(np.float64)
-            columns[f"{task}_true"] = [f"{v:.6f}" for v in truth]
-            summary.setdefault("mae", {})[task] = float(np.abs(values - truth).mean())
+            truth_values = labels[task].astype(np.float64)
+            columns[f"{task}_true"] = [f"{v:.6f}" for v in truth_values]
+            summary.setdefault("mae", {})[task] = float(np.abs(values - truth_values).mean())
     target = output or root.parent / "predict" / f"{split or 'inputs'}.csv"
     atomic_write_text(target, _table(columns))
     return target, summary

@@ -117,6 +117,17 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                     "name": {"type": "string"},
                     "version": {"type": "string"},
                     "content_hash": SHA256,
+                    "fingerprint": {"type": "object"},
+                    "skipped": {
+                        "type": "array",
+                        "items": _obj(
+                            {
+                                "id": {"type": "string"},
+                                "source": {"type": "string"},
+                                "error": {"type": "string"},
+                            }
+                        ),
+                    },
                     "tasks": {"type": "object"},
                     "split": _obj(
                         {
@@ -135,7 +146,8 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                     "hashes": _obj(
                         {name: SHA256 for name in ("train", "val_select", "val_calib", "val_test")}
                     ),
-                }
+                },
+                required=["name", "version", "content_hash", "tasks", "split", "hashes"],
             ),
             "encoder": _obj(
                 {
@@ -150,7 +162,9 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                     "normalize": {"type": "boolean"},
                     "mean": {"type": ["array", "null"], "items": {"type": "number"}},
                     "std": {"type": ["array", "null"], "items": {"type": "number"}},
-                }
+                    "augment": {"type": ["object", "null"]},
+                },
+                required=["version", "normalize", "mean", "std"],
             ),
             "checkpoints": {"type": "array", "items": RELPATH, "minItems": 1},
             "best_checkpoint": RELPATH,

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from rigor.config import ResolvedConfig
+from rigor.data.loader import augment_generator
 from rigor.errors import ConfigError, UsageError
 from rigor.io import atomic_write_json
 from rigor.manifest import write_manifest
@@ -62,7 +63,7 @@ def pretrain(resolved: ResolvedConfig, env_policy: str | None = None, force: boo
     check_pretrain_config(resolved)
     prepared = prepare(resolved, env_policy, force)
     cfg = resolved.config
-    channels, height, width = (int(s) for s in prepared.dataset.inputs.shape[1:])
+    channels, height, width = prepared.dataset.input_shape
     encoder: Any = prepared.model.backbone.net
     patch = int(encoder.config.patch_size)
     mae = MAE(encoder, channels, (height // patch) * (width // patch), cfg.pretrain)
@@ -109,6 +110,8 @@ def _fit(run_dir: Path, prepared: Prepared, mae: MAE) -> tuple[dict[str, Any], f
     early = EarlyStopping("min", cfg.training.patience, cfg.training.min_delta)
     tracker = Tracker(run_dir, cfg.logging)
     masks = torch.Generator().manual_seed(cfg.run.seed)
+    pipeline, device = prepared.pipeline, prepared.device
+    augment = pipeline.augment is not None
     best_state: dict[str, torch.Tensor] | None = None
     step = samples = best_epoch = epoch = 0
     started = time.perf_counter()
@@ -121,11 +124,15 @@ def _fit(run_dir: Path, prepared: Prepared, mae: MAE) -> tuple[dict[str, Any], f
         batches = iter(train_loader)
         seen, total_loss = 0, 0.0
         for _ in tracker.progress(range(steps_per_epoch), steps_per_epoch, f"epoch {epoch}"):
-            group = [b["input"] for _, b in zip(range(accumulate), batches, strict=False)]
-            if not group:
+            loaded = [b for _, b in zip(range(accumulate), batches, strict=False)]
+            if not loaded:
                 break
+            generator = augment_generator(cfg.run.seed, step) if augment else None
+            group = [pipeline(b.input, device, generator) for b in loaded if len(b)]
+            if not group:
+                continue
             loss, norm, count = _step(
-                mae, group, optimizer, precision, prepared.device, masks, cfg.training.grad_clip
+                mae, group, optimizer, precision, masks, cfg.training.grad_clip
             )
             lr = float(optimizer.param_groups[-1]["lr"])
             scheduler.step()
@@ -133,7 +140,7 @@ def _fit(run_dir: Path, prepared: Prepared, mae: MAE) -> tuple[dict[str, Any], f
             total_loss += loss * count
             if tracker.should_log_step(step):
                 tracker.log_step(step, {TRAIN_KEY: loss, "lr": lr, "grad_norm": norm})
-        value = _validate(mae, val_loader, precision, prepared.device, cfg.run.seed)
+        value = _validate(mae, val_loader, precision, prepared, cfg.run.seed)
         values = {TRAIN_KEY: total_loss / max(seen, 1), VAL_KEY: value}
         values["lr"] = float(scheduler.get_last_lr()[-1])
         tracker.log_epoch(epoch, step, values)
@@ -177,7 +184,6 @@ def _step(
     group: list[torch.Tensor],
     optimizer: torch.optim.Optimizer,
     precision: Precision,
-    device: torch.device,
     masks: torch.Generator,
     clip: float | None,
 ) -> tuple[float, float, int]:
@@ -187,7 +193,7 @@ def _step(
     loss_sum = 0.0
     for images in group:
         with precision.autocast():
-            out = mae(images.to(device), masks)
+            out = mae(images, masks)
         weight = len(images) / total
         precision.scaler.scale(out.loss * weight).backward()
         loss_sum += out.loss.item() * weight
@@ -203,7 +209,7 @@ def _validate(
     mae: MAE,
     loader: DataLoader[Any],
     precision: Precision,
-    device: torch.device,
+    prepared: Prepared,
     seed: int,
 ) -> float:
     """Mean reconstruction loss on val_select with the same masks every epoch."""
@@ -211,7 +217,9 @@ def _validate(
     masks = torch.Generator().manual_seed(seed + 1)
     total, count = 0.0, 0
     for batch in loader:
-        images = batch["input"].to(device)
+        if not len(batch):
+            continue
+        images = prepared.eval_pipeline(batch.input, prepared.device)
         with precision.autocast():
             out = mae(images, masks)
         total += out.loss.item() * len(images)
@@ -232,7 +240,7 @@ def _figure(run_dir: Path, prepared: Prepared, mae: MAE, n: int = 8) -> None:
 
     mae.eval()
     rows = prepared.splits["val_select"][:n]
-    images = torch.stack([prepared.dataset[row]["input"] for row in rows]).to(prepared.device)
+    images = prepared.eval_pipeline(prepared.dataset.stack(rows), prepared.device)
     out = mae(images, torch.Generator().manual_seed(prepared.resolved.config.run.seed + 1))
     recon = mae.reconstruct(images, out).cpu()
     patches = patchify(images.float().cpu(), mae.patch)

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rigor.config.models import GateConfig
+from rigor.data.dataset import Batch
+from rigor.data.loader import InputPipeline, base_dataset
 from rigor.data.registry import TaskSpec
 from rigor.errors import RigorError
 from rigor.evaluation.regression import pearson
@@ -158,7 +160,7 @@ class Stepper:
     world_size: int = 1
     events: list[dict[str, int]] = field(default_factory=list)
 
-    def step(self, batches: list[dict[str, Any]], step_index: int) -> StepResult:
+    def step(self, batches: list[Batch], step_index: int) -> StepResult:
         """One optimizer step over ``batches`` (the accumulation group)."""
         while True:
             try:
@@ -192,9 +194,9 @@ class Stepper:
             self.ema.update(self.model)
         return StepResult(losses, float(norm), lr, samples)
 
-    def _accumulate(self, batches: list[dict[str, Any]]) -> tuple[dict[str, float], int]:
+    def _accumulate(self, batches: list[Batch]) -> tuple[dict[str, float], int]:
         self.optimizer.zero_grad(set_to_none=True)
-        total = sum(len(batch["input"]) for batch in batches)
+        total = sum(len(batch) for batch in batches)
         sums: dict[str, float] = {}
         for inputs, targets in self._chunks(batches):
             with self.precision.autocast():
@@ -215,13 +217,13 @@ class Stepper:
         return sums, total
 
     def _chunks(
-        self, batches: list[dict[str, Any]]
+        self, batches: list[Batch]
     ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
         for batch in batches:
-            for start in range(0, len(batch["input"]), self.micro):
+            for start in range(0, len(batch), self.micro):
                 end = start + self.micro
-                inputs = batch["input"][start:end].to(self.device, non_blocking=True)
-                targets = {k: v[start:end].to(self.device) for k, v in batch["targets"].items()}
+                inputs = batch.input[start:end].to(self.device, non_blocking=True)
+                targets = {k: v[start:end].to(self.device) for k, v in batch.targets.items()}
                 yield inputs, targets
 
     def _halve(self, step_index: int) -> None:
@@ -262,27 +264,36 @@ def predict(
     model: nn.Module,
     loader: torch.utils.data.DataLoader[Any],
     device: torch.device,
+    pipeline: InputPipeline,
     autocast: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
-    """Outputs and targets per task, and ids, over a whole loader (eval mode)."""
+    """Outputs and targets per task, ids and groups, over a whole loader (eval mode, never
+    augmented); ``skipped`` maps unreadable rows (left out) to their errors."""
     model.eval()
+    dataset = base_dataset(loader)
     outputs: dict[str, list[np.ndarray]] = {}
     targets: dict[str, list[np.ndarray]] = {}
-    ids: list[str] = []
+    rows: list[int] = []
+    skipped: dict[int, str] = {}
     limit = [loader.batch_size or 1]
     for batch in loader:
-        inputs = batch["input"].to(device)
+        skipped |= dict(batch.skipped)
+        if not len(batch):
+            continue
+        inputs = pipeline(batch.input, device)
         with autocast() if autocast is not None else contextlib.nullcontext():
             result = forward_chunked(model, inputs, limit)
         for name, value in result.items():
             outputs.setdefault(name, []).append(value.float().cpu().numpy())
-        for name, value in batch["targets"].items():
+        for name, value in batch.targets.items():
             targets.setdefault(name, []).append(value.numpy())
-        ids.extend(batch["id"])
+        rows.extend(batch.index.tolist())
     return {
         "outputs": {name: np.concatenate(parts) for name, parts in outputs.items()},
         "targets": {name: np.concatenate(parts) for name, parts in targets.items()},
-        "ids": np.asarray(ids),
+        "ids": np.asarray([dataset.ids[row] for row in rows]),
+        "groups": np.asarray([dataset.groups[row] for row in rows]),
+        "skipped": skipped,
     }
 
 

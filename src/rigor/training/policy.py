@@ -31,13 +31,6 @@ def seed_everything(seed: int, determinism: bool) -> None:
     torch.backends.cudnn.benchmark = not determinism
 
 
-def worker_init_fn(worker_id: int) -> None:
-    """Seed python and numpy in a DataLoader worker from the seed torch gave it."""
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-
-
 def pick_device(name: str, tf32: bool) -> torch.device:
     """``auto`` is cuda when available, else cpu; sets the TF32 flags on CUDA."""
     if name == "auto":

@@ -28,11 +28,13 @@ def build_manifest(
     predictions: list[str],
     stage: str = "train",
     extra_artifacts: dict[str, list[str]] | None = None,
+    skipped: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Manifest v1 for a finished run, with the sha256 of every artifact.
 
     ``stage`` names the first stage (``train``, or ``pretrain`` for an MAE run, which has no
-    predictions); ``extra_artifacts`` adds artifact lists (e.g. ``weights``, ``figures``).
+    predictions); ``extra_artifacts`` adds artifact lists (e.g. ``weights``, ``figures``);
+    ``skipped`` lists the unreadable samples left out under ``data.on_bad_sample: skip``.
     """
     cfg = prepared.resolved.config
     dataset, lock = prepared.dataset, prepared.lock
@@ -69,6 +71,8 @@ def build_manifest(
             "name": dataset.name,
             "version": dataset.version,
             "content_hash": dataset.content_hash,
+            "fingerprint": dataset.raw.fingerprint_record,
+            "skipped": skipped or [],
             "tasks": {name: spec.as_dict() for name, spec in dataset.tasks.items()},
             "split": {
                 "path": "splits.json",

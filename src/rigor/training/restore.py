@@ -10,8 +10,10 @@ import numpy as np
 import torch
 
 from rigor.config.models import Config, ModelConfig
-from rigor.data.registry import DatasetSource, TaskSpec, build_dataset
-from rigor.data.transforms import build_transform
+from rigor.data.dataset import ImageDataset
+from rigor.data.loader import InputPipeline, make_loader
+from rigor.data.registry import TaskSpec, build_dataset
+from rigor.data.transforms import pipeline_from_record
 from rigor.models.registry import RigorModel, build_model
 from rigor.training.checkpoint import load_checkpoint
 from rigor.training.loop import predict
@@ -49,18 +51,16 @@ def best_state(
     return state["ema"] if state["ema"] is not None else state["model"]
 
 
-def run_dataset(run_dir: Path, config: Config, manifest: dict[str, Any]) -> DatasetSource:
-    """The run's dataset with its recorded normalisation (cache under the run's output root)."""
+def run_dataset(
+    run_dir: Path, config: Config, manifest: dict[str, Any]
+) -> tuple[ImageDataset, InputPipeline]:
+    """The run's dataset (cache under the run's output root) and its evaluation pipeline:
+    the recorded normalisation, never augmentation."""
     dataset = build_dataset(config.data, run_dir.parents[1] / "cache")
-    transforms = manifest["transforms"]
-    if transforms["normalize"]:
-        dataset.transform = build_transform(
-            config.data.transforms, transforms["mean"], transforms["std"]
-        )
-    return dataset
+    return dataset, pipeline_from_record(config.data.transforms, manifest["transforms"])
 
 
-def split_rows(run_dir: Path, dataset: DatasetSource, split: str) -> list[int]:
+def split_rows(run_dir: Path, dataset: ImageDataset, split: str) -> list[int]:
     """Rows of ``split`` by the ids in the run's splits.json."""
     ids = json.loads((run_dir / "splits.json").read_text())["splits"][split]
     index = {sample_id: row for row, sample_id in enumerate(dataset.ids)}
@@ -69,18 +69,20 @@ def split_rows(run_dir: Path, dataset: DatasetSource, split: str) -> list[int]:
 
 def predict_split(ctx: Any, split: str) -> dict[str, np.ndarray]:
     """Run the best checkpoint on ``split``; arrays shaped like predictions/<split>.npz."""
-    from torch.utils.data import DataLoader, Subset
-
     config, manifest, run_dir = ctx.config, ctx.manifest, ctx.run_dir
-    dataset = run_dataset(run_dir, config, manifest)
-    shape = tuple(int(s) for s in dataset.inputs.shape[1:])
-    model = empty_model(config, manifest, (shape[0], shape[1], shape[2]))
+    dataset, pipeline = run_dataset(run_dir, config, manifest)
+    model = empty_model(config, manifest, dataset.input_shape)
     model.load_state_dict(best_state(run_dir, manifest))
     device = pick_device(config.run.device, config.training.tf32)
-    rows = split_rows(run_dir, dataset, split)
-    loader = DataLoader(Subset(dataset, rows), batch_size=config.training.eval_batch_size)
-    preds = predict(model.to(device), loader, device)
+    loader = make_loader(
+        dataset,
+        split_rows(run_dir, dataset, split),
+        batch_size=config.training.eval_batch_size,
+        num_workers=config.data.num_workers,
+        prefetch_factor=config.data.prefetch_factor,
+    )
+    preds = predict(model.to(device), loader, device, pipeline)
     from rigor.training.run import prediction_arrays
 
-    arrays = {"ids": preds["ids"], "groups": np.asarray([dataset.groups[r] for r in rows])}
+    arrays = {"ids": preds["ids"], "groups": preds["groups"]}
     return arrays | prediction_arrays(preds)

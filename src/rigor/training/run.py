@@ -13,12 +13,16 @@ from typing import IO, Any
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from rigor.config import ResolvedConfig
-from rigor.data.registry import DatasetSource, build_dataset
+from rigor.config.models import AugmentConfig
+from rigor.data.dataset import Batch, ImageDataset, skipped_record
+from rigor.data.loader import InputPipeline, augment_generator, channel_stats
+from rigor.data.loader import make_loader as make_data_loader
+from rigor.data.registry import build_dataset
 from rigor.data.splits import make_splits, splits_record
-from rigor.data.transforms import build_transform, channel_stats, transforms_record
+from rigor.data.transforms import build_pipeline, preset_stats, transforms_record
 from rigor.errors import ConfigError, UsageError
 from rigor.io import atomic_write_json, atomic_write_text, atomic_write_with
 from rigor.manifest import write_manifest
@@ -50,7 +54,6 @@ from rigor.training.policy import (
     build_scheduler,
     pick_device,
     seed_everything,
-    worker_init_fn,
 )
 
 EVAL_SPLITS = ("val_select", "val_calib", "val_test")
@@ -61,8 +64,10 @@ class Prepared:
     """Everything built from the config before any file is written."""
 
     resolved: ResolvedConfig
-    dataset: DatasetSource
+    dataset: ImageDataset
     splits: dict[str, list[int]]
+    pipeline: InputPipeline  # train batches: augmentation (when on) and normalisation
+    eval_pipeline: InputPipeline  # every other batch: normalisation only
     model: RigorModel
     device: torch.device
     transforms: dict[str, Any]
@@ -102,10 +107,13 @@ def prepare(
             f"{sorted(dataset.tasks)} (choose among {sorted(available_monitors(dataset.tasks))})"
         )
     splits = make_splits(dataset.groups, cfg.data.splits, cfg.run.seed)
-    mean, std = _statistics(dataset, splits["train"], cfg.data.transforms.stats, spec.preset)
-    dataset.transform = build_transform(cfg.data.transforms, mean, std)
-    shape = tuple(int(s) for s in dataset.inputs.shape[1:])
-    model = build_model(cfg.model, dataset.tasks, (shape[0], shape[1], shape[2]))
+    shape = dataset.input_shape
+    _check_augment(cfg.data.transforms.augment, shape)
+    if cfg.data.transforms.stats == "preset" and spec.preset is not None:
+        mean, std = preset_stats(spec.preset, shape[0])
+    else:
+        mean, std = channel_stats(dataset, splits["train"], cfg.data.num_workers)
+    model = build_model(cfg.model, dataset.tasks, shape)
     info = {**model_size(model), **model.peft_info}
     adapters = (
         f", {cfg.model.peft.method} on {info['adapted_layers']} layers" if model.peft_info else ""
@@ -129,6 +137,8 @@ def prepare(
         resolved=resolved,
         dataset=dataset,
         splits=splits,
+        pipeline=build_pipeline(cfg.data.transforms, mean, std, train=True),
+        eval_pipeline=build_pipeline(cfg.data.transforms, mean, std),
         model=model.to(device),
         device=device,
         transforms=transforms_record(cfg.data.transforms, mean, std),
@@ -139,18 +149,18 @@ def prepare(
     )
 
 
-def _statistics(
-    dataset: DatasetSource,
-    train_rows: list[int],
-    stats: str,
-    preset: tuple[tuple[float, ...], tuple[float, ...]] | None,
-) -> tuple[list[float], list[float]]:
-    channels = int(dataset.inputs.shape[1])
-    if stats == "preset" and preset is not None:
-        mean, std = list(preset[0]), list(preset[1])
-        # a grey image is repeated to RGB later: one channel gets the preset's average
-        return ([float(np.mean(mean))], [float(np.mean(std))]) if channels == 1 else (mean, std)
-    return channel_stats(dataset.inputs[train_rows])
+def _check_augment(augment: AugmentConfig, shape: tuple[int, int, int]) -> None:
+    """Augmentations the input shape cannot take are config errors, found before any work."""
+    if augment.rot90 and shape[1] != shape[2]:
+        raise ConfigError(
+            f"data.transforms.augment.rot90: inputs are {shape[1]}x{shape[2]}; rotation by 90 "
+            "degrees needs square inputs (set data.transforms.image_size)"
+        )
+    if (augment.color_jitter is not None or augment.hed is not None) and shape[0] != 3:
+        raise ConfigError(
+            "data.transforms.augment.color_jitter / hed: colour augmentation needs RGB inputs "
+            "(data.channels: 3)"
+        )
 
 
 def train(
@@ -204,7 +214,9 @@ def train(
     atomic_write_json(run_dir / "metrics.json", {"metrics": metrics, "training": summary})
     from rigor.training.record import build_manifest
 
-    manifest = build_manifest(run_dir, prepared, metrics, summary, outputs["predictions"])
+    manifest = build_manifest(
+        run_dir, prepared, metrics, summary, outputs["predictions"], skipped=outputs["skipped"]
+    )
     path = write_manifest(run_dir, manifest)
     barrier(info)
     return path
@@ -262,18 +274,19 @@ def write_run_inputs(run_dir: Path, prepared: Prepared) -> None:
 
 
 def make_loader(prepared: Prepared, rows: list[int], train: bool) -> DataLoader[Any]:
-    """A DataLoader with its own generator (the global RNG is never drawn from)."""
+    """The loader of a split: the train split in the seeded epoch order, others in order."""
     cfg, info = prepared.resolved.config, prepared.dist
     per_process = cfg.training.batch_size // info.world_size  # batch_size is the global batch
-    return DataLoader(
-        Subset(prepared.dataset, rows),
+    return make_data_loader(
+        prepared.dataset,
+        rows,
         batch_size=per_process if train else cfg.training.eval_batch_size,
         sampler=(
             EpochSampler(len(rows), cfg.run.seed, info.rank, info.world_size) if train else None
         ),
         num_workers=cfg.data.num_workers,
-        worker_init_fn=worker_init_fn,
-        generator=torch.Generator().manual_seed(cfg.run.seed),
+        prefetch_factor=cfg.data.prefetch_factor,
+        seed=cfg.run.seed,
         pin_memory=prepared.device.type == "cuda",
     )
 
@@ -324,6 +337,7 @@ class Session:
         self.best_epoch, self.stopped_early, self.samples = -1, False, 0
         self.top_k: list[dict[str, Any]] = []
         self.epoch_sums: dict[str, float] = {}  # sample-weighted train losses of this epoch
+        self.skipped: dict[int, str] = {}  # unreadable samples left out (data.on_bad_sample)
         if state is not None:
             self._restore(state)
         self.main = prepared.dist.main
@@ -390,13 +404,18 @@ class Session:
         batches = iter(self.train_loader)
         total = self.steps_per_epoch - self.epoch_step
         for _ in self.tracker.progress(range(total), total, f"epoch {self.epoch}"):
-            group = [b for _, b in zip(range(cfg.accumulate_steps), batches, strict=False)]
-            if not group:
+            loaded = [b for _, b in zip(range(cfg.accumulate_steps), batches, strict=False)]
+            if not loaded:
                 break
             started = time.perf_counter()
+            group = self._inputs(loaded)
+            if not group:  # every sample of the step was unreadable and skipped
+                self.position += sum(batch.drawn for batch in loaded)
+                self.epoch_step += 1
+                continue
             result = self.stepper.step(group, self.step)
             self.step, self.epoch_step = self.step + 1, self.epoch_step + 1
-            self.position += result.samples
+            self.position += sum(batch.drawn for batch in loaded)
             self.samples += result.samples
             self.epoch_sums["samples"] = self.epoch_sums.get("samples", 0.0) + result.samples
             for key, value in result.losses.items():
@@ -409,10 +428,26 @@ class Session:
             if every and self.step % every == 0 and self.epoch_step < self.steps_per_epoch:
                 self._save("checkpoints/last.pt", self._state())
 
+    def _inputs(self, loaded: list[Batch]) -> list[Batch]:
+        """Model inputs of one step's batches, augmented with the step's own generator."""
+        prepared = self.prepared
+        generator = None
+        if prepared.pipeline.augment is not None:
+            generator = augment_generator(self.cfg.run.seed, self.step, prepared.dist.rank)
+        for batch in loaded:
+            self.skipped |= dict(batch.skipped)
+        group = [prepared.pipeline.batch(b, prepared.device, generator) for b in loaded]
+        return [batch for batch in group if len(batch)]
+
     def _end_epoch(self) -> None:
         preds = predict(
-            self.eval_model(), self.select_loader, self.prepared.device, self.precision.autocast
+            self.eval_model(),
+            self.select_loader,
+            self.prepared.device,
+            self.prepared.eval_pipeline,
+            self.precision.autocast,
         )
+        self.skipped |= preds["skipped"]
         sums = sum_over_ranks(self.epoch_sums, self.prepared.dist)
         seen = sums.pop("samples", 0.0) or 1.0
         values = {key: total / seen for key, total in sums.items()}
@@ -476,6 +511,7 @@ class Session:
             "config_hash": self.prepared.resolved.hash,
             "loss_weights": self.weighting.state_dict() if self.weighting is not None else None,
             "world_size": self.prepared.dist.world_size,
+            "skipped": {str(row): error for row, error in sorted(self.skipped.items())},
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -502,6 +538,7 @@ class Session:
         )
         self.top_k = list(state["top_k"])
         self.epoch_sums = {key: float(value) for key, value in state["epoch_sums"].items()}
+        self.skipped = {int(row): str(error) for row, error in state.get("skipped", {}).items()}
         set_rng_state(state["rng"])
 
 
@@ -512,21 +549,29 @@ def write_predictions(run_dir: Path, prepared: Prepared, session: Session) -> di
     model.load_state_dict(best["ema"] if session.ema is not None else best["model"])
     metrics: dict[str, float] = {}
     paths = []
+    skipped = dict(session.skipped)
     for split in EVAL_SPLITS:
         loader = make_loader(prepared, prepared.splits[split], train=False)
-        preds = predict(model, loader, prepared.device, session.precision.autocast)
+        preds = predict(
+            model, loader, prepared.device, prepared.eval_pipeline, session.precision.autocast
+        )
+        skipped |= preds["skipped"]
         metrics.update(split_metrics(preds, prepared.dataset.tasks, split))
-        groups = [prepared.dataset.groups[row] for row in prepared.splits[split]]
         arrays = {
             "ids": preds["ids"],
-            "groups": np.asarray(groups),
+            "groups": preds["groups"],
             "tasks": np.asarray(sorted(preds["targets"])),
         }
         arrays |= prediction_arrays(preds)
         rel = f"predictions/{split}.npz"
         save_npz(run_dir / rel, arrays)
         paths.append(rel)
-    return {"metrics": metrics, "predictions": paths}
+    skipped |= getattr(prepared.dataset.reader, "bad", {})
+    return {
+        "metrics": metrics,
+        "predictions": paths,
+        "skipped": skipped_record(prepared.dataset, skipped),
+    }
 
 
 def prediction_arrays(preds: dict[str, Any]) -> dict[str, np.ndarray]:

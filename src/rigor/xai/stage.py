@@ -66,9 +66,10 @@ def explain(
 
 def _samples(ctx: RunContext, options: XaiConfig, ids: list[str] | None) -> dict[str, Any]:
     """The model, the chosen samples (normalised and raw), labels, predictions, masks."""
+    from rigor.data.loader import to_unit
     from rigor.training.restore import best_state, empty_model, run_dataset, split_rows
 
-    dataset = run_dataset(ctx.run_dir, ctx.config, ctx.manifest)
+    dataset, pipeline = run_dataset(ctx.run_dir, ctx.config, ctx.manifest)
     rows = split_rows(ctx.run_dir, dataset, options.split)
     if ids:
         known = {dataset.ids[r]: r for r in rows}
@@ -78,17 +79,17 @@ def _samples(ctx: RunContext, options: XaiConfig, ids: list[str] | None) -> dict
         rows = [known[i] for i in ids]
     else:
         rows = rows[: options.n_samples]
-    shape = tuple(int(s) for s in dataset.inputs.shape[1:])
-    model = empty_model(ctx.config, ctx.manifest, (shape[0], shape[1], shape[2]))
+    model = empty_model(ctx.config, ctx.manifest, dataset.input_shape)
     model.load_state_dict(best_state(ctx.run_dir, ctx.manifest))
     model.eval()
-    inputs = torch.stack([dataset[r]["input"] for r in rows])
+    raw = dataset.stack(rows)
+    inputs = pipeline(raw, torch.device("cpu"))
     with torch.no_grad():
         outputs = model(inputs)
     return {
         "model": model,
         "inputs": inputs,
-        "raw": dataset.inputs[rows].numpy(),
+        "raw": to_unit(raw).numpy(),
         "ids": [dataset.ids[r] for r in rows],
         "labels": {t: dataset.targets[t][rows].numpy() for t in dataset.tasks},
         "outputs": {t: v.numpy() for t, v in outputs.items()},
@@ -135,7 +136,7 @@ def _targets(
 
 
 def _method_options(ctx: RunContext, options: XaiConfig, samples: dict[str, Any]) -> dict[str, Any]:
-    from rigor.data.transforms import build_transform
+    from rigor.data.transforms import pipeline_from_record
 
     raw = torch.from_numpy(samples["raw"])
     base_raw = {
@@ -143,13 +144,8 @@ def _method_options(ctx: RunContext, options: XaiConfig, samples: dict[str, Any]
         "blurred": gaussian_blur(raw),
         "mean": torch.tensor(samples["train_mean"] or [0.0]).view(1, -1, 1, 1).expand_as(raw),
     }[options.baseline]
-    transforms = ctx.manifest["transforms"]
-    normalize = build_transform(
-        ctx.config.data.transforms, transforms["mean"] or [0.0], transforms["std"] or [1.0]
-    )
-    baselines = (
-        normalize(base_raw.contiguous()) if transforms["normalize"] and normalize else base_raw
-    )
+    pipeline = pipeline_from_record(ctx.config.data.transforms, ctx.manifest["transforms"])
+    baselines = pipeline(base_raw.contiguous(), torch.device("cpu"))
     layer_name = options.layer or backbone_spec(ctx.config.model.backbone).layer
     return {
         "baselines": baselines,

@@ -1,0 +1,175 @@
+"""DataLoaders over the lazy dataset, and what happens to a batch once it is loaded.
+
+Workers read and decode samples; the main process receives compact batches (uint8 for
+image files) and :class:`InputPipeline` turns them into model inputs on the device:
+float in [0, 1], train-only augmentation, then normalisation, all on the whole batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler, Subset
+
+from rigor.data.augment import BatchAugment
+from rigor.data.dataset import Batch, ImageDataset
+from rigor.errors import RigorError
+
+
+class WorkerDied(RigorError):
+    """A DataLoader worker process died (killed, out of memory, crashed in native code)."""
+
+    exit_code = 1
+
+
+class SafeLoader(DataLoader[Any]):
+    """A DataLoader whose dead workers end the run with a clear message, not a traceback."""
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        iterator = super().__iter__()
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except RuntimeError as err:
+                if "DataLoader worker" not in str(err):
+                    raise
+                # Unregister the dead pool, or its SIGCHLD handler raises again later.
+                shutdown = getattr(iterator, "_shutdown_workers", None)
+                if shutdown is not None:
+                    shutdown()
+                self._iterator = None
+                raise WorkerDied(
+                    f"data loading failed: {err} (a worker process died: look for an out-of-"
+                    "memory kill or a crash in an image decoder; lower data.num_workers or "
+                    "data.prefetch_factor to use less memory)"
+                ) from None
+            yield batch
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed python and numpy in a worker from the seed torch gave it; one thread each."""
+    import random
+
+    import numpy as np
+
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.set_num_threads(1)  # decoding is per sample: threads would only contend
+
+
+def make_loader(
+    dataset: ImageDataset,
+    rows: Sequence[int],
+    *,
+    batch_size: int,
+    num_workers: int,
+    prefetch_factor: int = 2,
+    sampler: Sampler[int] | None = None,
+    seed: int = 0,
+    pin_memory: bool = False,
+) -> SafeLoader:
+    """A loader over ``rows`` of ``dataset`` with its own generator (the global RNG is never
+    drawn from); workers persist across epochs and prefetch ``prefetch_factor`` batches."""
+    workers = num_workers if len(rows) > 0 else 0
+    return SafeLoader(
+        Subset(dataset, list(rows)),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=dataset.collate,
+        worker_init_fn=seed_worker if workers else None,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        prefetch_factor=prefetch_factor if workers else None,
+    )
+
+
+def base_dataset(loader: DataLoader[Any]) -> ImageDataset:
+    """The :class:`ImageDataset` under a loader made by :func:`make_loader`."""
+    source = loader.dataset
+    dataset = source.dataset if isinstance(source, Subset) else source
+    assert isinstance(dataset, ImageDataset)
+    return dataset
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels to float32 in [0, 1]; float inputs are already there."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32).div_(255.0)
+    return images.to(torch.float32)
+
+
+def augment_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The generator of one optimizer step's augmentation: a function of (seed, rank, step)
+    only, so a resumed run draws exactly the same augmentations."""
+    digest = hashlib.sha256(f"augment:{seed}:{rank}:{step}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+@dataclass
+class InputPipeline:
+    """Raw batch -> model input: to the device, to float, augment (train only), normalise."""
+
+    mean: list[float] | None
+    std: list[float] | None
+    augment: BatchAugment | None = None
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        device: torch.device,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Model inputs for ``images``; augments only when a generator is given."""
+        x = to_unit(images.to(device, non_blocking=True))
+        if generator is not None and self.augment is not None:
+            x = self.augment(x, generator)
+        if self.mean is None or self.std is None:
+            return x
+        mean = torch.as_tensor(self.mean, dtype=x.dtype, device=device).view(1, -1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=x.dtype, device=device).view(1, -1, 1, 1)
+        return (x - mean) / std  # out of place: x may share memory with the batch
+
+    def batch(
+        self, batch: Batch, device: torch.device, generator: torch.Generator | None = None
+    ) -> Batch:
+        """``batch`` with model inputs and targets on ``device``."""
+        targets = {task: value.to(device) for task, value in batch.targets.items()}
+        inputs = self(batch.input, device, generator)
+        return Batch(inputs, targets, batch.index, batch.drawn, batch.skipped)
+
+
+def channel_stats(
+    dataset: ImageDataset, rows: Sequence[int], num_workers: int
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (unbiased) std of ``rows`` in [0, 1], streamed batch by batch.
+
+    Sums are float64; for uint8 pixels they are exact integers, so the result does not
+    depend on how the rows are batched.
+    """
+    channels, height, width = dataset.input_shape
+    per_batch = max(1, (64 << 20) // (8 * channels * height * width))  # ~64 MB of float64
+    loader = make_loader(dataset, rows, batch_size=per_batch, num_workers=num_workers)
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    count = 0
+    scale = 1.0
+    for batch in loader:
+        if batch.input.dtype == torch.uint8:
+            scale = 255.0
+        x = batch.input.to(torch.float64)
+        total += x.sum(dim=(0, 2, 3))
+        squares += (x * x).sum(dim=(0, 2, 3))
+        count += len(batch) * height * width
+    mean = total / count
+    var = (squares - total * mean) / max(count - 1, 1)
+    std = var.clamp_min(0).sqrt().div(scale).clamp_min(1e-8)
+    return (mean / scale).tolist(), std.tolist()

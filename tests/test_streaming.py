@@ -1,0 +1,235 @@
+"""Streaming data: lazy reads, the sharded cache, fingerprints, batch augmentation, bad
+samples and dead workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMOKE, short_run
+from test_data_files import data_cfg, make_images
+
+from rigor.data.readers import BadSample
+from rigor.data.registry import build_dataset
+
+
+def folder_cfg(root: Path, *sets: str):  # type: ignore[no-untyped-def]
+    return data_cfg(
+        "data.name=imagefolder", f"data.root={root}", "data.tasks=[label]", "data.channels=3", *sets
+    )
+
+
+def test_fingerprint_reuses_digests_and_sees_a_changed_file(tmp_path: Path) -> None:
+    paths = make_images(tmp_path / "imgs", {"cat": 4, "dog": 4})
+    cfg = folder_cfg(tmp_path / "imgs", "data.cache=false")
+    first = build_dataset(cfg, tmp_path / "cache").raw
+    assert first.content_hash() and first.fingerprint_record["hashed"] == 8
+    second = build_dataset(cfg, tmp_path / "cache").raw
+    assert second.content_hash() == first.content_hash()
+    assert second.fingerprint_record["hashed"] == 0 and second.fingerprint_record["reused"] == 8
+    no_index = build_dataset(cfg, None).raw
+    assert no_index.content_hash() == first.content_hash()  # the index only saves time
+    # Same size, new content and a new mtime: re-hashed, and the fingerprint changes.
+    size = paths[2].stat().st_size
+    data = bytearray(paths[2].read_bytes())
+    data[-20] ^= 0xFF
+    paths[2].write_bytes(bytes(data))
+    stat = paths[2].stat()
+    os.utime(paths[2], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert paths[2].stat().st_size == size
+    third = build_dataset(cfg, tmp_path / "cache").raw
+    assert third.content_hash() != first.content_hash()
+    assert third.fingerprint_record["hashed"] == 1 and third.fingerprint_record["reused"] == 7
+
+
+def test_cache_is_sharded_npy_and_ignores_an_interrupted_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import rigor.data.cache as cache
+
+    make_images(tmp_path / "imgs", {"cat": 5, "dog": 5})
+    monkeypatch.setattr(cache, "SHARD_BYTES", 4 * 3 * 12 * 12)  # four images per shard
+    cfg = folder_cfg(tmp_path / "imgs")
+    dataset = build_dataset(cfg, tmp_path / "cache")
+    assert "wrote 3 of 3 shards" in capsys.readouterr().err
+    folder = next((tmp_path / "cache").glob("imagefolder-*"))
+    shards = sorted(folder.glob("shard-*.npy"))
+    assert [np.load(s, mmap_mode="r").shape for s in shards] == [(4, 3, 12, 12)] * 2 + [
+        (2, 3, 12, 12)
+    ]
+    decoded = build_dataset(folder_cfg(tmp_path / "imgs", "data.cache=false"), None)
+    assert all(torch.equal(dataset[r][1], decoded[r][1]) for r in range(10))
+    # A fill killed mid-shard leaves only a temporary file: never read, rewritten, cleaned.
+    shards[1].unlink()
+    dead_pid = 2**22 + 12345
+    (folder / f".shard-00001.npy.tmp.{dead_pid}").write_bytes(b"half a shard")
+    again = build_dataset(cfg, tmp_path / "cache")
+    assert "wrote 1 of 3 shards" in capsys.readouterr().err
+    assert not list(folder.glob(".shard-*"))
+    assert all(torch.equal(again[r][1], decoded[r][1]) for r in range(10))
+
+
+def test_augmentation_is_seeded_per_step_and_only_for_training() -> None:
+    from rigor.data.loader import augment_generator
+    from rigor.data.transforms import build_pipeline
+
+    cfg = data_cfg(
+        "data.transforms.augment.random_resized_crop={scale: [0.3, 1.0], ratio: [0.75, 1.333]}",
+        "data.transforms.augment.hflip=0.5",
+        "data.transforms.augment.rot90=true",
+        "data.transforms.augment.color_jitter={brightness: 0.3, contrast: 0.3, saturation: 0.3, "
+        "hue: 0.1}",
+        "data.transforms.augment.hed={sigma: 0.1, bias: 0.05}",
+    ).transforms
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    cpu = torch.device("cpu")
+    train = build_pipeline(cfg, [0.5] * 3, [0.2] * 3, train=True)
+    a = train(images, cpu, augment_generator(0, step=7))
+    b = train(images, cpu, augment_generator(0, step=7))
+    c = train(images, cpu, augment_generator(0, step=8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    plain = train(images, cpu)  # no generator: no augmentation
+    assert not torch.equal(a, plain)
+    evaluation = build_pipeline(cfg, [0.5] * 3, [0.2] * 3)
+    assert evaluation.augment is None
+    assert torch.equal(evaluation(images, cpu, augment_generator(0, 7)), plain)
+    assert torch.allclose(plain, (images.float() / 255 - 0.5) / 0.2)
+
+
+def test_flips_and_stain_jitter_do_what_they_say() -> None:
+    from rigor.data.augment import BatchAugment, hed_jitter
+
+    cfg = data_cfg("data.transforms.augment.hflip=1.0").transforms.augment
+    x = torch.rand((3, 3, 5, 7))
+    assert torch.equal(BatchAugment(cfg)(x, torch.Generator()), x.flip(-1))
+    tissue = torch.rand((2, 3, 8, 8)) * 0.8 + 0.1
+    same = hed_jitter(tissue, torch.ones(2, 3), torch.zeros(2, 3))
+    assert torch.allclose(same, tissue, atol=1e-4)  # RGB -> HED -> RGB is the identity
+    darker = hed_jitter(tissue, torch.tensor([[1.5, 1.0, 1.0]] * 2), torch.zeros(2, 3))
+    assert float(darker.mean()) < float(tissue.mean())  # more hematoxylin absorbs more light
+
+
+def test_augmented_run_never_augments_eval_and_records_it(tmp_path: Path) -> None:
+    from rigor.config import load_config
+    from rigor.stages import open_run
+    from rigor.training.restore import predict_split
+    from rigor.training.run import train
+
+    sets = [
+        *short_run(tmp_path),
+        "data.transforms.augment.hflip=0.5",
+        "data.transforms.augment.vflip=0.5",
+        "data.transforms.augment.rot90=true",
+    ]
+    path = train(load_config(SMOKE, sets=sets, environ={}), env_policy="ignore")
+    manifest = json.loads(path.read_text())
+    assert manifest["transforms"]["augment"]["config"]["rot90"] is True
+    stored = np.load(path.parent / "predictions" / "val_test.npz")
+    recomputed = predict_split(
+        open_run(path, [], "ignore", False), "val_test"
+    )  # eval --recompute's path
+    assert np.array_equal(recomputed["logits_digit"], stored["logits_digit"])
+
+
+def test_rot90_on_non_square_inputs_is_a_config_error(run_script: Callable[..., int]) -> None:
+    code = run_script(
+        "train",
+        "--config",
+        str(SMOKE),
+        "--env-policy",
+        "ignore",
+        "--set",
+        "data.transforms.image_size=[8, 10]",
+        "--set",
+        "data.transforms.augment.rot90=true",
+    )
+    assert code == 2
+
+
+def broken_folder(root: Path) -> Path:
+    make_images(root, {"cat": 30, "dog": 30})
+    bad = root / "dog" / "007.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated
+    return bad
+
+
+def train_args(tmp_path: Path, root: Path, *extra: str) -> list[str]:
+    args = ["--config", str(SMOKE), "--env-policy", "ignore"]
+    for value in (
+        *short_run(tmp_path / "out"),
+        "data.name=imagefolder",
+        f"data.root={root}",
+        "data.tasks=[label]",
+        "data.cache=false",
+        "data.num_workers=2",
+        *extra,
+    ):
+        args += ["--set", value]
+    return args
+
+
+def test_bad_sample_in_a_worker_stops_with_the_file_and_exit_2(
+    tmp_path: Path, run_script: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = broken_folder(tmp_path / "imgs")
+    assert run_script("train", *train_args(tmp_path, tmp_path / "imgs")) == 2
+    err = capsys.readouterr().err
+    assert f"file dog/007.png: unreadable image {bad}" in err
+    assert "Traceback" not in err and "Caught" not in err
+    assert not list((tmp_path / "out").glob("runs/*/manifest.json"))
+
+
+def test_bad_sample_skip_counts_and_lists_it(
+    tmp_path: Path, run_script: Callable[..., int]
+) -> None:
+    bad = broken_folder(tmp_path / "imgs")
+    args = train_args(tmp_path, tmp_path / "imgs", "data.on_bad_sample=skip")
+    assert run_script("train", *args) == 0
+    manifest = json.loads(next((tmp_path / "out").glob("runs/*/manifest.json")).read_text())
+    skipped = manifest["dataset"]["skipped"]
+    assert [entry["id"] for entry in skipped] == ["dog/007.png"]
+    assert skipped[0]["source"] == str(bad) and "unreadable image" in skipped[0]["error"]
+
+
+class _Dying:
+    """A reader whose worker process dies on one sample (as under the OOM killer)."""
+
+    shape = (1, 2, 2)
+    dtype = "float32"
+
+    def __len__(self) -> int:
+        return 8
+
+    def load(self, index: int) -> np.ndarray:
+        if index == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return np.zeros(self.shape, dtype=np.float32)
+
+
+def test_a_dead_worker_is_reported_not_a_hang() -> None:
+    from rigor.data.dataset import ImageDataset
+    from rigor.data.loader import WorkerDied, make_loader
+    from rigor.data.registry import RawData
+
+    ids = [str(i) for i in range(8)]
+    raw = RawData("dying", "1", {}, {}, ids, ids, _Dying(), fingerprint="0")
+    loader = make_loader(ImageDataset(raw, raw.reader, []), range(8), batch_size=2, num_workers=1)
+    with pytest.raises(WorkerDied, match="worker process died"):
+        list(loader)
+
+
+def test_bad_sample_message_survives_the_worker_boundary(tmp_path: Path) -> None:
+    from rigor.data.loader import make_loader
+
+    broken_folder(tmp_path / "imgs")
+    dataset = build_dataset(folder_cfg(tmp_path / "imgs", "data.cache=false"), None)
+    loader = make_loader(dataset, range(len(dataset)), batch_size=8, num_workers=2)
+    with pytest.raises(BadSample) as caught:
+        list(loader)
+    assert str(caught.value).startswith("data.root") and "\n" not in str(caught.value)

@@ -129,14 +129,33 @@ class InputPipeline:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Model inputs for ``images``; augments only when a generator is given."""
-        x = to_unit(images.to(device, non_blocking=True))
-        if generator is not None and self.augment is not None:
+        x = images.to(device, non_blocking=True)
+        augmenting = generator is not None and self.augment is not None
+        if x.dtype == torch.uint8 and not augmenting:
+            return self._fused(x)
+        x = to_unit(x)
+        if augmenting:
+            assert self.augment is not None and generator is not None
             x = self.augment(x, generator)
         if self.mean is None or self.std is None:
             return x
         mean = torch.as_tensor(self.mean, dtype=x.dtype, device=device).view(1, -1, 1, 1)
         std = torch.as_tensor(self.std, dtype=x.dtype, device=device).view(1, -1, 1, 1)
         return (x - mean) / std  # out of place: x may share memory with the batch
+
+    def _fused(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 -> normalised float in one conversion and one multiply-add, in place:
+        ``x * 1/(255 std) - mean/std`` (equal to ``(x/255 - mean)/std`` up to rounding), a
+        third of the unfused cost on the main process."""
+        x = pixels.to(torch.float32)
+        if self.mean is None or self.std is None:
+            return x.mul_(1.0 / 255.0)
+        mean = torch.as_tensor(self.mean, dtype=torch.float64)
+        std = torch.as_tensor(self.std, dtype=torch.float64)
+        shape = (1, -1, 1, 1)
+        scale = (1.0 / (255.0 * std)).to(x.device, torch.float32).view(shape)
+        shift = (-mean / std).to(x.device, torch.float32).view(shape)
+        return x.mul_(scale).add_(shift)
 
     def batch(
         self, batch: Batch, device: torch.device, generator: torch.Generator | None = None

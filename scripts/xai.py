@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rigor.cli import add_common_flags, run_main
+from rigor.config.stages import XAI_METHODS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,9 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--n", dest="n_samples", type=int, help="xai.n_samples")
     group.add_argument("--ids", nargs="+", help="explain these sample ids")
-    parser.add_argument(
-        "--method", choices=["integrated_gradients", "saliency", "input_x_gradient", "grad_cam"]
-    )
+    parser.add_argument("--method", choices=XAI_METHODS)
     parser.add_argument("--target", help="predicted, true, a class index, a task name, or all")
     parser.add_argument("--baseline", choices=["zeros", "blurred", "mean"], help="IG baseline")
     parser.add_argument("--layer", help="backbone layer for grad_cam")

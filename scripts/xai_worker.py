@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from rigor.cli import add_common_flags, run_main
+from rigor.cli import add_common_flags, add_set_flag, run_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default="configs/default.yaml", help="config with xai.worker")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    add_set_flag(parser, "xai.worker.port=8800")
     add_common_flags(parser, env=False)
     args = parser.parse_args(argv)
     import uvicorn

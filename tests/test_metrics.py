@@ -8,9 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from rigor.calibration.temperature import NoFiniteOptimum, fit_temperature, scaled_nll, softmax
+from rigor.calibration.temperature import NoFiniteOptimum, fit_temperature, scaled_nll
 from rigor.evaluation.bootstrap import bootstrap_ci
 from rigor.evaluation.calibration import adaptive_ece, brier, ece, nll, reliability
+from rigor.evaluation.scores import softmax
 from rigor.evaluation.selective import (
     augrc,
     aurc,

@@ -121,7 +121,7 @@ def test_a_pretrained_folder_must_match_the_configured_sizes(tmp_path: Path) -> 
 
 
 def test_bundle_and_restore_rebuild_without_the_pretrained_folder(tmp_path: Path) -> None:
-    from rigor.training.restore import architecture
+    from rigor.runs.restore import architecture
 
     model_cfg = cfg(f"model.hf.path={tmp_path / 'gone'}", "model.weights_path=gone.pt")
     rebuilt = architecture(model_cfg)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, SMOKE
 
-from rigor.calibration.temperature import softmax
 from rigor.config import load_config
+from rigor.evaluation.scores import softmax
 from rigor.training.run import train
 
 pytestmark = pytest.mark.smoke

@@ -117,8 +117,8 @@ def test_flips_and_stain_jitter_do_what_they_say() -> None:
 
 def test_augmented_run_never_augments_eval_and_records_it(tmp_path: Path) -> None:
     from rigor.config import load_config
+    from rigor.runs.restore import predict_split
     from rigor.stages import open_run
-    from rigor.training.restore import predict_split
     from rigor.training.run import train
 
     sets = [

@@ -19,7 +19,7 @@ from rigor.data.dataset import Batch
 from rigor.data.registry import TaskSpec
 from rigor.errors import ArtifactError, ConfigError, UsageError
 from rigor.models.registry import RigorModel, register_backbone
-from rigor.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rigor.runs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rigor.training.loop import OutOfMemoryFloor, Stepper, task_loss
 from rigor.training.policy import EMA, EarlyStopping, Precision, build_scheduler, param_groups
 from rigor.training.run import train

@@ -11,6 +11,7 @@ from rigor.config import load_config
 from rigor.manifest import load_manifest
 from rigor.manifest.env import PROJECT_ROOT
 from rigor.manifest.report import flatten
+from rigor.run_kinds import kind_of
 
 BLANK = "(to write)"
 _IGNORED = ("run.name", "run.output_root")
@@ -41,7 +42,7 @@ def result_rows(run: Path, manifest: dict[str, Any]) -> list[tuple[str, str]]:
     val_test metrics (or, for a pretrain run, its best val_select reconstruction loss)."""
     path = run / "eval" / "metrics.json"
     if "eval/metrics.json" not in manifest["sha256"] or not path.is_file():
-        wanted = "best/" if manifest["stages"][0]["name"] == "pretrain" else "/val_test"
+        wanted = kind_of(manifest).result_marker
         return [
             (key, f"{value:.4g}")
             for key, value in sorted(manifest["metrics"].items())

@@ -19,8 +19,7 @@ def reproduce(
 ) -> dict[str, Any]:
     """Train (or pretrain) again with the recorded config and seed under ``output_root``
     and compare."""
-    from rigor.pretraining.run import pretrain
-    from rigor.training.run import train
+    from rigor.run_kinds import kind_of
 
     ctx = open_run(
         manifest_path, ["config_raw.json", "splits.json"], env_policy, force, allow_pretrain=True
@@ -34,7 +33,7 @@ def reproduce(
         raise UsageError(
             f"{manifest_path}: the recorded config no longer validates to the same hash"
         )
-    task = pretrain if original["stages"][0]["name"] == "pretrain" else train
+    task = kind_of(original).task_function()
     new_path = task(resolved, env_policy=env_policy, force=force)
     report = compare(manifest_path, new_path)
     atomic_write_json(new_path.parent / "reproduction.json", report)

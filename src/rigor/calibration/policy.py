@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from rigor.calibration.temperature import softmax
 from rigor.errors import UsageError
 
 POSITIVE = 1  # binary tasks: class 1 is the positive class
@@ -90,21 +89,3 @@ def choose(s: Sweep, target_risk: float, min_coverage: float, fnr_target: float 
     best_coverage = s.coverage[candidates].max()
     top = candidates[s.coverage[candidates] == best_coverage]
     return int(top[np.argmin(s.risk[top])])
-
-
-def sigmoid(values: np.ndarray) -> np.ndarray:
-    """The logistic function in float64."""
-    return np.asarray(1.0 / (1.0 + np.exp(-np.asarray(values, dtype=np.float64))))
-
-
-def policy_confidence(
-    logits: np.ndarray, gate_logits: np.ndarray | None, policy: dict[str, Any]
-) -> np.ndarray:
-    """The confidence a threshold policy compares with its threshold."""
-    if policy["score"] == "gate":
-        if gate_logits is None:
-            raise UsageError(
-                f"the policy uses the gate score but task {policy['task']} has no gate"
-            )
-        return sigmoid(gate_logits)
-    return np.asarray(softmax(logits, policy["temperature"]).max(axis=1))

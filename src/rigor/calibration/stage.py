@@ -9,12 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from rigor.calibration.policy import choose, sigmoid, sweep
+from rigor.calibration.policy import choose, sweep
 from rigor.calibration.schema import validate_thresholds
-from rigor.calibration.temperature import fit_temperature, softmax
+from rigor.calibration.temperature import fit_temperature
+from rigor.config import apply_overrides
 from rigor.errors import UsageError
 from rigor.evaluation.bootstrap import bootstrap_ci
 from rigor.evaluation.calibration import ece, nll
+from rigor.evaluation.scores import sigmoid, softmax
 from rigor.io import atomic_write_json, atomic_write_text
 from rigor.stages import RunContext, finish_stage, open_run
 
@@ -42,7 +44,7 @@ def calibrate(
 ) -> Path:
     """Fit temperature and threshold on val_calib; write calibration/ and a stage entry."""
     ctx = open_run(manifest_path, [READS], env_policy, force)
-    options = ctx.config.calibration.model_copy(update=overrides or {})
+    options = apply_overrides(ctx.config.calibration, overrides, "calibration")
     task = classification_task(ctx, options.task)
     with np.load(ctx.path(READS), allow_pickle=False) as data:
         logits, labels = data[f"logits_{task}"], data[f"targets_{task}"].astype(np.int64)

@@ -78,11 +78,3 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
             "set has no finite optimum"
         )
     return math.exp(value)
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of logits / temperature (float64)."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)

@@ -8,9 +8,9 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from rigor.config.compose import Composed, compose_files, display, parse_env, parse_set
 from rigor.config.models import Config
@@ -114,6 +114,37 @@ def _describe(error: Any, composed: Composed) -> str:
         if "input" in error and not isinstance(error["input"], dict):
             message += f" (got {error['input']!r})"
     return f"{field}: {message} [from {composed.origin_of(loc)}]"
+
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
+
+
+def apply_overrides(
+    section: SectionT,
+    overrides: Mapping[str, Any] | None,
+    prefix: str,
+    source: str = "the command line",
+) -> SectionT:
+    """``section`` with ``overrides`` applied through the model's own validation (never
+    ``model_copy(update=...)``, which skips it): every way a value enters is checked alike.
+
+    Raises:
+        ConfigError: naming each invalid field as ``<prefix>.<field>`` and its source.
+    """
+    if not overrides:
+        return section
+    try:
+        return type(section).model_validate({**section.model_dump(), **overrides})
+    except ValidationError as err:
+        lines = []
+        for error in err.errors():
+            field = ".".join([prefix, *(str(part) for part in error["loc"])])
+            message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+            given = f" (got {error['input']!r})" if "input" in error else ""
+            lines.append(f"{field}: {message}{given} [from {source}]")
+        count = len(lines)
+        header = f"invalid {prefix} options ({count} error{'s' if count > 1 else ''}):"
+        raise ConfigError("\n  - ".join([header, *lines])) from None
 
 
 def config_json_schema() -> dict[str, Any]:

@@ -17,6 +17,7 @@ import numpy as np
 from rigor.evaluation import _kernels
 
 PROB_FLOOR = 1e-12
+SUM_TOLERANCE = 1e-4  # float32 softmax rows sum to 1 within ~1e-6
 CALIBRATION = ("ece", "adaptive_ece", "nll", "brier", "accuracy")
 
 
@@ -36,7 +37,33 @@ def check_probs(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
         raise ValueError(f"labels must lie in [0, {probs.shape[1] - 1}]")
     if not np.isfinite(probs).all():
         raise ValueError("probs has NaN or infinite values")
+    if probs.min() < 0 or probs.max() > 1:
+        raise ValueError("probs must lie in [0, 1]")
+    sums = probs.sum(axis=1)
+    off = np.flatnonzero(np.abs(sums - 1.0) > SUM_TOLERANCE)
+    if len(off):
+        raise ValueError(
+            f"probs rows must sum to 1 (within {SUM_TOLERANCE:g}); {len(off)} do not, first "
+            f"row {off[0]} sums to {sums[off[0]]:.6g} (pass softmax outputs, not logits)"
+        )
     return probs, labels
+
+
+def check_correct(correct: np.ndarray) -> np.ndarray:
+    """Correctness labels as booleans; NaN or values other than 0/1 (True/False) are refused
+    (a NaN would otherwise count as correct)."""
+    values = np.asarray(correct).ravel()
+    if values.dtype == bool:
+        return values
+    if not np.issubdtype(values.dtype, np.number):
+        raise ValueError(f"correct must be boolean or 0/1, got dtype {values.dtype}")
+    bad = np.flatnonzero(~np.isin(values, (0, 1)))
+    if len(bad):
+        raise ValueError(
+            f"correct must be 0/1 (or boolean); {len(bad)} values are not, first at index "
+            f"{bad[0]}: {values[bad[0]].item()!r}"
+        )
+    return values.astype(bool)
 
 
 @dataclass(frozen=True)
@@ -83,7 +110,7 @@ class MetricEngine:
         if confidence is None or correct is None:
             raise ValueError("give confidence and correct, or probs and labels")
         confidence = np.asarray(confidence, dtype=np.float64).ravel()
-        correct = np.asarray(correct).astype(bool).ravel()
+        correct = check_correct(correct)
         if confidence.shape != correct.shape or confidence.size == 0:
             raise ValueError("confidence and correct must be non-empty and of equal length")
         if not np.isfinite(confidence).all():

@@ -19,12 +19,12 @@ import math
 import numpy as np
 
 from rigor.evaluation.bootstrap import with_batched
-from rigor.evaluation.engine import MetricEngine
+from rigor.evaluation.engine import MetricEngine, check_correct
 
 
 def _curve(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, ...]:
     confidence = np.asarray(confidence, dtype=np.float64).ravel()
-    correct = np.asarray(correct).astype(bool).ravel()
+    correct = check_correct(correct)
     if confidence.shape != correct.shape or confidence.size == 0:
         raise ValueError("confidence and correct must be non-empty and of equal length")
     order = np.argsort(confidence, kind="stable")
@@ -119,8 +119,8 @@ def auroc(confidence: np.ndarray, correct: np.ndarray) -> float:
     """P(confidence of a correct sample > that of a wrong one), ties counted half."""
     from scipy.stats import rankdata
 
-    confidence = np.asarray(confidence, dtype=np.float64)
-    correct = np.asarray(correct).astype(bool)
+    confidence = np.asarray(confidence, dtype=np.float64).ravel()
+    correct = check_correct(correct)
     n_pos, n_neg = correct.sum(), (~correct).sum()
     if n_pos == 0 or n_neg == 0:
         return math.nan

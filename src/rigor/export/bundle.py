@@ -27,7 +27,7 @@ def export(manifest_path: Path, env_policy: str | None = None, force: bool = Fal
     """Write ``bundle/`` in the run folder: weights, config, ONE active policy, splits, metrics."""
     from safetensors.torch import save
 
-    from rigor.training.restore import best_state
+    from rigor.runs.restore import best_state
 
     ctx = open_run(manifest_path, [], env_policy, force)
     manifest = ctx.manifest
@@ -88,7 +88,7 @@ def _record(ctx: Any, task: str | None, metrics: list[str]) -> dict[str, Any]:
     sizes = ctx.config.data.transforms.image_size
     channels = ctx.config.data.channels
     if sizes is None:  # the native size: read it back from the data the run trained on
-        from rigor.training.restore import run_dataset
+        from rigor.runs.restore import run_dataset
 
         shape = list(run_dataset(ctx.run_dir, ctx.config, manifest)[0].input_shape)
     else:

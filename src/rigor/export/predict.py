@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from rigor.calibration.policy import policy_confidence
 from rigor.config.models import Config
 from rigor.data.dataset import ImageDataset
 from rigor.errors import UsageError
+from rigor.evaluation.scores import policy_confidence
 from rigor.export.bundle import Bundle, load_bundle
 from rigor.io import atomic_write_text
 from rigor.models.registry import GATE
@@ -22,7 +22,7 @@ from rigor.models.registry import GATE
 
 def _model(bundle: Bundle, config: Config) -> torch.nn.Module:
     from rigor.models.registry import build_model
-    from rigor.training.restore import architecture, task_specs
+    from rigor.runs.restore import architecture, task_specs
 
     c, h, w = bundle.record["input_shape"]
     model = build_model(

@@ -9,10 +9,10 @@ seed has seen none of val_calib or val_test. The best encoder is saved with
 from __future__ import annotations
 
 import copy
-import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +26,11 @@ from rigor.io import atomic_write_json
 from rigor.manifest import write_manifest
 from rigor.manifest.rundir import create_run_dir
 from rigor.pretraining.mae import MAE
+from rigor.runs.checkpoint import rng_state, save_checkpoint
 from rigor.tracking import Tracker
-from rigor.training.checkpoint import rng_state, save_checkpoint
-from rigor.training.policy import (
-    EarlyStopping,
-    EpochSampler,
-    Precision,
-    build_optimizer,
-    build_scheduler,
-)
-from rigor.training.run import Prepared, make_loader, prepare, write_run_inputs
+from rigor.training.epochs import EpochPlan, plan_epochs, start_epoch
+from rigor.training.policy import Precision
+from rigor.training.prepare import Prepared, make_loader, prepare, write_run_inputs
 
 TRAIN_KEY, VAL_KEY = "loss/mae/train", "loss/mae/val_select"
 HF_DIR = "pretrain/hf"
@@ -79,21 +74,33 @@ def pretrain(resolved: ResolvedConfig, env_policy: str | None = None, force: boo
     _figure(run_dir, prepared, mae)
     metrics = {f"best/{VAL_KEY}": best_value}
     atomic_write_json(run_dir / "metrics.json", {"metrics": metrics, "training": summary})
-    from rigor.training.record import build_manifest
+    from rigor.training.record import RunOutputs, build_manifest
 
     weights = sorted(
         str(p.relative_to(run_dir)) for p in (run_dir / HF_DIR).rglob("*") if p.is_file()
     )
-    manifest = build_manifest(
-        run_dir,
-        prepared,
-        metrics,
-        summary,
-        [],
+    outputs = RunOutputs(
+        metrics=metrics,
+        summary=summary,
+        predictions=[],
         stage="pretrain",
         extra_artifacts={"weights": weights, "figures": [FIGURE]},
     )
+    manifest = build_manifest(run_dir, prepared, outputs)
     return write_manifest(run_dir, manifest)
+
+
+@dataclass(kw_only=True)
+class _Loop:
+    """The MAE loop's objects and its running counters."""
+
+    mae: MAE
+    plan: EpochPlan
+    prepared: Prepared
+    tracker: Tracker
+    masks: torch.Generator
+    step: int = 0
+    samples: int = 0
 
 
 def _fit(run_dir: Path, prepared: Prepared, mae: MAE) -> tuple[dict[str, Any], float]:
@@ -101,66 +108,42 @@ def _fit(run_dir: Path, prepared: Prepared, mae: MAE) -> tuple[dict[str, Any], f
     cfg = prepared.resolved.config
     train_loader = make_loader(prepared, prepared.splits["train"], train=True)
     val_loader = make_loader(prepared, prepared.splits["val_select"], train=False)
-    accumulate = cfg.training.accumulate_steps
-    per_epoch = math.ceil(len(train_loader) / accumulate)
-    steps_per_epoch = min(per_epoch, cfg.training.max_steps_per_epoch or per_epoch)
-    optimizer = build_optimizer(mae, cfg.training, cfg.optimizer)
-    scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.training.epochs, steps_per_epoch)
-    precision = Precision(cfg.training.precision, prepared.device)
-    early = EarlyStopping("min", cfg.training.patience, cfg.training.min_delta)
-    tracker = Tracker(run_dir, cfg.logging)
-    masks = torch.Generator().manual_seed(cfg.run.seed)
-    pipeline, device = prepared.pipeline, prepared.device
-    augment = pipeline.augment is not None
+    plan = plan_epochs(
+        cfg, model=mae, train_loader=train_loader, device=prepared.device, monitor_mode="min"
+    )
+    loop = _Loop(
+        mae=mae,
+        plan=plan,
+        prepared=prepared,
+        tracker=Tracker(run_dir, cfg.logging),
+        masks=torch.Generator().manual_seed(cfg.run.seed),
+    )
     best_state: dict[str, torch.Tensor] | None = None
-    step = samples = best_epoch = epoch = 0
+    best_epoch = epoch = 0
     started = time.perf_counter()
     for epoch in range(cfg.training.epochs):
-        sampler = train_loader.sampler
-        assert isinstance(sampler, EpochSampler) and train_loader.generator is not None
-        sampler.set_epoch(epoch, 0)
-        train_loader.generator.manual_seed(cfg.run.seed * 1_000_003 + epoch)
-        mae.train()
-        batches = iter(train_loader)
-        seen, total_loss = 0, 0.0
-        for _ in tracker.progress(range(steps_per_epoch), steps_per_epoch, f"epoch {epoch}"):
-            loaded = [b for _, b in zip(range(accumulate), batches, strict=False)]
-            if not loaded:
-                break
-            generator = augment_generator(cfg.run.seed, step) if augment else None
-            group = [pipeline(b.input, device, generator) for b in loaded if len(b)]
-            if not group:
-                continue
-            loss, norm, count = _step(
-                mae, group, optimizer, precision, masks, cfg.training.grad_clip
-            )
-            lr = float(optimizer.param_groups[-1]["lr"])
-            scheduler.step()
-            step, seen, samples = step + 1, seen + count, samples + count
-            total_loss += loss * count
-            if tracker.should_log_step(step):
-                tracker.log_step(step, {TRAIN_KEY: loss, "lr": lr, "grad_norm": norm})
-        value = _validate(mae, val_loader, precision, prepared, cfg.run.seed)
-        values = {TRAIN_KEY: total_loss / max(seen, 1), VAL_KEY: value}
-        values["lr"] = float(scheduler.get_last_lr()[-1])
-        tracker.log_epoch(epoch, step, values)
+        start_epoch(train_loader, cfg.run.seed, epoch)
+        train_loss = _train_epoch(loop, train_loader, epoch)
+        value = _validate(mae, val_loader, plan.precision, prepared, cfg.run.seed)
+        lr = float(plan.scheduler.get_last_lr()[-1])
+        loop.tracker.log_epoch(epoch, loop.step, {TRAIN_KEY: train_loss, VAL_KEY: value, "lr": lr})
         print(f"epoch {epoch}: {VAL_KEY}={value:.4f}", file=sys.stderr)
         state = {
             "model": mae.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "optimizer": plan.optimizer.state_dict(),
+            "scheduler": plan.scheduler.state_dict(),
             "epoch": epoch + 1,
-            "step": step,
+            "step": loop.step,
             "rng": rng_state(),
             "config_hash": prepared.resolved.hash,
         }
-        if early.update(value):
+        if plan.early.update(value):
             best_epoch, best_state = epoch, copy.deepcopy(mae.state_dict())
             save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
         save_checkpoint(run_dir / "checkpoints" / "last.pt", state)
-        if early.should_stop:
+        if plan.early.should_stop:
             break
-    tracker.close()
+    loop.tracker.close()
     assert best_state is not None
     mae.load_state_dict(best_state)
     wall = max(time.perf_counter() - started, 1e-9)
@@ -168,15 +151,49 @@ def _fit(run_dir: Path, prepared: Prepared, mae: MAE) -> tuple[dict[str, Any], f
         "objective": "mae",
         "epochs": cfg.training.epochs,
         "epochs_run": epoch + 1,
-        "stopped_early": early.should_stop,
-        "steps": step,
+        "stopped_early": plan.early.should_stop,
+        "steps": loop.step,
         "best_epoch": best_epoch,
         "wall_time_s": round(wall, 3),
-        "samples_per_s": round(samples / wall, 1),
+        "samples_per_s": round(loop.samples / wall, 1),
         "model": prepared.model_info,
         "mask_ratio": cfg.pretrain.mask_ratio,
     }
-    return summary, float(early.best_value)
+    return summary, float(plan.early.best_value)
+
+
+def _train_epoch(loop: _Loop, loader: DataLoader[Any], epoch: int) -> float:
+    """One epoch of MAE steps (augmented when configured); the epoch's mean train loss."""
+    cfg, pipeline = loop.prepared.resolved.config, loop.prepared.pipeline
+    loop.mae.train()
+    batches = iter(loader)
+    seen, total_loss = 0, 0.0
+    steps = loop.plan.steps_per_epoch
+    for _ in loop.tracker.progress(range(steps), steps, f"epoch {epoch}"):
+        loaded = [b for _, b in zip(range(cfg.training.accumulate_steps), batches, strict=False)]
+        if not loaded:
+            break
+        generator = None
+        if pipeline.augment is not None:
+            generator = augment_generator(cfg.run.seed, loop.step)
+        group = [pipeline(b.input, loop.prepared.device, generator) for b in loaded if len(b)]
+        if not group:
+            continue
+        loss, norm, count = _step(
+            loop.mae,
+            group,
+            loop.plan.optimizer,
+            loop.plan.precision,
+            loop.masks,
+            cfg.training.grad_clip,
+        )
+        lr = float(loop.plan.optimizer.param_groups[-1]["lr"])
+        loop.plan.scheduler.step()
+        loop.step, seen, loop.samples = loop.step + 1, seen + count, loop.samples + count
+        total_loss += loss * count
+        if loop.tracker.should_log_step(loop.step):
+            loop.tracker.log_step(loop.step, {TRAIN_KEY: loss, "lr": lr, "grad_norm": norm})
+    return total_loss / max(seen, 1)
 
 
 def _step(

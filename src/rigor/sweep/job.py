@@ -38,10 +38,9 @@ def run_point(spec: dict[str, Any]) -> int:
     result: dict[str, Any] = {"index": spec["index"], "overrides": spec["overrides"]}
     try:
         resolved = load_config(spec["config"], sets=spec["sets"], sweep=spec["overrides"])
-        if spec["task"] == "pretrain":
-            from rigor.pretraining.run import pretrain as task
-        else:
-            from rigor.training.run import train as task
+        from rigor.run_kinds import RUN_KINDS
+
+        task = RUN_KINDS[spec["task"]].task_function()
         manifest = task(resolved, env_policy=spec["env_policy"])
         result |= {"status": "ok", "exit_code": 0, "manifest": str(manifest), "error": None}
     except RigorError as err:

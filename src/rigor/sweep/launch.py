@@ -96,22 +96,8 @@ def sweep(
     digest = hashlib.sha256(json.dumps([config, sets, grid], default=str).encode()).hexdigest()
     sweep_id, folder = create_run_dir(output_root, name, digest, folder="sweeps")
     print(f"sweep {sweep_id}: {len(points)} points, writing to {folder}", file=sys.stderr)
-    specs = []
-    for index, point in enumerate(points):
-        spec = {
-            "index": index,
-            "config": config,
-            "sets": sets,
-            "overrides": point,
-            "task": task,
-            "env_policy": env_policy,
-            "launcher": options.launcher,
-            "nproc_per_node": options.nproc_per_node,
-            "cwd": os.getcwd(),
-            "status": str((folder / "points" / f"{index}.json").resolve()),
-        }
-        atomic_write_json(folder / "points" / f"{index}.spec.json", spec)
-        specs.append(spec)
+    common = {"config": config, "sets": sets, "task": task, "env_policy": env_policy}
+    specs = _write_specs(folder, points, common, options)
     record: dict[str, Any] = {
         "sweep_id": sweep_id,
         "created_at": iso(utc_now()),
@@ -129,27 +115,56 @@ def sweep(
     atomic_write_json(folder / "sweep.json", record)
     if options.nproc_per_node > 1 and options.cluster == "debug":
         raise UsageError("--nproc-per-node > 1 needs processes; the debug cluster has one")
+    if _launch(folder, specs, options, record):
+        _raise_on_failures(folder, len(points))
+    return folder
+
+
+def _write_specs(
+    folder: Path, points: list[dict[str, Any]], common: dict[str, Any], options: LaunchOptions
+) -> list[dict[str, Any]]:
+    """One ``points/<i>.spec.json`` per point: what its job process needs to run it."""
+    specs = []
+    for index, point in enumerate(points):
+        spec = {
+            "index": index,
+            **common,
+            "overrides": point,
+            "launcher": options.launcher,
+            "nproc_per_node": options.nproc_per_node,
+            "cwd": os.getcwd(),
+            "status": str((folder / "points" / f"{index}.json").resolve()),
+        }
+        atomic_write_json(folder / "points" / f"{index}.spec.json", spec)
+        specs.append(spec)
+    return specs
+
+
+def _launch(
+    folder: Path, specs: list[dict[str, Any]], options: LaunchOptions, record: dict[str, Any]
+) -> bool:
+    """Run (or submit) the points; False when submitted without waiting."""
     if options.launcher == "local":
         _run_local(folder, specs, options.max_parallel)
-    elif options.launcher == "submitit":
-        record["jobs"] = _run_submitit(folder, specs, options)
-        atomic_write_json(folder / "sweep.json", record)
-        if not options.wait:
-            print(f"submitted {len(specs)} jobs; summarise later with --summarize", file=sys.stderr)
-            return folder
-    else:
+        return True
+    if options.launcher != "submitit":
         raise UsageError(f"--launcher: unknown launcher {options.launcher!r} (local, submitit)")
+    record["jobs"] = _run_submitit(folder, specs, options)
+    atomic_write_json(folder / "sweep.json", record)
+    if not options.wait:
+        print(f"submitted {len(specs)} jobs; summarise later with --summarize", file=sys.stderr)
+    return options.wait
+
+
+def _raise_on_failures(folder: Path, count: int) -> None:
     from rigor.sweep.summary import summarize
 
-    summary = summarize(folder)
-    failed = [p for p in summary["points"] if p["status"] != "ok"]
+    failed = [p for p in summarize(folder)["points"] if p["status"] != "ok"]
     if failed:
         lines = [f"point {p['index']} {p['overrides']}: {p['error']}" for p in failed]
         raise SweepFailed(
-            f"{len(failed)} of {len(points)} sweep points failed ({folder}):\n  "
-            + "\n  ".join(lines)
+            f"{len(failed)} of {count} sweep points failed ({folder}):\n  " + "\n  ".join(lines)
         )
-    return folder
 
 
 def _run_local(folder: Path, specs: list[dict[str, Any]], max_parallel: int) -> None:

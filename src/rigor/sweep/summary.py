@@ -17,14 +17,16 @@ from typing import Any
 from rigor.errors import UsageError
 from rigor.io import atomic_write_json, atomic_write_text
 from rigor.manifest import load_manifest
+from rigor.run_kinds import kind_of
 from rigor.tracking import monitor_to_key
 
 
 def _monitor(manifest: dict[str, Any], manifest_path: Path) -> tuple[str, str]:
     """The ranking metric key (``best/…``) and its mode from the run's resolved config."""
     config = json.loads((manifest_path.parent / "config_resolved.json").read_text())
-    if manifest["stages"][0]["name"] == "pretrain":
-        return "best/loss/mae/val_select", "min"
+    ranking = kind_of(manifest).ranking
+    if ranking is not None:
+        return ranking
     training = config["training"]
     return f"best/{monitor_to_key(training['monitor'])}", training["monitor_mode"]
 

@@ -3,10 +3,9 @@ prediction, and split metrics."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +16,6 @@ from torch import nn
 
 from rigor.config.models import GateConfig
 from rigor.data.dataset import Batch
-from rigor.data.loader import InputPipeline, base_dataset
 from rigor.data.registry import TaskSpec
 from rigor.errors import RigorError
 from rigor.evaluation.regression import pearson
@@ -134,7 +132,7 @@ class StepResult:
     samples: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Stepper:
     """Runs optimizer steps over groups of batches, in micro-batches of ``micro`` samples.
 
@@ -238,63 +236,6 @@ class Stepper:
         self.events.append({"step": step_index, "from": self.micro, "to": self.micro // 2})
         print(f"out of memory: micro-batch {self.micro} -> {self.micro // 2}", file=sys.stderr)
         self.micro //= 2
-
-
-def forward_chunked(
-    model: nn.Module, inputs: torch.Tensor, limit: list[int]
-) -> dict[str, torch.Tensor]:
-    """Forward in chunks of ``limit[0]`` samples, halving it on out-of-memory (eval only:
-    the outputs do not depend on the chunk size)."""
-    while True:
-        size = min(limit[0], len(inputs))
-        try:
-            parts = [model(inputs[i : i + size]) for i in range(0, len(inputs), size)]
-            return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
-        except torch.OutOfMemoryError:
-            if size == 1:
-                raise
-            if inputs.is_cuda:
-                torch.cuda.empty_cache()
-            limit[0] = max(1, size // 2)
-            print(f"out of memory in evaluation: chunks of {limit[0]}", file=sys.stderr)
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module,
-    loader: torch.utils.data.DataLoader[Any],
-    device: torch.device,
-    pipeline: InputPipeline,
-    autocast: Callable[[], Any] | None = None,
-) -> dict[str, Any]:
-    """Outputs and targets per task, ids and groups, over a whole loader (eval mode, never
-    augmented); ``skipped`` maps unreadable rows (left out) to their errors."""
-    model.eval()
-    dataset = base_dataset(loader)
-    outputs: dict[str, list[np.ndarray]] = {}
-    targets: dict[str, list[np.ndarray]] = {}
-    rows: list[int] = []
-    skipped: dict[int, str] = {}
-    limit = [loader.batch_size or 1]
-    for batch in loader:
-        skipped |= dict(batch.skipped)
-        if not len(batch):
-            continue
-        inputs = pipeline(batch.input, device)
-        with autocast() if autocast is not None else contextlib.nullcontext():
-            result = forward_chunked(model, inputs, limit)
-        for name, value in result.items():
-            outputs.setdefault(name, []).append(value.float().cpu().numpy())
-        for name, value in batch.targets.items():
-            targets.setdefault(name, []).append(value.numpy())
-        rows.extend(batch.index.tolist())
-    return {
-        "outputs": {name: np.concatenate(parts) for name, parts in outputs.items()},
-        "targets": {name: np.concatenate(parts) for name, parts in targets.items()},
-        "ids": np.asarray([dataset.ids[row] for row in rows]),
-        "groups": np.asarray([dataset.groups[row] for row in rows]),
-        "skipped": skipped,
-    }
 
 
 def split_metrics(

@@ -1,9 +1,10 @@
-"""Assemble manifest v1 for a finished training run."""
+"""Assemble manifest v1 for a finished training (or pretraining) run."""
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,47 +14,90 @@ from rigor.manifest.provenance import git_info, provenance, runtime_info
 from rigor.manifest.rundir import iso, utc_now
 
 if TYPE_CHECKING:
-    from rigor.training.run import Prepared
+    from datetime import datetime
+
+    from rigor.training.prepare import Prepared
+
+CONFIGS = ["config.yaml", "config_raw.json", "config_resolved.json"]
+
+
+@dataclass(kw_only=True)
+class RunOutputs:
+    """What a finished run produced, beside its checkpoints.
+
+    ``stage`` names the first stage (``train``, or ``pretrain`` for an MAE run, which has no
+    predictions); ``extra_artifacts`` adds artifact lists (e.g. ``weights``, ``figures``);
+    ``skipped`` lists the unreadable samples left out under ``data.on_bad_sample: skip``.
+    """
+
+    metrics: dict[str, float]
+    summary: dict[str, Any]
+    predictions: list[str]
+    stage: str = "train"
+    extra_artifacts: dict[str, list[str]] = field(default_factory=dict)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _files(run_dir: Path, folder: str) -> list[str]:
     return sorted(str(p.relative_to(run_dir)) for p in (run_dir / folder).rglob("*") if p.is_file())
 
 
-def build_manifest(
-    run_dir: Path,
-    prepared: Prepared,
-    metrics: dict[str, float],
-    summary: dict[str, Any],
-    predictions: list[str],
-    stage: str = "train",
-    extra_artifacts: dict[str, list[str]] | None = None,
-    skipped: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """Manifest v1 for a finished run, with the sha256 of every artifact.
-
-    ``stage`` names the first stage (``train``, or ``pretrain`` for an MAE run, which has no
-    predictions); ``extra_artifacts`` adds artifact lists (e.g. ``weights``, ``figures``);
-    ``skipped`` lists the unreadable samples left out under ``data.on_bad_sample: skip``.
-    """
-    cfg = prepared.resolved.config
-    dataset, lock = prepared.dataset, prepared.lock
-    checkpoints = _files(run_dir, "checkpoints")
+def _artifacts(run_dir: Path, outputs: RunOutputs) -> dict[str, list[str]]:
     artifacts = {
         "metrics": ["metrics.json"],
         "figures": [],
         "plots": [],
-        "predictions": predictions,
+        "predictions": outputs.predictions,
         "logs": _files(run_dir, "logs"),
         "splits": ["splits.json"],
     }
-    for key, paths in (extra_artifacts or {}).items():
+    for key, paths in outputs.extra_artifacts.items():
         artifacts[key] = sorted({*artifacts.get(key, []), *paths})
-    configs = ["config.yaml", "config_raw.json", "config_resolved.json"]
-    every = sorted({*checkpoints, *configs, *(p for paths in artifacts.values() for p in paths)})
+    return artifacts
+
+
+def _dataset(run_dir: Path, prepared: Prepared, outputs: RunOutputs) -> dict[str, Any]:
+    cfg, dataset = prepared.resolved.config, prepared.dataset
+    return {
+        "name": dataset.name,
+        "version": dataset.version,
+        "content_hash": dataset.content_hash,
+        "fingerprint": dataset.raw.fingerprint_record,
+        "skipped": outputs.skipped,
+        "tasks": {name: spec.as_dict() for name, spec in dataset.tasks.items()},
+        "split": {
+            "path": "splits.json",
+            "seed": cfg.run.seed,
+            "fractions": cfg.data.splits.model_dump(),
+            "sizes": {name: len(prepared.splits[name]) for name in SPLITS},
+        },
+        "hashes": json.loads((run_dir / "splits.json").read_text())["sha256"],
+    }
+
+
+def _stage(prepared: Prepared, outputs: RunOutputs, every: list[str], finished: datetime) -> Any:
+    return {
+        "name": outputs.stage,
+        "status": "complete",
+        "started_at": iso(prepared.started),
+        "finished_at": iso(finished),
+        "duration_s": round((finished - prepared.started).total_seconds(), 3),
+        "command": list(sys.argv),
+        "options": {"config": prepared.resolved.config_file, "sources": prepared.resolved.sources},
+        "outputs": every,
+        "summary": outputs.summary,
+        "environment": prepared.environment,
+    }
+
+
+def build_manifest(run_dir: Path, prepared: Prepared, outputs: RunOutputs) -> dict[str, Any]:
+    """Manifest v1 for a finished run, with the sha256 of every artifact."""
+    cfg, lock = prepared.resolved.config, prepared.lock
+    checkpoints = _files(run_dir, "checkpoints")
+    artifacts = _artifacts(run_dir, outputs)
+    every = sorted({*checkpoints, *CONFIGS, *(p for paths in artifacts.values() for p in paths)})
     finished = utc_now()
     runtime = runtime_info()
-    split_hashes = json.loads((run_dir / "splits.json").read_text())["sha256"]
     return {
         "manifest_version": MANIFEST_VERSION,
         "run_id": run_dir.name,
@@ -67,21 +111,7 @@ def build_manifest(
             None if lock is None else {"name": lock.name, "hash": lock.sha256, "kind": lock.kind}
         ),
         "environment": prepared.environment,
-        "dataset": {
-            "name": dataset.name,
-            "version": dataset.version,
-            "content_hash": dataset.content_hash,
-            "fingerprint": dataset.raw.fingerprint_record,
-            "skipped": skipped or [],
-            "tasks": {name: spec.as_dict() for name, spec in dataset.tasks.items()},
-            "split": {
-                "path": "splits.json",
-                "seed": cfg.run.seed,
-                "fractions": cfg.data.splits.model_dump(),
-                "sizes": {name: len(prepared.splits[name]) for name in SPLITS},
-            },
-            "hashes": split_hashes,
-        },
+        "dataset": _dataset(run_dir, prepared, outputs),
         "encoder": {
             "arch": cfg.model.backbone,
             "dim": prepared.model.feature_dim,
@@ -95,23 +125,7 @@ def build_manifest(
         "config_resolved_path": "config_resolved.json",
         "config_hash": prepared.resolved.hash,
         "artifacts": artifacts,
-        "metrics": metrics,
+        "metrics": outputs.metrics,
         "sha256": hash_files(run_dir, every),
-        "stages": [
-            {
-                "name": stage,
-                "status": "complete",
-                "started_at": iso(prepared.started),
-                "finished_at": iso(finished),
-                "duration_s": round((finished - prepared.started).total_seconds(), 3),
-                "command": list(sys.argv),
-                "options": {
-                    "config": prepared.resolved.config_file,
-                    "sources": prepared.resolved.sources,
-                },
-                "outputs": every,
-                "summary": summary,
-                "environment": prepared.environment,
-            }
-        ],
+        "stages": [_stage(prepared, outputs, every, finished)],
     }

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rigor.config.stages import XAI_METHODS
 from rigor.errors import ConfigError
 
 
@@ -43,6 +44,8 @@ def register_method(name: str) -> Callable[[Method], Method]:
     """Register an attribution method under ``name``."""
 
     def decorate(method: Method) -> Method:
+        if name not in XAI_METHODS:
+            raise ValueError(f"xai method {name!r} is not in rigor.config.stages.XaiMethod")
         METHODS[name] = method
         return method
 

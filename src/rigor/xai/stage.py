@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rigor.config import apply_overrides
 from rigor.config.models import XaiConfig
 from rigor.errors import UsageError
 from rigor.io import atomic_write_json, atomic_write_with
@@ -34,7 +35,7 @@ def explain(
 
     manifest = load_manifest(manifest_path)
     ctx = open_run(manifest_path, [manifest["best_checkpoint"], "splits.json"], env_policy, force)
-    options = ctx.config.xai.model_copy(update=overrides or {})
+    options = apply_overrides(ctx.config.xai, overrides, "xai")
     samples = _samples(ctx, options, ids)
     jobs = _targets(ctx, options, samples)
     out = ctx.run_dir / "xai"
@@ -67,7 +68,7 @@ def explain(
 def _samples(ctx: RunContext, options: XaiConfig, ids: list[str] | None) -> dict[str, Any]:
     """The model, the chosen samples (normalised and raw), labels, predictions, masks."""
     from rigor.data.loader import to_unit
-    from rigor.training.restore import best_state, empty_model, run_dataset, split_rows
+    from rigor.runs.restore import best_state, empty_model, run_dataset, split_rows
 
     dataset, pipeline = run_dataset(ctx.run_dir, ctx.config, ctx.manifest)
     rows = split_rows(ctx.run_dir, dataset, options.split)

@@ -36,8 +36,9 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
+from rigor.config import apply_overrides
 from rigor.config.models import XaiConfig, XaiWorkerConfig
-from rigor.errors import RigorError, UsageError
+from rigor.errors import ConfigError, RigorError, UsageError
 
 PERMANENT_EXIT_CODES = {2, 3, 5}
 
@@ -276,8 +277,8 @@ def create_app(cfg: XaiWorkerConfig) -> Any:
             unknown = sorted(set(body.options) - allowed)
             if unknown:
                 raise UsageError(f"unknown xai options {unknown} (allowed: {sorted(allowed)})")
-            XaiConfig.model_validate({**_defaults(), **body.options})
-        except (UsageError, ValueError) as err:
+            apply_overrides(XaiConfig.model_validate(_defaults()), body.options, "xai", "request")
+        except (UsageError, ConfigError, ValueError) as err:
             raise HTTPException(400, str(err)) from None
         job = service.submit(str(manifest), body.options, body.ids)
         if job is None:

@@ -15,9 +15,9 @@ from rigor.data.loader import InputPipeline, make_loader
 from rigor.data.registry import TaskSpec, build_dataset
 from rigor.data.transforms import pipeline_from_record
 from rigor.models.registry import RigorModel, build_model
-from rigor.training.checkpoint import load_checkpoint
-from rigor.training.loop import predict
-from rigor.training.policy import pick_device
+from rigor.runs.checkpoint import load_checkpoint
+from rigor.runs.device import pick_device
+from rigor.runs.predict import predict, prediction_arrays
 
 
 def task_specs(manifest: dict[str, Any]) -> dict[str, TaskSpec]:
@@ -82,7 +82,5 @@ def predict_split(ctx: Any, split: str) -> dict[str, np.ndarray]:
         prefetch_factor=config.data.prefetch_factor,
     )
     preds = predict(model.to(device), loader, device, pipeline)
-    from rigor.training.run import prediction_arrays
-
     arrays = {"ids": preds["ids"], "groups": preds["groups"]}
     return arrays | prediction_arrays(preds)

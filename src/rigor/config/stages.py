@@ -1,0 +1,115 @@
+"""Config models of the stages after training: evaluation, calibration, xai (and its
+worker service) and MAE pretraining."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from pydantic import Field, model_validator
+
+from rigor.config.base import Section
+
+
+class EvaluationConfig(Section):
+    """What scripts/eval.py reports and how its bootstrap CIs are drawn."""
+
+    n_resamples: int = Field(ge=10, le=100_000, description="Bootstrap resamples per CI.")
+    level: float = Field(gt=0, lt=1, description="Confidence level of the percentile CIs.")
+    seed: int = Field(ge=0, description="Seed of the bootstrap resamples.")
+    coverages: list[float] = Field(description="Coverages c of Risk@Coverage(c).")
+    risks: list[float] = Field(description="Risks r of Coverage@Risk(r).")
+    n_bins: int = Field(
+        ge=2, le=100, description="Bins of ECE, adaptive ECE and reliability plots."
+    )
+
+
+class CalibrationConfig(Section):
+    """Temperature scaling and the selective threshold policy (fitted on val_calib only)."""
+
+    task: str | None = Field(
+        description="Classification task to calibrate; null: the first classification task."
+    )
+    target_risk: float = Field(
+        gt=0, lt=1, description="Largest selective risk the threshold may accept."
+    )
+    min_coverage: float = Field(ge=0, le=1, description="Smallest coverage the threshold may give.")
+    score: Literal["msp", "gate"] = Field(
+        description="Confidence the threshold applies to: msp (temperature-scaled max softmax "
+        "probability) or gate (the SelectiveNet selection head; needs model.gate.task)."
+    )
+    fnr_target: float | None = Field(
+        gt=0,
+        lt=1,
+        description="Binary tasks only: largest false-negative rate among accepted samples.",
+    )
+
+
+class XaiWorkerConfig(Section):
+    """The optional XAI worker service (scripts/xai_worker.py)."""
+
+    host: str = Field(description="Address to bind; keep 127.0.0.1 unless behind a proxy.")
+    port: int = Field(ge=1, le=65535, description="Port to listen on.")
+    queue_size: int = Field(
+        ge=1, description="Pending jobs accepted; beyond it: 429 + Retry-After."
+    )
+    workers: int = Field(ge=1, le=64, description="Worker processes running jobs.")
+    max_retries: int = Field(
+        ge=0, description="Retries of a failed job before it is marked failed."
+    )
+    backoff_s: float = Field(gt=0, description="First retry delay; doubles with every retry.")
+    token_env: str = Field(description="Environment variable holding the bearer token.")
+    token_file: str | None = Field(description="File holding the bearer token (if no env var).")
+    results_root: str = Field(description="Only manifests under this folder are accepted.")
+
+
+# The one list of XAI method names: the config accepts these, scripts/xai.py offers them and
+# the attribution registry (rigor.xai.attributions) registers exactly these.
+XaiMethod = Literal["integrated_gradients", "saliency", "input_x_gradient", "grad_cam"]
+XAI_METHODS: tuple[str, ...] = get_args(XaiMethod)
+
+
+class XaiConfig(Section):
+    """What scripts/xai.py explains and how."""
+
+    method: XaiMethod = Field(description="Captum method; grad_cam is LayerGradCam on xai.layer.")
+    split: Literal["val_select", "val_calib", "val_test"] = Field(description="Split to explain.")
+    n_samples: int = Field(
+        ge=1, description="How many samples of the split (first in split order)."
+    )
+    target: str = Field(
+        description="predicted, true, a class index, a task name (regression heads), or all."
+    )
+    baseline: Literal["zeros", "blurred", "mean"] = Field(
+        description="Integrated Gradients baseline: black image, blurred input, or train mean."
+    )
+    ig_steps: int = Field(ge=2, description="Integrated Gradients interpolation steps.")
+    internal_batch_size: int = Field(ge=1, description="Integrated Gradients internal batch size.")
+    layer: str | None = Field(
+        description="Backbone layer for grad_cam (e.g. net.layer4); null: the backbone default."
+    )
+    randomization: bool = Field(
+        description="Run the model-parameter randomization test (Adebayo et al. 2018)."
+    )
+    seed: int = Field(ge=0, description="Seed of the randomised weights.")
+    worker: XaiWorkerConfig = Field(description="The worker service.")
+
+
+class PretrainConfig(Section):
+    """Masked-autoencoder pretraining of a ViT backbone (scripts/pretrain.py)."""
+
+    mask_ratio: float = Field(gt=0, lt=1, description="Share of patches hidden from the encoder.")
+    decoder_dim: int = Field(ge=8, description="Token width of the light decoder.")
+    decoder_layers: int = Field(ge=1, description="Transformer blocks of the decoder.")
+    decoder_heads: int = Field(ge=1, description="Attention heads of the decoder.")
+    norm_pix_loss: bool = Field(
+        description="Reconstruct each patch's pixels normalised by the patch's own mean and std."
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> PretrainConfig:
+        if self.decoder_dim % self.decoder_heads:
+            raise ValueError(
+                f"pretrain.decoder_heads ({self.decoder_heads}) must divide pretrain.decoder_dim "
+                f"({self.decoder_dim})"
+            )
+        return self

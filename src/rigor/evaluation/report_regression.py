@@ -1,0 +1,72 @@
+"""The regression part of the eval stage: Pearson r, MAE and RMSE per task (per gene) and
+MAE per group (patient), with row or cluster bootstrap CIs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from rigor.config.models import EvaluationConfig
+from rigor.evaluation.bootstrap import bootstrap_ci, cluster_ci
+from rigor.evaluation.regression import pearson
+from rigor.evaluation.report_classification import ci_options
+
+
+def regression_report(
+    task: str,
+    predicted: np.ndarray,
+    targets: np.ndarray,
+    groups: np.ndarray | None,
+    options: EvaluationConfig,
+) -> dict[str, Any]:
+    """MAE, RMSE and Pearson per target (mean and median across targets), MAE per group.
+
+    When a group (patient) holds several samples, the CIs resample groups, not samples
+    (``ci_unit: group``); otherwise samples (``ci_unit: sample``).
+    """
+    predicted = np.asarray(predicted, dtype=np.float64).reshape(len(targets), -1)
+    targets = np.asarray(targets, dtype=np.float64).reshape(len(targets), -1)
+    clustered = groups is not None and len(np.unique(groups)) < len(groups)
+
+    def ci(
+        metric: Callable[[np.ndarray, np.ndarray], float], p: np.ndarray, t: np.ndarray
+    ) -> dict[str, Any]:
+        if clustered:
+            return cluster_ci(metric, p, t, groups=groups, **ci_options(options))
+        return bootstrap_ci(metric, p, t, **ci_options(options))
+
+    per_target = [
+        {
+            "mae": ci(_mae, predicted[:, j], targets[:, j]),
+            "rmse": ci(_rmse, predicted[:, j], targets[:, j]),
+            "pearson": ci(pearson, predicted[:, j], targets[:, j]),
+        }
+        for j in range(targets.shape[1])
+    ]
+    result: dict[str, Any] = {
+        "kind": "regression",
+        "n": int(len(targets)),
+        "ci_unit": "group" if clustered else "sample",
+        "per_target": per_target,
+    }
+    for metric in ("mae", "rmse", "pearson"):
+        values = np.array([row[metric]["estimate"] for row in per_target])
+        result[f"{metric}_mean"], result[f"{metric}_median"] = float(np.nanmean(values)), float(
+            np.nanmedian(values)
+        )
+    if groups is not None:
+        errors = np.abs(predicted - targets).mean(axis=1)
+        result["mae_per_group"] = {
+            str(g): float(errors[groups == g].mean()) for g in np.unique(groups)
+        }
+    return result
+
+
+def _mae(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).mean())
+
+
+def _rmse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(((a - b) ** 2).mean()))

@@ -1,0 +1,96 @@
+"""Predicting a split with a run's model: batches through the evaluation pipeline (never
+augmented), outputs per task, and the arrays of ``predictions/<split>.npz``."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rigor.data.loader import InputPipeline, base_dataset
+from rigor.io import atomic_write_with
+from rigor.models.registry import GATE
+
+
+def forward_chunked(
+    model: nn.Module, inputs: torch.Tensor, limit: list[int]
+) -> dict[str, torch.Tensor]:
+    """Forward in chunks of ``limit[0]`` samples, halving it on out-of-memory (eval only:
+    the outputs do not depend on the chunk size)."""
+    while True:
+        size = min(limit[0], len(inputs))
+        try:
+            parts = [model(inputs[i : i + size]) for i in range(0, len(inputs), size)]
+            return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            if inputs.is_cuda:
+                torch.cuda.empty_cache()
+            limit[0] = max(1, size // 2)
+            print(f"out of memory in evaluation: chunks of {limit[0]}", file=sys.stderr)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader[Any],
+    device: torch.device,
+    pipeline: InputPipeline,
+    autocast: Callable[[], Any] | None = None,
+) -> dict[str, Any]:
+    """Outputs and targets per task, ids and groups, over a whole loader (eval mode, never
+    augmented); ``skipped`` maps unreadable rows (left out) to their errors."""
+    model.eval()
+    dataset = base_dataset(loader)
+    outputs: dict[str, list[np.ndarray]] = {}
+    targets: dict[str, list[np.ndarray]] = {}
+    rows: list[int] = []
+    skipped: dict[int, str] = {}
+    limit = [loader.batch_size or 1]
+    for batch in loader:
+        skipped |= dict(batch.skipped)
+        if not len(batch):
+            continue
+        inputs = pipeline(batch.input, device)
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            result = forward_chunked(model, inputs, limit)
+        for name, value in result.items():
+            outputs.setdefault(name, []).append(value.float().cpu().numpy())
+        for name, value in batch.targets.items():
+            targets.setdefault(name, []).append(value.numpy())
+        rows.extend(batch.index.tolist())
+    return {
+        "outputs": {name: np.concatenate(parts) for name, parts in outputs.items()},
+        "targets": {name: np.concatenate(parts) for name, parts in targets.items()},
+        "ids": np.asarray([dataset.ids[row] for row in rows]),
+        "groups": np.asarray([dataset.groups[row] for row in rows]),
+        "skipped": skipped,
+    }
+
+
+def prediction_arrays(preds: dict[str, Any]) -> dict[str, np.ndarray]:
+    """``logits_<task>`` and ``targets_<task>`` per task, and ``gate_<task>`` (selection
+    logits) for a gated task; auxiliary-head logits are not kept."""
+    arrays = {}
+    for task, targets in preds["targets"].items():
+        arrays[f"logits_{task}"] = preds["outputs"][task]
+        arrays[f"targets_{task}"] = targets
+        if GATE + task in preds["outputs"]:
+            arrays[f"gate_{task}"] = preds["outputs"][GATE + task]
+    return arrays
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write arrays to an ``.npz`` atomically (no pickled objects: plain dtypes only)."""
+
+    def write(handle: IO[bytes]) -> None:
+        np.savez(handle, **arrays)  # type: ignore[arg-type]
+
+    atomic_write_with(path, write)

@@ -75,6 +75,7 @@ def test_sampler_shards_make_up_the_single_process_batches() -> None:
         assert sorted(together) == sorted((single + single[:1])[4 * i : 4 * (i + 1)])
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path: Path) -> None:
     result = torchrun(tmp_path / "ddp", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -105,6 +106,7 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
     assert float(rows[1].split(",")[2]) == pytest.approx(loss_one, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_global_batch_must_split_evenly(tmp_path: Path) -> None:
     result = torchrun(tmp_path / "out", "training.batch_size=31", "training.min_batch_size=1")
     assert result.returncode != 0
@@ -141,6 +143,7 @@ def kill_everything_writing_to(out: Path) -> None:
                 os.kill(int(proc.name), signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_a_killed_torchrun_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     straight = subprocess.run(
         torchrun_cmd(tmp_path / "a", *RESUMABLE), capture_output=True, text=True, timeout=300

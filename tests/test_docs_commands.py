@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-pytestmark = pytest.mark.smoke
+pytestmark = [pytest.mark.smoke, pytest.mark.slow]  # each block runs real stages
 DOCS = [ROOT / "README.md", ROOT / "REPRODUCIBILITY.md", *sorted((ROOT / "docs").glob("*.md"))]
 SKIP = ("/data/", "--worker", "xai_worker", "--resume")
 PLACEHOLDER = re.compile(r"results/runs/<[a-z_]+>/manifest\.json")
@@ -52,39 +52,76 @@ def run(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    for name in ("configs", "scripts", "locks"):
-        (tmp_path / name).symlink_to(ROOT / name)
-    return tmp_path
-
-
-def test_docs_commands_run_as_written(workdir: Path) -> None:
-    python = sys.executable
-    tour = next(
+def _tour() -> list[str]:
+    """README's 5-minute tour: train, then every stage through $M."""
+    return next(
         b
         for b in shell_blocks(ROOT / "README.md")
         if any("scripts/calibrate.py" in line for line in b)
     )
-    train, *rest = [line.replace(".venv/bin/python", python) for line in tour]
+
+
+def _cases() -> list[tuple[str, list[str], bool]]:
+    """(id, lines, chain) for each doc block with something to run, in document order; a
+    chain block (it captures a manifest itself) runs as one script."""
+    tour = _tour()
+    cases = []
+    for path in DOCS:
+        for index, block in enumerate(shell_blocks(path)):
+            if block == tour:
+                continue
+            chain = any(line.startswith("M=$(") for line in block)
+            lines = (
+                block
+                if chain
+                else [
+                    line
+                    for line in block
+                    if quick(line) and "$M" not in line and "scripts/train.py" not in line
+                ]
+            )
+            if lines:
+                cases.append((f"{path.relative_to(ROOT)}-block{index}", lines, chain))
+    return cases
+
+
+CASES = _cases()
+
+
+@pytest.fixture(scope="module")
+def tour(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The README tour, run once in a work folder the other blocks share; its manifest."""
+    workdir = tmp_path_factory.mktemp("docs")
+    for name in ("configs", "scripts", "locks"):
+        (workdir / name).symlink_to(ROOT / name)
+    train, *rest = [line.replace(".venv/bin/python", sys.executable) for line in _tour()]
     assert "scripts/train.py" in train and all("$M" in line for line in rest)
     result = run("\n".join([f"M=$({train})", *rest, 'echo "MANIFEST=$M"']), workdir)
     assert result.returncode == 0, result.stderr[-3000:]
-    manifest = result.stdout.strip().splitlines()[-1].removeprefix("MANIFEST=")
+    return workdir, result.stdout.strip().splitlines()[-1].removeprefix("MANIFEST=")
+
+
+def test_readme_tour_runs_as_written(tour: tuple[Path, str]) -> None:
+    workdir, manifest = tour
     assert (workdir / manifest).is_file()
 
-    blocks = [b for path in DOCS for b in shell_blocks(path) if b is not tour]
-    chains = [b for b in blocks if any(line.startswith("M=$(") for line in b)]
-    others = [
-        line
-        for block in blocks
-        if block not in chains
-        for line in block
-        if quick(line) and "$M" not in line and "scripts/train.py" not in line
-    ]
-    assert len(others) >= 8  # manifest.py validate/verify/show/diff, reproduce, xai, sweep x2
-    assert chains  # docs/peft.md: pretrain, then fine-tune from its weights
-    for line in others:
+
+def test_every_kind_of_documented_command_is_covered() -> None:
+    singles = [line for _, lines, chain in CASES if not chain for line in lines]
+    assert len(singles) >= 8  # manifest.py validate/verify/show/diff, reproduce, xai, sweep x2
+    assert any(chain for _, _, chain in CASES)  # docs/peft.md: pretrain, then fine-tune
+
+
+@pytest.mark.parametrize("lines, chain", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_doc_block_runs_as_written(tour: tuple[Path, str], lines: list[str], chain: bool) -> None:
+    workdir, manifest = tour
+    python = sys.executable
+    if chain:
+        script = "\n".join(line.replace(".venv/bin/python", python) for line in lines)
+        result = run(script, workdir)
+        assert result.returncode == 0, f"{script}\n{result.stderr[-2000:]}"
+        return
+    for line in lines:
         command = PLACEHOLDER.sub(manifest, line).replace(".venv/bin/python", python)
         command = re.sub(r"^python ", f"{python} ", command)
         sweeps = sorted((workdir / "results" / "sweeps").glob("*"))
@@ -92,7 +129,3 @@ def test_docs_commands_run_as_written(workdir: Path) -> None:
             command = command.replace("results/sweeps/<sweep_id>", str(sweeps[-1]))
         result = run(command, workdir)
         assert result.returncode == 0, f"{line}\n{result.stderr[-2000:]}"
-    for block in chains:  # a block that captures a manifest runs as one script
-        script = "\n".join(line.replace(".venv/bin/python", python) for line in block)
-        result = run(script, workdir)
-        assert result.returncode == 0, f"{script}\n{result.stderr[-2000:]}"

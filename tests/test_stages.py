@@ -152,16 +152,19 @@ def test_eval_recompute_matches_saved_predictions(
 def test_training_never_loads_val_calib_or_val_test(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import rigor.training.predictions as predictions_module
     import rigor.training.run as run_module
+    import rigor.training.session as session_module
 
     loaded: list[set[int]] = []
-    original = run_module.make_loader
+    original = session_module.make_loader
 
     def spy(prepared, rows, train):  # type: ignore[no-untyped-def]
         loaded.append(set(rows))
         return original(prepared, rows, train)
 
-    monkeypatch.setattr(run_module, "make_loader", spy)
+    monkeypatch.setattr(session_module, "make_loader", spy)
+    monkeypatch.setattr(predictions_module, "make_loader", spy)
     original_fit = run_module.Session.run
     fitted: list[int] = []
 

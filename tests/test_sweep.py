@@ -48,6 +48,7 @@ def smoke_sweep(run_script, out: Path, *args: str) -> int:  # type: ignore[no-un
     )
 
 
+@pytest.mark.slow
 def test_an_invalid_point_stops_the_sweep_before_anything_runs(
     tmp_path: Path, run_script, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
 ) -> None:
@@ -75,6 +76,7 @@ def _summary(tmp_path: Path) -> tuple[Path, dict]:  # type: ignore[type-arg]
     return folder, json.loads((folder / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_local_sweep_runs_every_point_and_ranks_on_val_select(
     tmp_path: Path, run_script, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
 ) -> None:
@@ -120,6 +122,7 @@ def test_local_sweep_runs_every_point_and_ranks_on_val_select(
     assert json.loads((folder / "summary.json").read_text())["best"]["index"] == best["index"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cluster", ["local", "debug"])
 def test_submitit_sweep(tmp_path: Path, run_script, cluster: str) -> None:  # type: ignore[no-untyped-def]
     code = smoke_sweep(
@@ -142,6 +145,7 @@ def test_submitit_sweep(tmp_path: Path, run_script, cluster: str) -> None:  # ty
     assert sorted(p["rank"] for p in summary["points"]) == [1, 2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["local", "submitit"])
 def test_points_can_train_with_two_processes(tmp_path: Path, run_script, launcher: str) -> None:  # type: ignore[no-untyped-def]
     extra = ["--cluster", "local"] if launcher == "submitit" else []

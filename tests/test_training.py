@@ -67,19 +67,19 @@ def test_param_groups_split_backbone_heads_and_decay() -> None:
     ]  # bias, LN w, LN b
 
 
-def grads_after_step(batches: list[dict], micro: int) -> dict[str, torch.Tensor]:
+def grads_after_step(batches: list[Batch], micro: int) -> dict[str, torch.Tensor]:
     model = linear_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     stepper = Stepper(
-        model,
-        opt,
-        build_scheduler(opt, load_config(SMOKE, environ={}).config.scheduler, 1, 1),
-        Precision("fp32", torch.device("cpu")),
-        {"digit": CLS},
-        None,
-        micro,
-        1,
-        torch.device("cpu"),
+        model=model,
+        optimizer=opt,
+        scheduler=build_scheduler(opt, load_config(SMOKE, environ={}).config.scheduler, 1, 1),
+        precision=Precision("fp32", torch.device("cpu")),
+        tasks={"digit": CLS},
+        grad_clip=None,
+        micro=micro,
+        floor=1,
+        device=torch.device("cpu"),
     )
     stepper.step(batches, 0)
     return {name: p.grad.clone() for name, p in model.named_parameters()}

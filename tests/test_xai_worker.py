@@ -107,6 +107,7 @@ def xai_job_ids(manifest: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_200_concurrent_submissions_against_a_queue_of_16(server: str, manifest: Path) -> None:
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server, headers=auth(), timeout=60) as client:
@@ -128,6 +129,7 @@ def test_200_concurrent_submissions_against_a_queue_of_16(server: str, manifest:
     verify_manifest(load_manifest(manifest), manifest.parent)
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_job_is_retried_and_completes(server: str, manifest: Path) -> None:
     slow = {
         "method": "integrated_gradients",

@@ -1,6 +1,7 @@
 """Train a model from a composed YAML config; writes a run folder with a manifest.
 
     python scripts/train.py --config configs/experiment/digits_baseline.yaml [--set k=v ...]
+    python scripts/train.py --config ... --list-tasks     # the tasks (genes, labels) offered
 
 Exit codes: 0 ok, 1 unexpected, 2 invalid config, 4 env mismatch (strict), 5 artifact.
 """
@@ -29,12 +30,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="continue a killed run: its checkpoint or run folder, or auto for the newest "
         "unfinished run of this experiment and config",
     )
+    parser.add_argument(
+        "--list-tasks", action="store_true", help="print the tasks the dataset offers, then exit"
+    )
     add_common_flags(parser)
     args = parser.parse_args(argv)
 
     from rigor.config import load_config
 
     resolved = load_config(args.config, sets=args.sets)
+    if args.list_tasks:
+        from rigor.data.registry import describe_tasks
+
+        print("\n".join(describe_tasks(resolved.config.data)))
+        return 0
     from rigor.training.run import train
 
     manifest = train(resolved, env_policy=args.env_policy, force=args.force, resume=args.resume)

@@ -23,10 +23,23 @@ SHRINK = [
 ]
 
 
+@pytest.fixture(scope="module")
+def hest_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small HEST-layout folder for experiments on the hest dataset."""
+    from rigor.data.hest_write import write_tiles_hest
+
+    root = tmp_path_factory.mktemp("hest")
+    write_tiles_hest(root, patients=16, tiles_per_patient=10)
+    return root
+
+
 @pytest.mark.smoke
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
-def test_experiment_runs_shrunk(path: Path, tmp_path: Path) -> None:
-    resolved = load_config(path, sets=[*SHRINK, f"run.output_root={tmp_path}"], environ={})
+def test_experiment_runs_shrunk(path: Path, tmp_path: Path, hest_root: Path) -> None:
+    sets = [*SHRINK, f"run.output_root={tmp_path}"]
+    if load_config(path, environ={}).config.data.name == "hest":
+        sets.append(f"data.root={hest_root}")
+    resolved = load_config(path, sets=sets, environ={})
     task = pretrain if path.stem in PRETRAIN else train
     manifest_path = task(resolved, env_policy="ignore")
     manifest = load_manifest(manifest_path)

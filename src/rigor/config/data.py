@@ -136,6 +136,23 @@ class CsvConfig(Section):
     )
 
 
+class HestConfig(Section):
+    """The samples of a HEST-layout folder (patches/*.h5, st/*.h5ad) and how expression is read."""
+
+    samples: list[str] | None = Field(
+        description="Sample ids (file stems under patches/ and st/); null: every patches/*.h5."
+    )
+    group_by: Literal["auto", "patient", "sample"] = Field(
+        description="Split groups: auto is the patient named in metadata/<id>.json, else the "
+        "sample; patient requires the metadata; sample ignores it."
+    )
+    expression: Literal["raw", "log1p", "log1p_normalized"] = Field(
+        description="Targets: raw counts, log1p(counts), or log1p of counts scaled per spot "
+        "(over all genes) to target_sum."
+    )
+    target_sum: float = Field(gt=0, description="Per-spot total for log1p_normalized.")
+
+
 class DataConfig(Section):
     """Which dataset, which of its tasks, and how it is split and loaded."""
 
@@ -144,12 +161,25 @@ class DataConfig(Section):
         description="Folder of an imagefolder dataset (one sub-folder per class); null otherwise."
     )
     csv: CsvConfig | None = Field(description="Columns of a csv dataset; null for other datasets.")
+    hest: HestConfig | None = Field(
+        description="Samples and expression of a hest dataset (HEST layout under data.root)."
+    )
+    genes: list[str] | str | None = Field(
+        description="Gene panel of a hest dataset: a list of gene names, or a text file with "
+        "one name per line; every gene is its own regression task."
+    )
+    missing_genes: Literal["error", "drop"] = Field(
+        description="A panel gene absent from some samples: error names the samples; drop "
+        "leaves it out and lists it in the manifest."
+    )
     channels: Literal[1, 3] = Field(description="Decode images as grey (1) or RGB (3).")
     cache: bool = Field(
         description="Keep decoded, resized inputs under <output_root>/cache/, keyed by content."
     )
     tasks: list[str] = Field(
-        min_length=1, description="Tasks to train, chosen among those the dataset offers."
+        min_length=1,
+        description='Tasks to train, chosen among those the dataset offers; ["*"] is every '
+        "task it offers (every gene of a hest panel).",
     )
     splits: SplitFractions = Field(description="Fractions of train/val_select/val_calib/val_test.")
     transforms: TransformConfig = Field(description="Input transforms.")
@@ -163,3 +193,9 @@ class DataConfig(Section):
         description="An unreadable or truncated image: error stops the run (exit 2) naming the "
         "file; skip leaves it out, counts it and lists it in the manifest."
     )
+
+    @model_validator(mode="after")
+    def _hest_needs_its_settings(self) -> DataConfig:
+        if self.name == "hest" and (self.hest is None or self.genes is None or not self.root):
+            raise ValueError("data.name hest needs data.root, data.hest and data.genes")
+        return self

@@ -27,6 +27,9 @@ from rigor.config.data import (
     DataConfig as DataConfig,
 )
 from rigor.config.data import (
+    HestConfig as HestConfig,
+)
+from rigor.config.data import (
     JitterConfig as JitterConfig,
 )
 from rigor.config.data import (

@@ -52,6 +52,8 @@ class ImageDataset(Dataset[Item]):
     def __init__(
         self, raw: RawData, reader: SampleReader, tasks: list[str], skip_bad: bool = False
     ) -> None:
+        if tasks == ["*"]:  # every task the dataset offers (e.g. each gene of a panel)
+            tasks = list(raw.offered)
         unknown = [task for task in tasks if task not in raw.offered]
         if unknown:
             raise ConfigError(

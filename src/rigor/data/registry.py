@@ -68,6 +68,7 @@ class RawData:
     masks: np.ndarray | None = None  # (N, H, W) bool ground-truth relevance, native size
     hash_index: Path | None = None
     fingerprint_record: dict[str, Any] = field(default_factory=dict)
+    extra_record: dict[str, Any] = field(default_factory=dict)  # for the manifest (e.g. genes)
 
     def content_hash(self) -> str:
         """The content fingerprint, computed once (files: through the hash index)."""
@@ -107,6 +108,7 @@ def raw_dataset(cfg: DataConfig) -> RawData:
     """Run the builder the config names."""
     import rigor.data.digits  # noqa: F401  (registers the built-in datasets)
     import rigor.data.files  # noqa: F401
+    import rigor.data.hest  # noqa: F401
     import rigor.data.tiles  # noqa: F401
 
     if cfg.name not in DATASETS:
@@ -114,6 +116,21 @@ def raw_dataset(cfg: DataConfig) -> RawData:
             f"data.name: unknown dataset {cfg.name!r} (registered: {sorted(DATASETS)})"
         )
     return DATASETS[cfg.name](cfg)
+
+
+def describe_tasks(cfg: DataConfig) -> list[str]:
+    """One line per task the configured dataset offers: name, kind, classes; the chosen
+    ones (``data.tasks``) are marked with ``*``."""
+    raw = raw_dataset(cfg)
+    chosen = set(raw.offered) if cfg.tasks == ["*"] else set(cfg.tasks)
+    lines = []
+    for name, spec in raw.offered.items():
+        mark = "*" if name in chosen else " "
+        detail = (
+            f" {spec.num_classes} classes: {', '.join(spec.classes or ())}" if spec.classes else ""
+        )
+        lines.append(f"{mark} {name}\t{spec.kind}{detail}")
+    return lines
 
 
 def build_dataset(cfg: DataConfig, cache_root: Path | None = None) -> ImageDataset:

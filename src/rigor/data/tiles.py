@@ -26,6 +26,7 @@ constants are in the dataset version so a change shows up in every manifest.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -57,7 +58,13 @@ RATES = np.array(
 )
 
 
-_GRID = np.mgrid[0:TILE, 0:TILE].astype(np.float64)  # pixel (row, column) coordinates
+_GRIDS: dict[int, np.ndarray] = {}  # pixel (row, column) coordinates per tile size
+
+
+def _grid(size: int) -> np.ndarray:
+    if size not in _GRIDS:
+        _GRIDS[size] = np.mgrid[0:size, 0:size].astype(np.float64)
+    return _GRIDS[size]
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
@@ -84,47 +91,51 @@ def _discs(
 
 
 def _render(
-    rng: np.random.Generator, counts: dict[str, int], stroma: float, stain: dict[str, np.ndarray]
+    rng: np.random.Generator,
+    counts: dict[str, int],
+    stroma: float,
+    stain: dict[str, np.ndarray],
+    size: int = TILE,
 ) -> np.ndarray:
-    """One (3, TILE, TILE) RGB tile in [0, 1] with the given cells."""
-    grid_pair = (_GRID[0], _GRID[1])
+    """One (3, size, size) RGB tile in [0, 1] with the given cells; a larger tile is the same
+    scene magnified (every length times size / TILE), so the draws do not depend on size."""
+    grid = _grid(size)
+    grid_pair = (grid[0], grid[1])
+    zoom = size / TILE
 
     def place(n: int) -> np.ndarray:
-        return rng.uniform(1.0, TILE - 1.0, size=(n, 2))
+        return rng.uniform(1.0, size - 1.0, size=(n, 2))
 
     def angles(n: int) -> np.ndarray:
         return rng.uniform(0.0, np.pi, size=n)
 
     epi, mit = place(counts["epithelial"]), place(counts["mitotic"])
     lym, stro = place(counts["lymphocyte"]), place(counts["stromal"])
-    hema = (
-        0.55 * _discs(grid_pair, epi, rng.uniform(1.8, 2.6, (len(epi), 2)), angles(len(epi)))
-        + 1.3 * _discs(grid_pair, mit, np.full((len(mit), 2), 2.4), angles(len(mit)))
-        + 1.2 * _discs(grid_pair, lym, rng.uniform(1.0, 1.4, (len(lym), 2)), angles(len(lym)))
-        + 0.9
-        * _discs(
-            grid_pair,
-            stro,
-            np.stack([rng.uniform(2.5, 3.5, len(stro)), rng.uniform(0.6, 0.9, len(stro))], 1),
-            angles(len(stro)),
-        )
-    )
-    cytoplasm = _discs(grid_pair, epi, np.full((len(epi), 2), 4.0), np.zeros(len(epi)))
-    texture = rng.normal(0.0, 0.08, size=(TILE, TILE))
+    epi_axes = rng.uniform(1.8, 2.6, (len(epi), 2)) * zoom
+    hema = 0.55 * _discs(grid_pair, epi, epi_axes, angles(len(epi)))
+    hema = hema + 1.3 * _discs(grid_pair, mit, np.full((len(mit), 2), 2.4 * zoom), angles(len(mit)))
+    lym_axes = rng.uniform(1.0, 1.4, (len(lym), 2)) * zoom
+    hema = hema + 1.2 * _discs(grid_pair, lym, lym_axes, angles(len(lym)))
+    stro_axes = np.stack([rng.uniform(2.5, 3.5, len(stro)), rng.uniform(0.6, 0.9, len(stro))], 1)
+    hema = hema + 0.9 * _discs(grid_pair, stro, stro_axes * zoom, angles(len(stro)))
+    cytoplasm = _discs(grid_pair, epi, np.full((len(epi), 2), 4.0 * zoom), np.zeros(len(epi)))
+    texture = rng.normal(0.0, 0.08, size=(size, size))
     eosin = 0.15 + 0.5 * stroma + 0.25 * np.clip(cytoplasm, 0.0, 1.0) + texture
     density = stain["strength"] * (
         np.clip(hema, 0.0, 2.0)[..., None] * stain["h"]
         + np.clip(eosin, 0.0, 1.5)[..., None] * stain["e"]
     )
-    rgb = np.exp(-density) + rng.normal(0.0, 0.015, size=(TILE, TILE, 3))
+    rgb = np.exp(-density) + rng.normal(0.0, 0.015, size=(size, size, 3))
     return np.asarray(np.clip(rgb, 0.0, 1.0).transpose(2, 0, 1), dtype=np.float32)
 
 
-def generate() -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """(images (N, 3, H, W), log1p expression (N, genes), ids, patient of each tile)."""
+def iter_tiles(
+    patients: int = PATIENTS, tiles_per_patient: int = TILES_PER_PATIENT, size: int = TILE
+) -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
+    """(patient, tile index, RGB image (3, size, size) in [0, 1], raw counts per gene) for
+    every tile, one at a time, from the fixed seed."""
     rng = np.random.default_rng(TILES_SEED)
-    images, expression, ids, patients = [], [], [], []
-    for p in range(PATIENTS):
+    for p in range(patients):
         tumour = rng.beta(2.0, 2.0)
         immune = rng.gamma(2.0, 0.5)
         proliferation = rng.uniform(0.05, 0.35)
@@ -134,7 +145,7 @@ def generate() -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
             "e": _unit(EOSIN + rng.normal(0.0, 0.06, 3)),
             "strength": np.array(rng.uniform(0.8, 1.25)),
         }
-        for t in range(TILES_PER_PATIENT):
+        for t in range(tiles_per_patient):
             local = float(np.clip(tumour + rng.normal(0.0, 0.25), 0.0, 1.0))
             stroma = 1.0 - 0.8 * local
             epithelial = int(rng.poisson(14.0 * local))
@@ -144,15 +155,23 @@ def generate() -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
                 "lymphocyte": int(rng.poisson(2.0 + 6.0 * immune * rng.uniform(0.2, 1.8))),
                 "stromal": int(rng.poisson(8.0 * stroma)),
             }
-            images.append(_render(rng, counts, stroma, stain))
+            image = _render(rng, counts, stroma, stain, size)
             cells = np.array(
                 [counts["epithelial"] - counts["mitotic"], counts["mitotic"]]
                 + [counts["lymphocyte"], counts["stromal"], 1],
                 dtype=np.float64,
             )
-            expression.append(np.log1p(rng.poisson(library * RATES @ cells)))
-            ids.append(f"P{p:02d}-tile{t:02d}")
-            patients.append(f"P{p:02d}")
+            yield f"P{p:02d}", t, image, rng.poisson(library * RATES @ cells)
+
+
+def generate() -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """(images (N, 3, H, W), log1p expression (N, genes), ids, patient of each tile)."""
+    images, expression, ids, patients = [], [], [], []
+    for patient, t, image, counts in iter_tiles():
+        images.append(image)
+        expression.append(np.log1p(counts))
+        ids.append(f"{patient}-tile{t:02d}")
+        patients.append(patient)
     return np.stack(images), np.stack(expression).astype(np.float32), ids, patients
 
 

@@ -118,6 +118,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                     "version": {"type": "string"},
                     "content_hash": SHA256,
                     "fingerprint": {"type": "object"},
+                    "details": {"type": "object"},
                     "skipped": {
                         "type": "array",
                         "items": _obj(

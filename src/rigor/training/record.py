@@ -64,6 +64,7 @@ def _dataset(run_dir: Path, prepared: Prepared, outputs: RunOutputs) -> dict[str
         "content_hash": dataset.content_hash,
         "fingerprint": dataset.raw.fingerprint_record,
         "skipped": outputs.skipped,
+        "details": dataset.raw.extra_record,
         "tasks": {name: spec.as_dict() for name, spec in dataset.tasks.items()},
         "split": {
             "path": "splits.json",

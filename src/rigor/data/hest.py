@@ -1,0 +1,293 @@
+"""HEST-format spatial transcriptomics: image patches in ``.h5``, expression in ``.h5ad``.
+
+The layout HEST-1k is distributed in (Jaume et al., 2024)::
+
+    <root>/patches/<sample_id>.h5      img (N, H, W, 3) uint8, coords (N, 2), barcode (N, 1) bytes
+    <root>/st/<sample_id>.h5ad         AnnData, spots x genes (obs_names are the barcodes)
+    <root>/metadata/<sample_id>.json   optional; "patient" names the donor
+
+Patches and spots are joined on the barcode. Patches stream from the ``.h5`` files: each
+DataLoader worker opens its own read-only handle per file on first use, and no process
+holds more than one patch at a time. Only the chosen gene panel's expression is kept in
+memory (spots x genes, float32). One regression task per gene.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rigor.config.models import DataConfig, HestConfig
+from rigor.data.readers import BadSample, ImageRef, resize_tensor
+from rigor.data.registry import FileList, RawData, TaskSpec, register_dataset
+from rigor.errors import UsageError
+
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+class HestReader:
+    """Patches read one at a time from the samples' ``.h5`` files (uint8)."""
+
+    dtype = "uint8"
+
+    def __init__(
+        self,
+        files: list[Path],
+        rows: np.ndarray,
+        shape: tuple[int, int, int],
+        native: tuple[int, int],
+        version: str,
+    ) -> None:
+        self.files = files
+        self.rows = rows  # (N, 2): file index, row in that file's img dataset
+        self.shape = shape
+        self.native = native
+        self.version = version
+        self._handles: dict[int, Any] = {}
+        self._pid = -1
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_handles"], state["_pid"] = {}, -1  # h5py handles are per process
+        return state
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _handle(self, file: int) -> Any:
+        import h5py
+
+        if self._pid != os.getpid():
+            self._handles, self._pid = {}, os.getpid()
+        if file not in self._handles:
+            self._handles[file] = h5py.File(self.files[file], "r")
+        return self._handles[file]
+
+    def load(self, index: int) -> np.ndarray:
+        """Patch ``index`` as (C, H, W) uint8, resized when a size was configured."""
+        file, row = (int(v) for v in self.rows[index])
+        try:
+            patch = np.asarray(self._handle(file)["img"][row], dtype=np.uint8)
+        except (OSError, KeyError, ValueError) as err:
+            raise BadSample(
+                f"{self.files[file]}: cannot read patch {row} of dataset 'img': {err}"
+            ) from None
+        image = np.ascontiguousarray(patch.transpose(2, 0, 1))
+        if self.shape[0] == 1:
+            grey = np.einsum("chw,c->hw", image.astype(np.float32), LUMA)
+            image = np.clip(np.rint(grey), 0, 255).astype(np.uint8)[None]
+        if image.shape[1:] == self.shape[1:]:
+            return image
+        import torch
+
+        return np.asarray(resize_tensor(torch.from_numpy(image), self.shape[1:], self.version))
+
+    def describe(self, index: int) -> str:
+        """The file and row of patch ``index``."""
+        file, row = (int(v) for v in self.rows[index])
+        return f"{self.files[file]} img[{row}]"
+
+
+def sample_ids(root: Path, hest: HestConfig) -> list[str]:
+    """The configured samples, or every ``patches/*.h5`` under the root (sorted)."""
+    if hest.samples:
+        return list(hest.samples)
+    found = sorted(p.stem for p in (root / "patches").glob("*.h5"))
+    if not found:
+        raise UsageError(f"data.root: no patches/<sample_id>.h5 under {root} (HEST layout)")
+    return found
+
+
+def read_patch_index(path: Path) -> tuple[list[str], tuple[int, int]]:
+    """Barcodes (decoded) and the (H, W) of the patches of one ``.h5``, without the pixels."""
+    import h5py
+
+    if not path.is_file():
+        raise UsageError(f"{path}: patches file not found")
+    try:
+        with h5py.File(path, "r") as handle:
+            missing = [name for name in ("img", "barcode") if name not in handle]
+            if missing:
+                raise UsageError(f"{path}: no dataset {missing} (HEST patches need img, barcode)")
+            img, raw = handle["img"], handle["barcode"][:]
+            if img.ndim != 4 or img.shape[3] != 3 or img.dtype != np.uint8:
+                raise UsageError(
+                    f"{path}: img is {img.shape} {img.dtype}; expected (N, H, W, 3) uint8"
+                )
+            size = (int(img.shape[1]), int(img.shape[2]))
+            count = int(img.shape[0])
+    except OSError as err:
+        raise UsageError(f"{path}: not a readable HDF5 file ({err})") from None
+    barcodes = [_text(value) for value in np.asarray(raw).reshape(len(raw), -1)[:, 0]]
+    if len(barcodes) != count:
+        raise UsageError(f"{path}: {count} patches but {len(barcodes)} barcodes")
+    return barcodes, size
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_expression(
+    path: Path, barcodes: list[str], genes: list[str], hest: HestConfig
+) -> tuple[np.ndarray, list[str]]:
+    """(spots of ``barcodes`` x ``genes``) float32 after the configured transform, and the
+    genes the sample lacks. Patches whose barcode has no spot are an error."""
+    import anndata
+
+    if not path.is_file():
+        raise UsageError(f"{path}: expression file not found (HEST layout: st/<sample_id>.h5ad)")
+    try:
+        adata = anndata.read_h5ad(path)
+    except (OSError, KeyError, ValueError) as err:
+        raise UsageError(f"{path}: not a readable .h5ad file ({err})") from None
+    spots = {barcode: i for i, barcode in enumerate(adata.obs_names.astype(str))}
+    unmatched = [b for b in barcodes if b not in spots]
+    if unmatched:
+        raise UsageError(
+            f"{path}: {len(unmatched)} of {len(barcodes)} patch barcodes have no spot in the "
+            f"expression (first: {unmatched[:3]}); patches and spots must share barcodes"
+        )
+    rows = np.array([spots[b] for b in barcodes], dtype=np.int64)
+    names = {gene: j for j, gene in enumerate(adata.var_names.astype(str))}
+    present = [g for g in genes if g in names]
+    matrix = adata.X[rows]
+    counts = _dense(matrix[:, [names[g] for g in present]])
+    if hest.expression == "log1p_normalized":
+        totals = np.asarray(matrix.sum(axis=1), dtype=np.float64).reshape(-1, 1)
+        counts = counts / np.maximum(totals, 1e-12) * hest.target_sum
+    if hest.expression != "raw":
+        counts = np.log1p(counts)
+    out = np.full((len(rows), len(genes)), np.nan, dtype=np.float32)
+    out[:, [genes.index(g) for g in present]] = counts
+    return out, [g for g in genes if g not in names]
+
+
+def _dense(matrix: Any) -> np.ndarray:
+    dense = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
+    return np.asarray(dense, dtype=np.float64)
+
+
+def gene_panel(cfg: DataConfig) -> list[str]:
+    """``data.genes``: a list, or a text file with one gene per line."""
+    if isinstance(cfg.genes, list):
+        return list(cfg.genes)
+    if cfg.genes is None:
+        raise UsageError("data.genes: the hest dataset needs a gene panel (a list or a file)")
+    path = Path(cfg.genes)
+    if not path.is_file():
+        raise UsageError(f"data.genes: gene file not found: {path}")
+    genes = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not genes:
+        raise UsageError(f"data.genes: {path} lists no genes")
+    return genes
+
+
+def _group(root: Path, sample: str, hest: HestConfig) -> str:
+    meta_path = root / "metadata" / f"{sample}.json"
+    patient = None
+    if meta_path.is_file():
+        try:
+            patient = json.loads(meta_path.read_text()).get("patient")
+        except (ValueError, AttributeError):
+            raise UsageError(f"{meta_path}: not a JSON object") from None
+    if hest.group_by == "patient" and not patient:
+        raise UsageError(f"{meta_path}: no 'patient' (data.hest.group_by: patient needs it)")
+    return str(patient) if hest.group_by != "sample" and patient else sample
+
+
+@dataclass
+class _Samples:
+    """What the samples' files hold, gathered without reading a pixel."""
+
+    files: list[Path] = field(default_factory=list)
+    rows: list[tuple[int, int]] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    blocks: list[np.ndarray] = field(default_factory=list)
+    refs: list[ImageRef] = field(default_factory=list)
+    missing: dict[str, list[str]] = field(default_factory=dict)
+    native: tuple[int, int] | None = None
+
+
+def _read_samples(root: Path, cfg: DataConfig, genes: list[str]) -> _Samples:
+    assert cfg.hest is not None
+    found = _Samples()
+    for sample in sample_ids(root, cfg.hest):
+        h5, h5ad = root / "patches" / f"{sample}.h5", root / "st" / f"{sample}.h5ad"
+        barcodes, size = read_patch_index(h5)
+        if found.native is not None and size != found.native and not cfg.transforms.image_size:
+            raise UsageError(
+                f"{h5}: patches are {size}, earlier samples' {found.native}; "
+                "set data.transforms.image_size"
+            )
+        found.native = found.native or size
+        expression, lacking = read_expression(h5ad, barcodes, genes, cfg.hest)
+        for gene in lacking:
+            found.missing.setdefault(gene, []).append(sample)
+        found.rows += [(len(found.files), r) for r in range(len(barcodes))]
+        found.files.append(h5)
+        found.ids += [f"{sample}:{barcode}" for barcode in barcodes]
+        found.groups += [_group(root, sample, cfg.hest)] * len(barcodes)
+        found.blocks.append(expression)
+        meta = root / "metadata" / f"{sample}.json"
+        for path in (h5, h5ad, meta) if meta.is_file() else (h5, h5ad):
+            found.refs.append(ImageRef(path, f"sample {sample}"))
+    return found
+
+
+@register_dataset("hest")
+def build_hest(cfg: DataConfig) -> RawData:
+    """Patches of the chosen HEST samples, one regression task per gene of the panel; the
+    split group is the patient (from the metadata) or the sample."""
+    assert cfg.hest is not None  # the config model requires it for name: hest
+    root = Path(cfg.root or "")
+    if not (root / "patches").is_dir():
+        raise UsageError(f"data.root: {root} has no patches/ folder (HEST layout)")
+    genes = gene_panel(cfg)
+    found = _read_samples(root, cfg, genes)
+    keep = _panel(genes, found.missing, cfg)
+    matrix = np.concatenate(found.blocks)[:, [genes.index(g) for g in keep]]
+    assert found.native is not None
+    given = cfg.transforms.image_size
+    height, width = (given[0], given[1]) if given else found.native
+    reader = HestReader(
+        found.files,
+        np.asarray(found.rows, dtype=np.int64),
+        (cfg.channels, int(height), int(width)),
+        found.native,
+        cfg.transforms.version,
+    )
+    transform = {"expression": cfg.hest.expression, "target_sum": cfg.hest.target_sum}
+    dropped = {gene: found.missing[gene] for gene in sorted(set(genes) - set(keep))}
+    samples = sorted({i.split(":", 1)[0] for i in found.ids})
+    return RawData(
+        name="hest",
+        version=f"hest:{root.resolve()}",
+        offered={gene: TaskSpec(gene, "regression") for gene in keep},
+        targets={gene: matrix[:, j] for j, gene in enumerate(keep)},
+        ids=found.ids,
+        groups=found.groups,
+        reader=reader,
+        files=FileList(found.refs, json.dumps({"ids": found.ids, "genes": keep, **transform})),
+        extra_record={"samples": samples, "genes": keep, "dropped_genes": dropped, **transform},
+    )
+
+
+def _panel(genes: list[str], missing: dict[str, list[str]], cfg: DataConfig) -> list[str]:
+    """The panel after ``data.missing_genes``: an error naming the samples, or dropped."""
+    if missing and cfg.missing_genes == "error":
+        listed = "; ".join(f"{g} (missing in {', '.join(s)})" for g, s in sorted(missing.items()))
+        raise UsageError(
+            f"data.genes: {len(missing)} gene(s) absent from some samples: {listed}; set "
+            "data.missing_genes: drop to leave them out"
+        )
+    keep = [g for g in genes if g not in missing]
+    if not keep:
+        raise UsageError("data.genes: no gene of the panel is present in every sample")
+    return keep

@@ -1,0 +1,151 @@
+"""The HEST reader on generated tiles written in the HEST layout: what it reads, how it
+streams, how it groups, and how a malformed folder is named."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CONFIGS
+
+from rigor.config import load_config
+from rigor.data.registry import build_dataset
+from rigor.data.tiles import GENES, iter_tiles
+from rigor.errors import UsageError
+
+EXPERIMENT = CONFIGS / "experiment" / "tiles_hest.yaml"
+PATIENTS, TILES = 5, 8
+
+
+@pytest.fixture(scope="module")
+def hest_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rigor.data.hest_write import write_tiles_hest
+
+    root = tmp_path_factory.mktemp("hest")
+    assert write_tiles_hest(root, PATIENTS, TILES, 32) == [f"TILES-P{p:02d}" for p in range(5)]
+    return root
+
+
+def hest_cfg(root: Path, *sets: str):  # type: ignore[no-untyped-def]
+    overrides = [f"data.root={root}", "data.cache=false", *sets]
+    return load_config(EXPERIMENT, sets=overrides, environ={}).config.data
+
+
+def copy_of(root: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "hest"
+    shutil.copytree(root, target)
+    return target
+
+
+def test_reader_returns_the_generated_tiles_and_counts(hest_root: Path) -> None:
+    dataset = build_dataset(hest_cfg(hest_root), None)
+    assert len(dataset) == PATIENTS * TILES and list(dataset.tasks) == list(GENES)
+    assert dataset.ids[TILES + 3] == "TILES-P01:P01-tile03"
+    assert dataset.groups[TILES + 3] == "P01"  # the patient named in the metadata
+    tiles = list(iter_tiles(PATIENTS, TILES, 32))
+    for row in (0, TILES + 3, len(dataset) - 1):
+        _, image, error = dataset[row]
+        expected = np.clip(np.rint(tiles[row][2] * 255), 0, 255).astype(np.uint8)
+        assert error is None and image is not None and image.dtype == torch.uint8
+        assert np.array_equal(image.numpy(), expected)
+        for j, gene in enumerate(GENES):
+            assert float(dataset.targets[gene][row]) == pytest.approx(np.log1p(tiles[row][3][j]))
+
+
+def test_expression_transforms_and_groups(hest_root: Path) -> None:
+    counts = np.array([tile[3] for tile in iter_tiles(PATIENTS, TILES, 32)], dtype=np.float64)
+    raw = build_dataset(hest_cfg(hest_root, "data.hest.expression=raw"), None)
+    assert np.allclose(raw.targets["EPCAM"].numpy(), counts[:, 0])
+    normalised = build_dataset(hest_cfg(hest_root, "data.hest.expression=log1p_normalized"), None)
+    expected = np.log1p(counts[:, 1] / counts.sum(axis=1) * 1e4)
+    assert np.allclose(normalised.targets["KRT8"].numpy(), expected, rtol=1e-5)
+    by_sample = build_dataset(hest_cfg(hest_root, "data.hest.group_by=sample"), None)
+    assert by_sample.groups[0] == "TILES-P00"
+    chosen = build_dataset(hest_cfg(hest_root, "data.hest.samples=[TILES-P03, TILES-P01]"), None)
+    assert len(chosen) == 2 * TILES and chosen.ids[0].startswith("TILES-P03:")
+
+
+def test_patches_stream_from_one_handle_per_process(hest_root: Path) -> None:
+    from rigor.data.loader import make_loader
+
+    dataset = build_dataset(hest_cfg(hest_root, "data.transforms.image_size=[16, 16]"), None)
+    assert len(pickle.dumps(dataset.reader)) < 10_000  # paths and row numbers, no pixels
+    loader = make_loader(dataset, range(len(dataset)), batch_size=7, num_workers=2)
+    batches = list(loader)
+    assert sum(len(b) for b in batches) == len(dataset)
+    assert batches[0].input.shape == (7, 3, 16, 16) and batches[0].input.dtype == torch.uint8
+    assert dataset.reader._handles == {}  # the main process opened nothing
+
+
+def test_gene_panels_from_a_file_and_missing_genes(hest_root: Path, tmp_path: Path) -> None:
+    panel = tmp_path / "genes.txt"
+    panel.write_text("VIM\nEPCAM\n")
+    dataset = build_dataset(hest_cfg(hest_root, f"data.genes={panel}"), None)
+    assert list(dataset.tasks) == ["VIM", "EPCAM"]
+    with pytest.raises(UsageError, match=r"NOTAGENE \(missing in TILES-P00, TILES-P01"):
+        build_dataset(hest_cfg(hest_root, "data.genes=[EPCAM, NOTAGENE]"), None)
+    dropped = build_dataset(
+        hest_cfg(hest_root, "data.genes=[EPCAM, NOTAGENE]", "data.missing_genes=drop"), None
+    )
+    assert list(dropped.tasks) == ["EPCAM"]
+    assert set(dropped.raw.extra_record["dropped_genes"]["NOTAGENE"]) >= {"TILES-P00"}
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("no_h5ad", r"st/TILES-P02.h5ad: expression file not found"),
+        ("barcodes", r"TILES-P02.h5ad: 8 of 8 patch barcodes have no spot"),
+        ("truncated", r"patches/TILES-P02.h5: not a readable HDF5 file"),
+        ("no_patient", r"metadata/TILES-P02.json: no 'patient'"),
+    ],
+)
+def test_malformed_folders_exit_2_naming_the_file(
+    hest_root: Path,
+    tmp_path: Path,
+    run_script: Callable[..., int],
+    capsys: pytest.CaptureFixture[str],
+    breakage: str,
+    message: str,
+) -> None:
+    import anndata
+
+    root = copy_of(hest_root, tmp_path)
+    sets = []
+    if breakage == "no_h5ad":
+        (root / "st" / "TILES-P02.h5ad").unlink()
+    elif breakage == "barcodes":
+        table = anndata.read_h5ad(root / "st" / "TILES-P02.h5ad")
+        table.obs_names = [f"other-{i}" for i in range(table.n_obs)]
+        table.write_h5ad(root / "st" / "TILES-P02.h5ad")
+    elif breakage == "truncated":
+        data = (root / "patches" / "TILES-P02.h5").read_bytes()
+        (root / "patches" / "TILES-P02.h5").write_bytes(data[: len(data) // 3])
+    else:
+        (root / "metadata" / "TILES-P02.json").write_text(json.dumps({"organ": "bowel"}))
+        sets = ["--set", "data.hest.group_by=patient"]
+    args = ["--config", str(EXPERIMENT), "--env-policy", "ignore", "--set", f"data.root={root}"]
+    code = run_script("train", *args, "--set", f"run.output_root={tmp_path / 'out'}", *sets)
+    assert code == 2
+    assert pytest.importorskip("re").search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out" / "runs").exists()  # found before the run folder exists
+
+
+def test_list_of_samples_must_exist(hest_root: Path) -> None:
+    with pytest.raises(UsageError, match="TILES-P99.h5: patches file not found"):
+        build_dataset(hest_cfg(hest_root, "data.hest.samples=[TILES-P99]"), None)
+
+
+def test_list_tasks_prints_the_panel_and_exits(
+    hest_root: Path, run_script: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--config", str(EXPERIMENT), "--set", f"data.root={hest_root}", "--list-tasks"]
+    assert run_script("train", *args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"* {gene}\tregression" for gene in GENES]

@@ -100,10 +100,9 @@ def peak_memory(pid: int | None = None) -> Iterator[dict[str, float]]:
         thread.join()
 
 
-def data_config(folder: Path, workers: int, cache: bool) -> Any:
-    from rigor.config import load_config
-
-    sets = [
+def data_sets(folder: Path, workers: int, cache: bool) -> list[str]:
+    """The ``--set`` values that point the smoke config at the generated folder."""
+    return [
         "data.name=imagefolder",
         f"data.root={folder}",
         "data.tasks=[label]",
@@ -112,7 +111,13 @@ def data_config(folder: Path, workers: int, cache: bool) -> Any:
         f"data.num_workers={workers}",
         f"data.cache={str(cache).lower()}",
     ]
+
+
+def data_config(folder: Path, workers: int, cache: bool) -> Any:
+    from rigor.config import load_config
+
     smoke = ROOT / "configs" / "experiment" / "smoke.yaml"
+    sets = data_sets(folder, workers, cache)
     return load_config(smoke, sets=sets, environ={}).config.data
 
 
@@ -221,13 +226,7 @@ def train_peak(folder: Path, workers: int, cache: bool, out: Path) -> dict[str, 
     command += ["--env-policy", "ignore"]
     for value in (
         f"run.output_root={out}",
-        "data.name=imagefolder",
-        f"data.root={folder}",
-        "data.tasks=[label]",
-        "data.channels=3",
-        f"data.transforms.image_size=[{SIDE}, {SIDE}]",
-        f"data.num_workers={workers}",
-        f"data.cache={str(cache).lower()}",
+        *data_sets(folder, workers, cache),
         "model.channels=[8, 16]",
         "training.epochs=1",
         "training.max_steps_per_epoch=5",

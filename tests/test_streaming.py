@@ -131,13 +131,14 @@ def test_augmented_run_never_augments_eval_and_records_it(tmp_path: Path) -> Non
     manifest = json.loads(path.read_text())
     assert manifest["transforms"]["augment"]["config"]["rot90"] is True
     stored = np.load(path.parent / "predictions" / "val_test.npz")
-    recomputed = predict_split(
-        open_run(path, [], "ignore", False), "val_test"
-    )  # eval --recompute's path
+    context = open_run(path, [], "ignore", False)
+    recomputed = predict_split(context, "val_test")  # the path of eval --recompute
     assert np.array_equal(recomputed["logits_digit"], stored["logits_digit"])
 
 
-def test_rot90_on_non_square_inputs_is_a_config_error(run_script: Callable[..., int]) -> None:
+def test_rot90_on_non_square_inputs_is_a_config_error(
+    run_script: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
     code = run_script(
         "train",
         "--config",
@@ -150,6 +151,7 @@ def test_rot90_on_non_square_inputs_is_a_config_error(run_script: Callable[..., 
         "data.transforms.augment.rot90=true",
     )
     assert code == 2
+    assert "data.transforms.augment.rot90: inputs are 8x10" in capsys.readouterr().err
 
 
 def broken_folder(root: Path) -> Path:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from rigor.calibration.conformal import regression_intervals
 from rigor.calibration.policy import choose, sweep
 from rigor.calibration.schema import validate_thresholds
 from rigor.calibration.temperature import fit_temperature
@@ -21,6 +22,7 @@ from rigor.io import atomic_write_json, atomic_write_text
 from rigor.stages import RunContext, finish_stage, open_run
 
 READS = "predictions/val_calib.npz"
+INTERVALS = "calibration/intervals.json"
 
 
 def classification_task(ctx: RunContext, wanted: str | None) -> str:
@@ -42,9 +44,50 @@ def calibrate(
     force: bool = False,
     overrides: dict[str, Any] | None = None,
 ) -> Path:
-    """Fit temperature and threshold on val_calib; write calibration/ and a stage entry."""
+    """Fit on val_calib only: temperature and threshold policy for a classification task,
+    split-conformal intervals for every regression task; write calibration/ and a stage
+    entry. Returns thresholds.json, or intervals.json for a regression-only run."""
     ctx = open_run(manifest_path, [READS], env_policy, force)
     options = apply_overrides(ctx.config.calibration, overrides, "calibration")
+    kinds = {spec["kind"] for spec in ctx.manifest["dataset"]["tasks"].values()}
+    outputs: list[str] = []
+    summary: dict[str, Any] = {}
+    if "classification" in kinds or options.task is not None:
+        record, files = _calibrate_classifier(ctx, options)
+        outputs += files
+        summary |= _summary(record)
+    if "regression" in kinds:
+        intervals = _calibrate_intervals(ctx, options.interval_alpha)
+        outputs.append(INTERVALS)
+        summary["interval_alpha"] = intervals["alpha"]
+    finish_stage(ctx, "calibrate", {"reads": [READS], **options.model_dump()}, outputs, summary)
+    return ctx.path(outputs[0])
+
+
+def _calibrate_intervals(ctx: RunContext, alpha: float) -> dict[str, Any]:
+    """calibration/intervals.json: q_hat per regression task from val_calib residuals."""
+    tasks = [
+        t
+        for t, spec in ctx.manifest["dataset"]["tasks"].items()
+        if spec["kind"] != "classification"
+    ]
+    with np.load(ctx.path(READS), allow_pickle=False) as data:
+        predictions = {t: data[f"logits_{t}"].astype(np.float64) for t in tasks}
+        targets = {t: data[f"targets_{t}"].astype(np.float64) for t in tasks}
+    record = {
+        "schema_version": 1,
+        "method": "split conformal, absolute residual |y - y_hat|",
+        "alpha": alpha,
+        "fitted_on": {"split": "val_calib", "n": int(len(next(iter(targets.values()))))},
+        "tasks": regression_intervals(predictions, targets, alpha),
+    }
+    (ctx.run_dir / "calibration").mkdir(exist_ok=True)
+    atomic_write_json(ctx.path(INTERVALS), record)
+    return record
+
+
+def _calibrate_classifier(ctx: RunContext, options: Any) -> tuple[dict[str, Any], list[str]]:
+    """Temperature and threshold policy of the classification task (thresholds.json)."""
     task = classification_task(ctx, options.task)
     with np.load(ctx.path(READS), allow_pickle=False) as data:
         logits, labels = data[f"logits_{task}"], data[f"targets_{task}"].astype(np.int64)
@@ -86,11 +129,7 @@ def calibrate(
         "sweep": "calibration/sweep.csv",
     }
     validate_thresholds(record)
-    outputs = write_outputs(ctx, record, table.table(), before, after, labels)
-    finish_stage(
-        ctx, "calibrate", {"reads": [READS], **options.model_dump()}, outputs, _summary(record)
-    )
-    return ctx.path("calibration/thresholds.json")
+    return record, write_outputs(ctx, record, table.table(), before, after, labels)
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,12 @@ class CalibrationConfig(Section):
         lt=1,
         description="Binary tasks only: largest false-negative rate among accepted samples.",
     )
+    interval_alpha: float = Field(
+        gt=0,
+        lt=1,
+        description="Regression tasks: miscoverage alpha of each task's split-conformal "
+        "interval (absolute residual on val_calib); 1 - alpha is the coverage it guarantees.",
+    )
 
 
 class XaiWorkerConfig(Section):

@@ -64,6 +64,42 @@ def regression_report(
     return result
 
 
+def interval_report(
+    predicted: np.ndarray,
+    targets: np.ndarray,
+    groups: np.ndarray | None,
+    intervals: dict[str, Any],
+    task: str,
+    options: EvaluationConfig,
+) -> dict[str, Any]:
+    """The split-conformal interval fitted on val_calib (calibration/intervals.json), on
+    val_test: its width (2 q_hat) and empirical coverage with a CI (by group when groups
+    hold several samples). An infinite q_hat (too few calibration samples for alpha) is
+    reported as such, with coverage 1."""
+    fitted = intervals["tasks"][task]
+    q_hat = np.inf if fitted["q_hat"] is None else float(fitted["q_hat"])
+    residual = np.abs(np.asarray(targets, np.float64) - np.asarray(predicted).reshape(-1))
+    inside = (residual <= q_hat).astype(np.float64)
+    clustered = groups is not None and len(np.unique(groups)) < len(groups)
+    ci = (
+        cluster_ci(_mean, inside, groups=groups, **ci_options(options))
+        if clustered
+        else bootstrap_ci(_mean, inside, **ci_options(options))
+    )
+    return {
+        "alpha": intervals["alpha"],
+        "target_coverage": 1 - intervals["alpha"],
+        "q_hat": fitted["q_hat"],
+        "width": None if not np.isfinite(q_hat) else 2 * q_hat,
+        "coverage": ci,
+        "n_calib": fitted["n"],
+    }
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values))
+
+
 def _mae(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).mean())
 

@@ -17,12 +17,13 @@ import numpy as np
 
 from rigor.config import apply_overrides
 from rigor.evaluation.report_classification import classification_report
-from rigor.evaluation.report_regression import regression_report
+from rigor.evaluation.report_regression import interval_report, regression_report
 from rigor.io import atomic_write_json, atomic_write_text
 from rigor.stages import RunContext, finish_stage, open_run
 
 READS = "predictions/val_test.npz"
 POLICY = "calibration/thresholds.json"
+INTERVALS = "calibration/intervals.json"
 BAND_RESAMPLES = 200
 GRID = np.linspace(0.01, 1.0, 100)
 
@@ -40,10 +41,12 @@ def evaluate(
     manifest = load_manifest(manifest_path)
     calibrated = POLICY in manifest["sha256"]
     reads = [POLICY] if calibrated else []
+    reads += [INTERVALS] if INTERVALS in manifest["sha256"] else []
     reads += [manifest["best_checkpoint"], "splits.json"] if recompute else [READS]
     ctx = open_run(manifest_path, reads, env_policy, force)
     options = apply_overrides(ctx.config.evaluation, overrides, "evaluation")
     policy = json.loads(ctx.path(POLICY).read_text()) if calibrated else None
+    intervals = json.loads(ctx.path(INTERVALS).read_text()) if INTERVALS in reads else None
     predictions = (
         _recomputed(ctx) if recompute else dict(np.load(ctx.path(READS), allow_pickle=False))
     )
@@ -60,10 +63,12 @@ def evaluate(
                 ctx, task, spec, logits, targets.astype(np.int64), gate, task_policy, options
             )
         else:
-            result, files = (
-                regression_report(task, logits, targets, predictions.get("groups"), options),
-                [],
-            )
+            groups = predictions.get("groups")
+            result, files = regression_report(task, logits, targets, groups, options), []
+            if intervals is not None and task in intervals["tasks"]:
+                result["interval"] = interval_report(
+                    logits, targets, groups, intervals, task, options
+                )
         report["tasks"][task] = result
         outputs += files
     atomic_write_json(out / "metrics.json", report)

@@ -20,6 +20,7 @@ from rigor.manifest.rundir import iso, utc_now
 from rigor.stages import finish_stage, open_run
 
 POLICY = "calibration/thresholds.json"
+INTERVALS = "calibration/intervals.json"
 _VALIDATOR = Draft202012Validator(BUNDLE_SCHEMA, format_checker=FormatChecker())
 
 
@@ -38,6 +39,7 @@ def export(manifest_path: Path, env_policy: str | None = None, force: bool = Fal
             "scripts/calibrate.py first (a bundle carries exactly one active policy)"
         )
     reads = [manifest["best_checkpoint"], *([POLICY] if calibrated else [])]
+    reads += [INTERVALS] if INTERVALS in manifest["sha256"] else []
     reads += ["splits.json", "metrics.json"]
     reads += ["eval/metrics.json"] if "eval/metrics.json" in manifest["sha256"] else []
     verify_manifest(manifest, ctx.run_dir, only=reads)
@@ -56,11 +58,14 @@ def export(manifest_path: Path, env_policy: str | None = None, force: bool = Fal
     }
     if "eval/metrics.json" in reads:
         copies["eval/metrics.json"] = "metrics/eval.json"
+    if INTERVALS in reads:
+        copies[INTERVALS] = "intervals.json"
     for source, target in copies.items():
         (bundle / target).parent.mkdir(exist_ok=True)
         shutil.copyfile(ctx.path(source), bundle / target)
     task = json.loads((bundle / "policy.json").read_text())["task"] if calibrated else None
     record = _record(ctx, task, [p for p in copies.values() if p.startswith("metrics/")])
+    record["intervals"] = "intervals.json" if INTERVALS in reads else None
     record["sha256"] = {rel: _sha(bundle / rel) for rel in ["model.safetensors", *copies.values()]}
     atomic_write_json(bundle / "bundle.json", record)
     outputs = [f"bundle/{rel}" for rel in [*record["sha256"], "bundle.json"]]
@@ -110,6 +115,24 @@ def _record(ctx: Any, task: str | None, metrics: list[str]) -> dict[str, Any]:
     }
 
 
+def _active_policies(record: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+    """Exactly one active policy with a classification task; none without (exit 3)."""
+    active = [p for p in record["policies"] if p["active"]]
+    if has_classification(record["tasks"]):
+        if len(active) != 1:
+            raise ManifestError(
+                f"{path}: $.policies has {len(active)} active policies; exactly one is required"
+            )
+        if record["task"] is None:
+            raise ManifestError(f"{path}: $.task is null but the bundle has an active policy")
+    elif record["policies"] or record["task"] is not None:
+        raise ManifestError(
+            f"{path}: a regression-only bundle has no policy; $.policies must be empty and "
+            "$.task null"
+        )
+    return active
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A checked bundle: its folder, record, active policy (None: regression only), weights."""
@@ -118,6 +141,7 @@ class Bundle:
     record: dict[str, Any]
     policy: dict[str, Any] | None
     state: dict[str, torch.Tensor]
+    intervals: dict[str, Any] | None = None  # per regression task: q_hat (split conformal)
 
 
 def load_bundle(root: Path) -> Bundle:
@@ -138,25 +162,14 @@ def load_bundle(root: Path) -> Bundle:
     except json.JSONDecodeError as err:
         raise ManifestError(f"{path}: not valid JSON ({err.msg})") from None
     check_schema(_VALIDATOR, record, str(path))
-    active = [p for p in record["policies"] if p["active"]]
-    if has_classification(record["tasks"]):
-        if len(active) != 1:
-            raise ManifestError(
-                f"{path}: $.policies has {len(active)} active policies; exactly one is required"
-            )
-        if record["task"] is None:
-            raise ManifestError(f"{path}: $.task is null but the bundle has an active policy")
-    elif record["policies"] or record["task"] is not None:
-        raise ManifestError(
-            f"{path}: a regression-only bundle has no policy; $.policies must be empty and "
-            "$.task null"
-        )
+    active = _active_policies(record, path)
     listed = {
         record["weights"],
         record["config"],
         record["splits"],
         *(p["path"] for p in active),
         *record["metrics"],
+        *([record["intervals"]] if record.get("intervals") else []),
     }
     unhashed = sorted(listed - set(record["sha256"]))
     if unhashed:
@@ -179,4 +192,7 @@ def load_bundle(root: Path) -> Bundle:
                 f"{path}: $.task is {record['task']!r} but the active policy is for "
                 f"{policy['task']!r}"
             )
-    return Bundle(root, record, policy, load_file(str(root / record["weights"])))
+    intervals = None
+    if record.get("intervals"):
+        intervals = json.loads((root / record["intervals"]).read_text())
+    return Bundle(root, record, policy, load_file(str(root / record["weights"])), intervals)

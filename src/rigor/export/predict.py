@@ -124,6 +124,7 @@ def predict_with_bundle(
             continue
         values = outputs[task].reshape(len(ids), -1)[:, 0]
         columns[task] = [f"{v:.6f}" for v in values]
+        columns |= _interval_columns(bundle, task, values)
         if labels is not None:
             truth_values = labels[task].astype(np.float64)
             columns[f"{task}_true"] = [f"{v:.6f}" for v in truth_values]
@@ -131,6 +132,19 @@ def predict_with_bundle(
     target = output or root.parent / "predict" / f"{split or 'inputs'}.csv"
     atomic_write_text(target, _table(columns))
     return target, summary
+
+
+def _interval_columns(bundle: Bundle, task: str, values: np.ndarray) -> dict[str, list[str]]:
+    """``<task>_lo`` and ``<task>_hi``: the split-conformal interval fitted on val_calib
+    (covers the true value with probability >= 1 - alpha under exchangeability)."""
+    fitted = (bundle.intervals or {}).get("tasks", {}).get(task)
+    if fitted is None:
+        return {}
+    q_hat = np.inf if fitted["q_hat"] is None else float(fitted["q_hat"])
+    return {
+        f"{task}_lo": [f"{v - q_hat:.6f}" for v in values],
+        f"{task}_hi": [f"{v + q_hat:.6f}" for v in values],
+    }
 
 
 def _selective(

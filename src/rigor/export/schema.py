@@ -60,6 +60,11 @@ BUNDLE_SCHEMA: dict[str, Any] = {
             },
         },
         "sha256": {"type": "object", "propertyNames": RELPATH, "additionalProperties": SHA256},
+        "intervals": {
+            "type": ["string", "null"],
+            "description": "Split-conformal intervals of the regression tasks (from calibrate), "
+            "hashed like every other file; null or absent: none.",
+        },
     },
 }
 

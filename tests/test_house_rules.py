@@ -124,3 +124,19 @@ def test_run_kinds_are_one_registry() -> None:
         "min",
     )
     assert RUN_KINDS["train"].task_function().__name__ == "train"
+
+
+def test_a_run_older_than_a_config_key_still_opens(smoke_manifest: Path) -> None:
+    import json
+
+    from rigor.config import run_config
+
+    resolved = json.loads((smoke_manifest.parent / "config_resolved.json").read_text())
+    del resolved["calibration"]["interval_alpha"]
+    del resolved["data"]["transforms"]["augment"]
+    config, added = run_config(resolved)
+    assert added == ["data.transforms.augment", "calibration.interval_alpha"]
+    assert config.calibration.interval_alpha == 0.1 and not config.data.transforms.augment.active()
+    resolved["training"]["lr"] = -1.0  # a real error is still an error
+    with pytest.raises(ValueError, match="lr"):
+        run_config(resolved)

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from rigor.config import run_config
 from rigor.config.models import Config
 from rigor.errors import ArtifactError
 from rigor.manifest import append_stage, load_manifest, resolve_inside, verify_manifest
@@ -70,7 +71,13 @@ def open_run(
             f"{path}: the manifest lists no {', '.join(missing)} (needed by this stage)"
         )
     verify_manifest(manifest, path.parent, only=wanted)
-    config = Config.model_validate(json.loads((path.parent / "config_resolved.json").read_text()))
+    config, added = run_config(json.loads((path.parent / "config_resolved.json").read_text()))
+    if added:
+        print(
+            f"note: run {manifest['run_id']} predates config keys {added}; they take their "
+            "defaults from configs/default.yaml",
+            file=sys.stderr,
+        )
     environment = check_manifest_env(manifest, env_policy or config.env.policy, force)
     return RunContext(path, manifest, config, environment)
 

@@ -116,6 +116,35 @@ def _describe(error: Any, composed: Composed) -> str:
     return f"{field}: {message} [from {composed.origin_of(loc)}]"
 
 
+DEFAULTS = Path(__file__).resolve().parents[3] / "configs" / "default.yaml"
+
+
+def run_config(resolved: Mapping[str, Any]) -> tuple[Config, list[str]]:
+    """A finished run's resolved config, and the keys it lacks because they were added to
+    rigor after the run was made: those take their values from ``configs/default.yaml`` (a
+    stage says so), so an older run can still be evaluated, explained and exported. Any other
+    validation error is raised as it is."""
+    try:
+        return Config.model_validate(resolved), []
+    except ValidationError as err:
+        errors = err.errors()
+        if any(error["type"] != "missing" for error in errors) or not DEFAULTS.is_file():
+            raise
+    import yaml
+
+    defaults = yaml.safe_load(DEFAULTS.read_text())
+    filled = copy.deepcopy(dict(resolved))
+    added = []
+    for error in errors:
+        node, source = filled, defaults
+        *parents, last = [str(part) for part in error["loc"]]
+        for part in parents:
+            node, source = node[part], source[part]
+        node[last] = copy.deepcopy(source[last])
+        added.append(".".join([*parents, last]))
+    return Config.model_validate(filled), added
+
+
 SectionT = TypeVar("SectionT", bound=BaseModel)
 
 

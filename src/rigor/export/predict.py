@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rigor.config import run_config
 from rigor.config.models import Config
 from rigor.data.dataset import ImageDataset
 from rigor.errors import UsageError
@@ -106,7 +107,7 @@ def predict_with_bundle(
     ``label`` for a split); for every regression task ``<task>`` (and ``<task>_true``).
     """
     bundle = load_bundle(root)
-    config = Config.model_validate(json.loads((root / bundle.record["config"]).read_text()))
+    config = run_config(json.loads((root / bundle.record["config"]).read_text()))[0]
     if split is not None:
         dataset, rows = _split_rows(bundle, config, split)
     elif inputs:

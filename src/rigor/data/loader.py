@@ -36,8 +36,11 @@ class SafeLoader(DataLoader[Any]):
                 batch = next(iterator)
             except StopIteration:
                 return
-            except RuntimeError as err:
-                if "DataLoader worker" not in str(err):
+            except (RuntimeError, ConnectionError, EOFError) as err:
+                # A worker that dies mid-transfer breaks the tensor's file-descriptor handoff
+                # (ConnectionResetError, EOFError) before PyTorch's own check can say so.
+                lost = isinstance(err, ConnectionError | EOFError) and self.num_workers > 0
+                if not lost and "DataLoader worker" not in str(err):
                     raise
                 # Unregister the dead pool, or its SIGCHLD handler raises again later.
                 shutdown = getattr(iterator, "_shutdown_workers", None)
@@ -45,7 +48,8 @@ class SafeLoader(DataLoader[Any]):
                     shutdown()
                 self._iterator = None
                 raise WorkerDied(
-                    f"data loading failed: {err} (a worker process died: look for an out-of-"
+                    f"data loading failed: {type(err).__name__}: {err} (a worker process died: "
+                    "look for an out-of-"
                     "memory kill or a crash in an image decoder; lower data.num_workers or "
                     "data.prefetch_factor to use less memory)"
                 ) from None

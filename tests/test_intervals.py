@@ -65,6 +65,7 @@ def test_coverage_holds_over_random_resplits_per_gene() -> None:
         assert 1 - alpha - 0.03 <= float(np.mean(covered)) <= 1 - alpha + 0.03
 
 
+@pytest.mark.slow  # trains, then four stages
 def test_tiles_chain_reports_and_writes_intervals(
     tmp_path: Path, run_script: Callable[..., int], capsys: pytest.CaptureFixture[str]
 ) -> None:

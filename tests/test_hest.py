@@ -148,4 +148,21 @@ def test_list_tasks_prints_the_panel_and_exits(
     args = ["--config", str(EXPERIMENT), "--set", f"data.root={hest_root}", "--list-tasks"]
     assert run_script("train", *args) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines == [f"* {gene}\tregression" for gene in GENES]
+    assert lines == [f"* {gene}\tregression" for gene in sorted(GENES)]
+    panel = ["--set", "data.genes=[VIM]"]
+    assert run_script("train", *args, *panel) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "* VIM\tregression" in lines and "  EPCAM\tregression" in lines
+
+
+def test_list_tasks_names_the_samples_that_lack_a_gene(hest_root: Path, tmp_path: Path) -> None:
+    import anndata
+
+    from rigor.data.registry import describe_tasks
+
+    root = copy_of(hest_root, tmp_path)
+    table = anndata.read_h5ad(root / "st" / "TILES-P01.h5ad")
+    table[:, [g for g in GENES if g != "VIM"]].copy().write_h5ad(root / "st" / "TILES-P01.h5ad")
+    lines = describe_tasks(hest_cfg(root, "data.genes=[EPCAM]"))
+    assert "* EPCAM\tregression" in lines
+    assert "  VIM\tregression (missing in TILES-P01)" in lines

@@ -188,6 +188,28 @@ def gene_panel(cfg: DataConfig) -> list[str]:
     return genes
 
 
+def available_genes(cfg: DataConfig) -> dict[str, list[str]]:
+    """Every gene of the chosen samples' ``.h5ad`` files -> the samples that lack it (empty:
+    present everywhere). Reads the gene names only, not the expression."""
+    import h5py
+
+    assert cfg.hest is not None
+    root = Path(cfg.root or "")
+    per_sample: dict[str, set[str]] = {}
+    for sample in sample_ids(root, cfg.hest):
+        path = root / "st" / f"{sample}.h5ad"
+        if not path.is_file():
+            raise UsageError(
+                f"{path}: expression file not found (HEST layout: st/<sample_id>.h5ad)"
+            )
+        with h5py.File(path, "r") as handle:
+            var = handle["var"]
+            index = var.attrs.get("_index", "_index")
+            per_sample[sample] = {_text(v) for v in var[index][:]}
+    genes = sorted(set().union(*per_sample.values()))
+    return {g: [s for s, names in per_sample.items() if g not in names] for g in genes}
+
+
 def _group(root: Path, sample: str, hest: HestConfig) -> str:
     meta_path = root / "metadata" / f"{sample}.json"
     patient = None

@@ -120,7 +120,17 @@ def raw_dataset(cfg: DataConfig) -> RawData:
 
 def describe_tasks(cfg: DataConfig) -> list[str]:
     """One line per task the configured dataset offers: name, kind, classes; the chosen
-    ones (``data.tasks``) are marked with ``*``."""
+    ones (``data.tasks``) are marked with ``*``. For ``hest``: every gene of the samples,
+    with the samples that lack it; the panel (``data.genes``) is marked."""
+    if cfg.name == "hest":
+        from rigor.data.hest import available_genes, gene_panel
+
+        panel = set(gene_panel(cfg)) if cfg.genes is not None else set()
+        return [
+            f"{'*' if gene in panel else ' '} {gene}\tregression"
+            + (f" (missing in {', '.join(lacking)})" if lacking else "")
+            for gene, lacking in available_genes(cfg).items()
+        ]
     raw = raw_dataset(cfg)
     chosen = set(raw.offered) if cfg.tasks == ["*"] else set(cfg.tasks)
     lines = []

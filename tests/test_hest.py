@@ -166,3 +166,38 @@ def test_list_tasks_names_the_samples_that_lack_a_gene(hest_root: Path, tmp_path
     lines = describe_tasks(hest_cfg(root, "data.genes=[EPCAM]"))
     assert "* EPCAM\tregression" in lines
     assert "  VIM\tregression (missing in TILES-P01)" in lines
+
+
+@pytest.mark.slow  # trains, then eval, export and predict
+def test_top_variable_panel_is_picked_on_train_and_followed_by_every_stage(
+    hest_root: Path, tmp_path: Path, run_script: Callable[..., int]
+) -> None:
+    from conftest import short_run
+
+    from rigor.training.run import train
+
+    sets = [f"data.root={hest_root}", "data.genes={top_variable: 3}", *short_run(tmp_path)]
+    sets.append("data.splits={train: 0.4, val_select: 0.2, val_calib: 0.2, val_test: 0.2}")
+    manifest_path = train(load_config(EXPERIMENT, sets=sets, environ={}), env_policy="ignore")
+    run = manifest_path.parent
+    panel = json.loads((run / "genes.json").read_text())
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["artifacts"]["panel"] == ["genes.json"] and "genes.json" in manifest["sha256"]
+    assert list(manifest["dataset"]["tasks"]) == panel["genes"] and panel["k"] == 3
+    # the same ranking recomputed by hand from the train spots alone
+    train_ids = set(json.loads((run / "splits.json").read_text())["splits"]["train"])
+    rows = [
+        (f"TILES-{patient}:{patient}-tile{t:02d}", np.log1p(counts))
+        for patient, t, _, counts in iter_tiles(PATIENTS, TILES, 32)
+    ]
+    train_values = np.array([values for i, values in rows if i in train_ids])
+    variance = train_values.var(axis=0)
+    expected = sorted(GENES, key=lambda g: (-variance[GENES.index(g)], g))[:3]
+    assert panel["genes"] == expected and panel["computed_on"]["spots"] == len(train_ids)
+    flags = ["--from-manifest", str(manifest_path), "--env-policy", "ignore"]
+    assert run_script("eval", *flags, "--recompute", "--n-resamples", "20") == 0
+    assert run_script("export", *flags) == 0
+    code = run_script("predict", "--bundle", str(run / "bundle"), "--split", "val_test")
+    assert code == 0
+    header = (run / "predict" / "val_test.csv").read_text().splitlines()[0].split(",")
+    assert [c for c in header if c in GENES] == panel["genes"]

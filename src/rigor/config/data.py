@@ -136,6 +136,16 @@ class CsvConfig(Section):
     )
 
 
+class TopVariableConfig(Section):
+    """A gene panel picked from the data: the K most variable genes on the train split."""
+
+    top_variable: int = Field(
+        ge=1,
+        description="How many genes: the highest variance of the transformed expression "
+        "over the train split's spots (never val_select, val_calib or val_test).",
+    )
+
+
 class HestConfig(Section):
     """The samples of a HEST-layout folder (patches/*.h5, st/*.h5ad) and how expression is read."""
 
@@ -164,9 +174,10 @@ class DataConfig(Section):
     hest: HestConfig | None = Field(
         description="Samples and expression of a hest dataset (HEST layout under data.root)."
     )
-    genes: list[str] | str | None = Field(
-        description="Gene panel of a hest dataset: a list of gene names, or a text file with "
-        "one name per line; every gene is its own regression task."
+    genes: list[str] | str | TopVariableConfig | None = Field(
+        description="Gene panel of a hest dataset: a list of gene names, a text file with one "
+        "name per line, or {top_variable: K} (picked on the train split, written to the run's "
+        "genes.json); every gene is its own regression task."
     )
     missing_genes: Literal["error", "drop"] = Field(
         description="A panel gene absent from some samples: error names the samples; drop "

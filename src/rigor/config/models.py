@@ -39,6 +39,9 @@ from rigor.config.data import (
     StainConfig as StainConfig,
 )
 from rigor.config.data import (
+    TopVariableConfig as TopVariableConfig,
+)
+from rigor.config.data import (
     TransformConfig as TransformConfig,
 )
 from rigor.config.stages import (

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from rigor.config.models import DataConfig, HestConfig
+from rigor.config.models import DataConfig, HestConfig, TopVariableConfig
 from rigor.data.readers import BadSample, ImageRef, resize_tensor
 from rigor.data.registry import FileList, RawData, TaskSpec, register_dataset
 from rigor.errors import UsageError
@@ -177,6 +177,11 @@ def gene_panel(cfg: DataConfig) -> list[str]:
     """``data.genes``: a list, or a text file with one gene per line."""
     if isinstance(cfg.genes, list):
         return list(cfg.genes)
+    if isinstance(cfg.genes, TopVariableConfig):
+        raise UsageError(
+            "data.genes: {top_variable: K} is picked on the train split when training "
+            "(rigor.data.panels); a finished run's panel is in its genes.json"
+        )
     if cfg.genes is None:
         raise UsageError("data.genes: the hest dataset needs a gene panel (a list or a file)")
     path = Path(cfg.genes)
@@ -210,7 +215,8 @@ def available_genes(cfg: DataConfig) -> dict[str, list[str]]:
     return {g: [s for s, names in per_sample.items() if g not in names] for g in genes}
 
 
-def _group(root: Path, sample: str, hest: HestConfig) -> str:
+def sample_group(root: Path, sample: str, hest: HestConfig) -> str:
+    """The split group of a sample's spots: its patient (metadata) or the sample itself."""
     meta_path = root / "metadata" / f"{sample}.json"
     patient = None
     if meta_path.is_file():
@@ -255,7 +261,7 @@ def _read_samples(root: Path, cfg: DataConfig, genes: list[str]) -> _Samples:
         found.rows += [(len(found.files), r) for r in range(len(barcodes))]
         found.files.append(h5)
         found.ids += [f"{sample}:{barcode}" for barcode in barcodes]
-        found.groups += [_group(root, sample, cfg.hest)] * len(barcodes)
+        found.groups += [sample_group(root, sample, cfg.hest)] * len(barcodes)
         found.blocks.append(expression)
         meta = root / "metadata" / f"{sample}.json"
         for path in (h5, h5ad, meta) if meta.is_file() else (h5, h5ad):

@@ -125,7 +125,8 @@ def describe_tasks(cfg: DataConfig) -> list[str]:
     if cfg.name == "hest":
         from rigor.data.hest import available_genes, gene_panel
 
-        panel = set(gene_panel(cfg)) if cfg.genes is not None else set()
+        listed = isinstance(cfg.genes, list | str)
+        panel = set(gene_panel(cfg)) if listed else set()
         return [
             f"{'*' if gene in panel else ' '} {gene}\tregression"
             + (f" (missing in {', '.join(lacking)})" if lacking else "")

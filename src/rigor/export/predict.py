@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rigor.config import run_config
-from rigor.config.models import Config
+from rigor.config import apply_overrides, run_config
+from rigor.config.models import Config, TopVariableConfig
 from rigor.data.dataset import ImageDataset
 from rigor.errors import UsageError
 from rigor.evaluation.scores import policy_confidence
@@ -41,7 +41,10 @@ def _split_rows(bundle: Bundle, config: Config, split: str) -> tuple[ImageDatase
     ids = json.loads((bundle.root / bundle.record["splits"]).read_text())["splits"].get(split)
     if ids is None:
         raise UsageError(f"--split: unknown split {split!r}")
-    dataset = build_dataset(config.data, None)
+    data = config.data
+    if isinstance(data.genes, TopVariableConfig):  # the panel the run picked: its tasks
+        data = apply_overrides(data, {"genes": list(bundle.record["tasks"])}, "data", "bundle")
+    dataset = build_dataset(data, None)
     index = {sample_id: row for row, sample_id in enumerate(dataset.ids)}
     return dataset, [index[i] for i in ids]
 

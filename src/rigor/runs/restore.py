@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rigor.config.models import Config, ModelConfig
+from rigor.config import apply_overrides
+from rigor.config.models import Config, ModelConfig, TopVariableConfig
 from rigor.data.dataset import ImageDataset
 from rigor.data.loader import InputPipeline, make_loader
 from rigor.data.registry import TaskSpec, build_dataset
@@ -56,7 +57,11 @@ def run_dataset(
 ) -> tuple[ImageDataset, InputPipeline]:
     """The run's dataset (cache under the run's output root) and its evaluation pipeline:
     the recorded normalisation, never augmentation."""
-    dataset = build_dataset(config.data, run_dir.parents[1] / "cache")
+    data = config.data
+    if isinstance(data.genes, TopVariableConfig):  # the panel training picked on train
+        panel = json.loads((run_dir / "genes.json").read_text())["genes"]
+        data = apply_overrides(data, {"genes": panel}, "data", f"{run_dir.name}/genes.json")
+    dataset = build_dataset(data, run_dir.parents[1] / "cache")
     return dataset, pipeline_from_record(config.data.transforms, manifest["transforms"])
 
 

@@ -18,6 +18,7 @@ from rigor.config.models import AugmentConfig, Config
 from rigor.data.dataset import ImageDataset
 from rigor.data.loader import InputPipeline, channel_stats
 from rigor.data.loader import make_loader as make_data_loader
+from rigor.data.panels import resolve_panel
 from rigor.data.registry import build_dataset
 from rigor.data.splits import make_splits, splits_record
 from rigor.data.transforms import build_pipeline, preset_stats, transforms_record
@@ -30,6 +31,8 @@ from rigor.runs.device import pick_device
 from rigor.training.distributed import DistInfo
 from rigor.training.loop import available_monitors
 from rigor.training.policy import EpochSampler, seed_everything
+
+PANEL = "genes.json"
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Prepared:
     model_info: dict[str, float]
     dist: DistInfo = field(default_factory=DistInfo)
     started: datetime = field(default_factory=utc_now)
+    panel: dict[str, Any] | None = None  # how a data-picked gene panel was chosen (genes.json)
 
 
 def prepare(
@@ -64,7 +68,8 @@ def prepare(
     seed_everything(cfg.run.seed, cfg.run.determinism)
     spec = backbone_spec(cfg.model.backbone)
     _check_stats(cfg, spec)
-    dataset = build_dataset(cfg.data, Path(cfg.run.output_root) / "cache")
+    data_cfg, panel = resolve_panel(cfg.data, cfg.run.seed)  # {top_variable: K} on train
+    dataset = build_dataset(data_cfg, Path(cfg.run.output_root) / "cache")
     _check_monitor(cfg, dataset)
     splits = make_splits(dataset.groups, cfg.data.splits, cfg.run.seed)
     _check_augment(cfg.data.transforms.augment, dataset.input_shape)
@@ -87,6 +92,7 @@ def prepare(
         environment=environment,
         model_info=info,
         dist=dist_info,
+        panel=panel,
     )
 
 
@@ -168,6 +174,8 @@ def write_run_inputs(run_dir: Path, prepared: Prepared) -> None:
     atomic_write_json(run_dir / "config_resolved.json", resolved.resolved)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved.resolved, sort_keys=False))
     atomic_write_json(run_dir / "splits.json", splits_json(prepared))
+    if prepared.panel is not None:
+        atomic_write_json(run_dir / PANEL, prepared.panel)
 
 
 def make_loader(prepared: Prepared, rows: list[int], train: bool) -> DataLoader[Any]:

@@ -42,7 +42,7 @@ def _files(run_dir: Path, folder: str) -> list[str]:
     return sorted(str(p.relative_to(run_dir)) for p in (run_dir / folder).rglob("*") if p.is_file())
 
 
-def _artifacts(run_dir: Path, outputs: RunOutputs) -> dict[str, list[str]]:
+def _artifacts(run_dir: Path, outputs: RunOutputs, prepared: Prepared) -> dict[str, list[str]]:
     artifacts = {
         "metrics": ["metrics.json"],
         "figures": [],
@@ -51,6 +51,8 @@ def _artifacts(run_dir: Path, outputs: RunOutputs) -> dict[str, list[str]]:
         "logs": _files(run_dir, "logs"),
         "splits": ["splits.json"],
     }
+    if prepared.panel is not None:
+        artifacts["panel"] = ["genes.json"]
     for key, paths in outputs.extra_artifacts.items():
         artifacts[key] = sorted({*artifacts.get(key, []), *paths})
     return artifacts
@@ -95,7 +97,7 @@ def build_manifest(run_dir: Path, prepared: Prepared, outputs: RunOutputs) -> di
     """Manifest v1 for a finished run, with the sha256 of every artifact."""
     cfg, lock = prepared.resolved.config, prepared.lock
     checkpoints = _files(run_dir, "checkpoints")
-    artifacts = _artifacts(run_dir, outputs)
+    artifacts = _artifacts(run_dir, outputs, prepared)
     every = sorted({*checkpoints, *CONFIGS, *(p for paths in artifacts.values() for p in paths)})
     finished = utc_now()
     runtime = runtime_info()

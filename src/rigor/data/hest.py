@@ -24,7 +24,13 @@ import numpy as np
 
 from rigor.config.models import DataConfig, HestConfig, TopVariableConfig
 from rigor.data.readers import BadSample, ImageRef, resize_tensor
-from rigor.data.registry import FileList, RawData, TaskSpec, register_dataset
+from rigor.data.registry import (
+    FileList,
+    RawData,
+    TaskSpec,
+    register_dataset,
+    register_task_lister,
+)
 from rigor.errors import UsageError
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -213,6 +219,18 @@ def available_genes(cfg: DataConfig) -> dict[str, list[str]]:
             per_sample[sample] = {_text(v) for v in var[index][:]}
     genes = sorted(set().union(*per_sample.values()))
     return {g: [s for s, names in per_sample.items() if g not in names] for g in genes}
+
+
+@register_task_lister("hest")
+def list_hest_tasks(cfg: DataConfig) -> list[str]:
+    """Every gene of the samples' ``.h5ad`` files, one regression task each, with the samples
+    that lack it; the panel (a list or a file in ``data.genes``) is marked with ``*``."""
+    panel = set(gene_panel(cfg)) if isinstance(cfg.genes, list | str) else set()
+    return [
+        f"{'*' if gene in panel else ' '} {gene}\tregression"
+        + (f" (missing in {', '.join(lacking)})" if lacking else "")
+        for gene, lacking in available_genes(cfg).items()
+    ]
 
 
 def sample_group(root: Path, sample: str, hest: HestConfig) -> str:

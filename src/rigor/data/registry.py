@@ -104,13 +104,34 @@ def register_dataset(
     return decorate
 
 
-def raw_dataset(cfg: DataConfig) -> RawData:
-    """Run the builder the config names."""
+TASK_LISTERS: dict[str, Callable[[DataConfig], list[str]]] = {}
+
+
+def register_task_lister(
+    name: str,
+) -> Callable[[Callable[[DataConfig], list[str]]], Callable[[DataConfig], list[str]]]:
+    """Register how ``--list-tasks`` lists what dataset ``name`` could offer, for datasets
+    whose builder needs a choice first (a hest gene panel); others list their builder's tasks."""
+
+    def decorate(
+        lister: Callable[[DataConfig], list[str]],
+    ) -> Callable[[DataConfig], list[str]]:
+        TASK_LISTERS[name] = lister
+        return lister
+
+    return decorate
+
+
+def _builtins() -> None:
     import rigor.data.digits  # noqa: F401  (registers the built-in datasets)
     import rigor.data.files  # noqa: F401
     import rigor.data.hest  # noqa: F401
     import rigor.data.tiles  # noqa: F401
 
+
+def raw_dataset(cfg: DataConfig) -> RawData:
+    """Run the builder the config names."""
+    _builtins()
     if cfg.name not in DATASETS:
         raise ConfigError(
             f"data.name: unknown dataset {cfg.name!r} (registered: {sorted(DATASETS)})"
@@ -120,18 +141,11 @@ def raw_dataset(cfg: DataConfig) -> RawData:
 
 def describe_tasks(cfg: DataConfig) -> list[str]:
     """One line per task the configured dataset offers: name, kind, classes; the chosen
-    ones (``data.tasks``) are marked with ``*``. For ``hest``: every gene of the samples,
-    with the samples that lack it; the panel (``data.genes``) is marked."""
-    if cfg.name == "hest":
-        from rigor.data.hest import available_genes, gene_panel
-
-        listed = isinstance(cfg.genes, list | str)
-        panel = set(gene_panel(cfg)) if listed else set()
-        return [
-            f"{'*' if gene in panel else ' '} {gene}\tregression"
-            + (f" (missing in {', '.join(lacking)})" if lacking else "")
-            for gene, lacking in available_genes(cfg).items()
-        ]
+    ones (``data.tasks``) are marked with ``*``. A registered task lister replaces this for
+    its dataset (hest: every gene of the samples, the panel marked)."""
+    _builtins()
+    if cfg.name in TASK_LISTERS:
+        return TASK_LISTERS[cfg.name](cfg)
     raw = raw_dataset(cfg)
     chosen = set(raw.offered) if cfg.tasks == ["*"] else set(cfg.tasks)
     lines = []

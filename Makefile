@@ -68,6 +68,7 @@ schema: setup
 bench: setup
 	$(VENV)/bin/pytest benchmarks --benchmark-only -o addopts="" -o python_files="bench_*.py"
 	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/bench_hest.py
 
 # Regenerate the pip lock from pyproject.toml in a throw-away environment.
 lock:

@@ -201,6 +201,11 @@ def throughput(folder: Path, workers: int, limit: int, rounds: int) -> dict[str,
         "rigor": rigor_pass(folder, workers, limit),
         "torchvision": torchvision_pass(folder, workers, limit),
     }
+    return alternate(passes, rounds)
+
+
+def alternate(passes: dict[str, Callable[[], int]], rounds: int) -> dict[str, dict[str, float]]:
+    """Run each pass once per round, in turn; median images/s, spread and peak PSS of each."""
     speeds: dict[str, list[float]] = {name: [] for name in passes}
     peaks: dict[str, float] = dict.fromkeys(passes, 0.0)
     for _ in range(rounds):

@@ -118,12 +118,13 @@ def test_xai_methods_have_one_source() -> None:
 def test_run_kinds_are_one_registry() -> None:
     from rigor.run_kinds import RUN_KINDS, kind_of
 
-    assert set(RUN_KINDS) == {"train", "pretrain"}
+    assert set(RUN_KINDS) == {"train", "pretrain", "probe"}
     assert kind_of({"stages": [{"name": "pretrain"}]}).ranking == (
         "best/loss/mae/val_select",
         "min",
     )
     assert RUN_KINDS["train"].task_function().__name__ == "train"
+    assert kind_of({"stages": [{"name": "probe"}]}).task_function().__name__ == "probe"
 
 
 def test_a_run_older_than_a_config_key_still_opens(smoke_manifest: Path) -> None:

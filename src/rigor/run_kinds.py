@@ -37,6 +37,7 @@ RUN_KINDS = {
     "pretrain": RunKind(
         "pretrain", "rigor.pretraining.run:pretrain", ("best/loss/mae/val_select", "min"), "best/"
     ),
+    "probe": RunKind("probe", "rigor.probe.run:probe", ("probe/pearson_mean", "max"), "probe/"),
 }
 
 

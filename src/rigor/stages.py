@@ -21,6 +21,8 @@ from rigor.manifest import append_stage, load_manifest, resolve_inside, verify_m
 from rigor.manifest.env import check_manifest_env
 from rigor.manifest.rundir import iso, utc_now
 
+BEST = "checkpoints/best.pt"  # a train run's best weights (a probe run has no checkpoints)
+
 
 @dataclass
 class RunContext:
@@ -47,22 +49,28 @@ def open_run(
     reads: list[str],
     env_policy: str | None,
     force: bool,
-    allow_pretrain: bool = False,
+    kinds: tuple[str, ...] = ("train",),
 ) -> RunContext:
     """Validate, verify what ``reads`` lists, apply the env policy; exits 3/4/5 on failure.
 
-    Only ``reproduce`` reads pretrain runs (``allow_pretrain``); every other stage needs a
-    trained classifier and its predictions.
+    ``kinds`` are the run kinds the stage accepts: most stages need a trained model and its
+    predictions (``train``); ``reproduce`` and ``probe`` also read ``pretrain`` runs.
     """
     import json
 
     path = Path(manifest_path)
     manifest = load_manifest(path)
     first = manifest["stages"][0]["name"]
-    if first != "train" and not allow_pretrain:
+    if first not in kinds:
+        advice = {
+            "pretrain": "fine-tune from its weights (model.hf.path) and give this stage that "
+            "run's manifest",
+            "probe": "a probe run holds features and ridge scores; give this stage the "
+            "manifest of the run it probed",
+        }.get(first, "")
         raise ArtifactError(
-            f"{path}: run {manifest['run_id']} is a {first} run (no classifier, no predictions); "
-            "fine-tune from its weights (model.hf.path) and give this stage that run's manifest"
+            f"{path}: run {manifest['run_id']} is a {first} run, and this stage reads "
+            f"{' or '.join(kinds)} runs; {advice}".rstrip("; ")
         )
     wanted = ["config_resolved.json", *reads]
     missing = [rel for rel in wanted if rel not in manifest["sha256"]]

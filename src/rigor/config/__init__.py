@@ -145,6 +145,36 @@ def run_config(resolved: Mapping[str, Any]) -> tuple[Config, list[str]]:
     return Config.model_validate(filled), added
 
 
+def config_from_run(run_dir: Path, sets: Sequence[str] = ()) -> ResolvedConfig:
+    """A finished run's resolved config (keys added since filled from the defaults, as
+    :func:`run_config` does) with ``--set`` overrides applied: the config of a later run
+    that starts from this one (the probe of a trained encoder, say).
+
+    Raises:
+        ConfigError: naming each invalid field and the override it came from.
+    """
+    label = f"{run_dir.name}/config_resolved.json"
+    values = json.loads((run_dir / "config_resolved.json").read_text())
+    raw = copy.deepcopy(values)
+    for item in sets:
+        key, value = parse_set(item)
+        node = values
+        for part in key[:-1]:
+            node = node.setdefault(part, {})
+        node[key[-1]] = value
+    try:
+        config, _ = run_config(values)
+    except ValidationError as err:
+        lines = [
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']} [from {label} and --set]"
+            for error in err.errors()
+        ]
+        raise ConfigError(
+            "\n  - ".join([f"invalid config {label} with overrides:", *lines])
+        ) from None
+    return ResolvedConfig(config=config, raw=raw, sources=[label, *sets], config_file=label)
+
+
 SectionT = TypeVar("SectionT", bound=BaseModel)
 
 

@@ -1,5 +1,5 @@
 """Config models of the stages after training: evaluation, calibration, xai (and its
-worker service) and MAE pretraining."""
+worker service), MAE pretraining and the frozen-encoder probe."""
 
 from __future__ import annotations
 
@@ -119,3 +119,26 @@ class PretrainConfig(Section):
                 f"({self.decoder_dim})"
             )
         return self
+
+
+class ProbeConfig(Section):
+    """The frozen-encoder probe of scripts/probe.py (HEST-Benchmark protocol)."""
+
+    pca_components: int = Field(
+        ge=1,
+        description="Principal components kept (fitted on each train fold only); HEST: 256.",
+    )
+    folds: int | None = Field(
+        ge=2,
+        description="null: leave one split group (patient) out at a time; k: k folds of whole "
+        "groups (GroupKFold).",
+    )
+    test_groups: Literal["all", "val_test"] = Field(
+        description="Groups that folds test: all (every patient once; for encoders that never "
+        "saw these images) or val_test (only the split's val_test patients; required for an "
+        "encoder trained on this data). Ridge always trains on every other group.",
+    )
+    alpha: float | None = Field(
+        gt=0,
+        description="Ridge penalty; null: HEST's 100 / (components * genes).",
+    )

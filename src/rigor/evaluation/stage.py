@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,8 @@ import numpy as np
 from rigor.config import apply_overrides
 from rigor.evaluation.report_classification import classification_report
 from rigor.evaluation.report_regression import interval_report, regression_report
-from rigor.io import atomic_write_json, atomic_write_text
-from rigor.stages import RunContext, finish_stage, open_run
+from rigor.io import atomic_write_json, atomic_write_text, read_json
+from rigor.stages import BEST, RunContext, finish_stage, open_run
 
 READS = "predictions/val_test.npz"
 POLICY = "calibration/thresholds.json"
@@ -42,11 +41,11 @@ def evaluate(
     calibrated = POLICY in manifest["sha256"]
     reads = [POLICY] if calibrated else []
     reads += [INTERVALS] if INTERVALS in manifest["sha256"] else []
-    reads += [manifest["best_checkpoint"], "splits.json"] if recompute else [READS]
+    reads += [manifest.get("best_checkpoint", BEST), "splits.json"] if recompute else [READS]
     ctx = open_run(manifest_path, reads, env_policy, force)
     options = apply_overrides(ctx.config.evaluation, overrides, "evaluation")
-    policy = json.loads(ctx.path(POLICY).read_text()) if calibrated else None
-    intervals = json.loads(ctx.path(INTERVALS).read_text()) if INTERVALS in reads else None
+    policy = read_json(ctx.path(POLICY)) if calibrated else None
+    intervals = read_json(ctx.path(INTERVALS)) if INTERVALS in reads else None
     predictions = (
         _recomputed(ctx) if recompute else dict(np.load(ctx.path(READS), allow_pickle=False))
     )

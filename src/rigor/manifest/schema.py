@@ -63,6 +63,8 @@ STAGE = _obj(
     }
 )
 
+WEIGHTS = ("checkpoints", "best_checkpoint")  # required unless the run is a probe
+
 MANIFEST_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://rigor.local/schema/manifest.v1.json",
@@ -142,7 +144,12 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                                 "type": "object",
                                 "additionalProperties": {"type": "integer"},
                             },
-                        }
+                            "achieved": {
+                                "type": "object",
+                                "additionalProperties": {"type": "number"},
+                            },
+                        },
+                        required=["path", "seed", "fractions", "sizes"],
                     ),
                     "hashes": _obj(
                         {name: SHA256 for name in ("train", "val_select", "val_calib", "val_test")}
@@ -192,7 +199,14 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "stages": {"type": "array", "items": STAGE, "minItems": 1},
         }
     ),
+    # Runs that train weights list their checkpoints; a probe (frozen features) has none.
+    "if": {
+        "properties": {"stages": {"prefixItems": [{"properties": {"name": {"const": "probe"}}}]}}
+    },
+    "else": {"required": list(WEIGHTS)},
 }
+
+MANIFEST_SCHEMA["required"] = [k for k in MANIFEST_SCHEMA["required"] if k not in WEIGHTS]
 
 
 def render_manifest_schema() -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rigor.data.splits import SPLITS
+from rigor.data.splits import SPLITS, achieved_fractions
+from rigor.io import is_temporary
 from rigor.manifest import MANIFEST_VERSION, hash_files
 from rigor.manifest.provenance import git_info, provenance, runtime_info
 from rigor.manifest.rundir import iso, utc_now
@@ -25,21 +27,29 @@ CONFIGS = ["config.yaml", "config_raw.json", "config_resolved.json"]
 class RunOutputs:
     """What a finished run produced, beside its checkpoints.
 
-    ``stage`` names the first stage (``train``, or ``pretrain`` for an MAE run, which has no
-    predictions); ``extra_artifacts`` adds artifact lists (e.g. ``weights``, ``figures``);
-    ``skipped`` lists the unreadable samples left out under ``data.on_bad_sample: skip``.
+    ``stage`` names the first stage (``train``; ``pretrain`` for an MAE run, which has no
+    predictions; ``probe`` for a frozen-encoder probe, which has no checkpoints);
+    ``extra_artifacts`` adds artifact lists (e.g. ``weights``, ``figures``); ``skipped`` lists
+    the unreadable samples left out under ``data.on_bad_sample: skip``; ``weights`` names
+    where the encoder's weights came from when the config does not (a probed run).
     """
 
-    metrics: dict[str, float]
+    metrics: Mapping[str, float | None]
     summary: dict[str, Any]
     predictions: list[str]
     stage: str = "train"
     extra_artifacts: dict[str, list[str]] = field(default_factory=dict)
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    weights: str | None = None
 
 
 def _files(run_dir: Path, folder: str) -> list[str]:
-    return sorted(str(p.relative_to(run_dir)) for p in (run_dir / folder).rglob("*") if p.is_file())
+    """Files under ``folder``, without temporaries a killed atomic write left behind."""
+    return sorted(
+        str(p.relative_to(run_dir))
+        for p in (run_dir / folder).rglob("*")
+        if p.is_file() and not is_temporary(p.name)
+    )
 
 
 def _artifacts(run_dir: Path, outputs: RunOutputs, prepared: Prepared) -> dict[str, list[str]]:
@@ -73,6 +83,7 @@ def _dataset(run_dir: Path, prepared: Prepared, outputs: RunOutputs) -> dict[str
             "seed": cfg.run.seed,
             "fractions": cfg.data.splits.model_dump(),
             "sizes": {name: len(prepared.splits[name]) for name in SPLITS},
+            "achieved": achieved_fractions(prepared.splits),
         },
         "hashes": json.loads((run_dir / "splits.json").read_text())["sha256"],
     }
@@ -101,7 +112,7 @@ def build_manifest(run_dir: Path, prepared: Prepared, outputs: RunOutputs) -> di
     every = sorted({*checkpoints, *CONFIGS, *(p for paths in artifacts.values() for p in paths)})
     finished = utc_now()
     runtime = runtime_info()
-    return {
+    manifest: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
         "run_id": run_dir.name,
         "created_at": iso(finished),
@@ -118,7 +129,7 @@ def build_manifest(run_dir: Path, prepared: Prepared, outputs: RunOutputs) -> di
         "encoder": {
             "arch": cfg.model.backbone,
             "dim": prepared.model.feature_dim,
-            "weights": cfg.model.weights_path or cfg.model.hf.path,
+            "weights": outputs.weights or cfg.model.weights_path or cfg.model.hf.path,
         },
         "transforms": prepared.transforms,
         "checkpoints": checkpoints,
@@ -132,3 +143,6 @@ def build_manifest(run_dir: Path, prepared: Prepared, outputs: RunOutputs) -> di
         "sha256": hash_files(run_dir, every),
         "stages": [_stage(prepared, outputs, every, finished)],
     }
+    if not checkpoints:  # a probe keeps no weights of its own
+        del manifest["checkpoints"], manifest["best_checkpoint"]
+    return manifest

@@ -1,0 +1,256 @@
+"""The probe task function: frozen features of an encoder on a gene-expression dataset, then
+the HEST-Benchmark protocol (rigor.probe.ridge), in a run folder of its own.
+
+The encoder is the config's (random init, ``model.weights_path`` or a DINOv3 folder in
+``model.hf.path``), or that of a finished run (``--from-manifest``): a train run's best
+checkpoint, or a pretrain run's saved encoder. An encoder that was trained on the dataset's
+images may only be tested on patients it never saw: ``probe.test_groups: val_test``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rigor.config import ResolvedConfig, apply_overrides, config_from_run
+from rigor.config.models import Config
+from rigor.data.registry import TaskSpec
+from rigor.errors import ConfigError, UsageError
+from rigor.evaluation.report_classification import ci_options
+from rigor.io import atomic_write_json
+from rigor.manifest import write_manifest
+from rigor.manifest.rundir import create_run_dir
+from rigor.probe import features as feats
+from rigor.probe.ridge import cross_validate, make_folds, pearson_report
+from rigor.runs.predict import save_npz
+from rigor.training.policy import Precision
+from rigor.training.prepare import Prepared, prepare, write_run_inputs
+
+REPORT, PREDICTIONS = "probe/report.json", "probe/predictions.npz"
+
+
+@dataclass(frozen=True)
+class Source:
+    """The finished run whose encoder is probed."""
+
+    manifest_path: Path
+    kind: str  # train | pretrain
+    run_id: str
+    weights: str  # the file or folder the encoder's weights come from, in the run folder
+    splits: dict[str, list[str]]  # the run's split ids, to test only unseen patients
+
+
+def open_source(
+    manifest_path: Path, sets: list[str], env_policy: str | None, force: bool
+) -> tuple[ResolvedConfig, Source]:
+    """The probe config of a finished run (its own, with ``--set`` applied) and the run."""
+    from rigor.pretraining.run import HF_DIR
+    from rigor.stages import open_run
+
+    ctx = open_run(manifest_path, ["splits.json"], env_policy, force, kinds=("train", "pretrain"))
+    kind = ctx.manifest["stages"][0]["name"]
+    resolved = config_from_run(ctx.run_dir, sets)
+    model = resolved.config.model
+    if kind == "pretrain":
+        weights = HF_DIR
+        hf = apply_overrides(model.hf, {"path": str(ctx.path(HF_DIR))}, "model.hf")
+        model = model.model_copy(update={"hf": hf, "weights_path": None})
+    else:
+        from rigor.runs.restore import architecture
+
+        weights, model = ctx.manifest["best_checkpoint"], architecture(model)
+    data = resolved.config.data
+    if (ctx.run_dir / "genes.json").is_file():  # the panel the run picked on its train split
+        genes = json.loads(ctx.path("genes.json").read_text())["genes"]
+        data = apply_overrides(data, {"genes": genes}, "data", f"{ctx.run_dir.name}/genes.json")
+    config = resolved.config.model_copy(update={"model": model, "data": data})
+    splits = json.loads(ctx.path("splits.json").read_text())["splits"]
+    source = Source(manifest_path, kind, ctx.manifest["run_id"], weights, splits)
+    return replace(resolved, config=config), source
+
+
+def check_probe_config(config: Config, source: Source | None) -> None:
+    """Probe settings that would leak or cannot run are config errors, before any work."""
+    if source is not None and config.probe.test_groups != "val_test":
+        raise ConfigError(
+            f"probe.test_groups: the encoder of {source.kind} run {source.run_id} was trained "
+            "on this dataset's train and val_select images; test only the patients it never "
+            "saw with --set probe.test_groups=val_test"
+        )
+
+
+def probe(
+    resolved: ResolvedConfig,
+    env_policy: str | None = None,
+    force: bool = False,
+    source: Source | None = None,
+) -> Path:
+    """Probe the encoder and return the run's ``manifest.json`` path."""
+    check_probe_config(resolved.config, source)
+    prepared = prepare(resolved, env_policy, force)
+    genes = _genes(prepared.dataset.tasks)
+    if source is not None and source.kind == "train":
+        _load_source_weights(prepared, source, force)
+    cfg = prepared.resolved.config
+    encoder = prepared.model.backbone
+    key = feats.cache_key(
+        feats.weights_hash(encoder),
+        prepared.dataset,
+        prepared.transforms,
+        cfg.training.precision,
+    )
+    cache_path, index = feats.cached_features(
+        Path(cfg.run.output_root) / "cache" / "features", key, lambda: _extract(prepared)
+    )
+    verb = "reused" if index["reused"] else f"extracted in {index['seconds']} s"
+    print(f"features {tuple(index['shape'])} {verb} ({cache_path})", file=sys.stderr)
+    rows = np.asarray(index["rows"], dtype=np.int64)
+    features = feats.load_features(cache_path)
+    targets = np.stack([prepared.dataset.targets[g].numpy()[rows] for g in genes], axis=1)
+    groups = np.asarray(prepared.dataset.groups)[rows].astype(str)
+    folds = make_folds(groups, _test_groups(prepared, source, groups), cfg.probe.folds)
+    predicted, fits = cross_validate(
+        features, targets, folds, cfg.probe.pca_components, cfg.probe.alpha, cfg.run.seed
+    )
+    report = pearson_report(predicted, targets, folds, genes, ci_options(cfg.evaluation))
+    report |= {"folds": fits, "genes": genes, "features": _feature_record(index, cache_path)}
+    return _write_run(prepared, source, report, (cache_path, index), (rows, predicted, targets))
+
+
+def _genes(tasks: dict[str, TaskSpec]) -> list[str]:
+    genes = [name for name, spec in tasks.items() if spec.kind == "regression"]
+    if not genes:
+        raise ConfigError(
+            f"data.tasks: the probe regresses gene expression, and the dataset's tasks "
+            f"{sorted(tasks)} hold no regression task"
+        )
+    return genes
+
+
+def _load_source_weights(prepared: Prepared, source: Source, force: bool) -> None:
+    from rigor.runs.restore import best_state
+
+    manifest = json.loads(source.manifest_path.read_text())
+    prepared.model.load_state_dict(best_state(source.manifest_path.parent, manifest, force))
+
+
+def _extract(prepared: Prepared) -> tuple[np.ndarray, list[int], dict[int, str]]:
+    cfg = prepared.resolved.config
+    loader = feats.feature_loader(
+        prepared.dataset,
+        cfg.training.eval_batch_size,
+        cfg.data.num_workers,
+        cfg.data.prefetch_factor,
+    )
+    precision = Precision(cfg.training.precision, prepared.device)
+    return feats.extract(
+        prepared.model.backbone, loader, prepared.device, prepared.eval_pipeline, precision.autocast
+    )
+
+
+def _test_groups(prepared: Prepared, source: Source | None, groups: np.ndarray) -> list[str]:
+    """Every group, or the val_test split's (the source run's own splits when probing a run)."""
+    if prepared.resolved.config.probe.test_groups == "all":
+        return sorted(set(groups.tolist()))
+    dataset = prepared.dataset
+    if source is not None:
+        row_of = {sample_id: row for row, sample_id in enumerate(dataset.ids)}
+        listed = [i for split in ("train", "val_select", "val_test") for i in source.splits[split]]
+        missing = [i for i in listed if i not in row_of]
+        if missing:
+            raise UsageError(
+                f"{source.manifest_path}: {len(missing)} samples of the run's splits are not in "
+                f"the dataset now (first: {missing[0]}): the dataset changed since that run"
+            )
+        seen = {
+            dataset.groups[row_of[i]] for s in ("train", "val_select") for i in source.splits[s]
+        }
+        tested = {dataset.groups[row_of[i]] for i in source.splits["val_test"]}
+        if seen & tested:  # split groups never straddle splits; a changed dataset could
+            raise UsageError(
+                f"{source.manifest_path}: patients {sorted(seen & tested)} are in both the "
+                "encoder's training splits and val_test: the dataset changed since that run"
+            )
+        return sorted(tested)
+    return sorted({dataset.groups[row] for row in prepared.splits["val_test"]})
+
+
+def _feature_record(index: dict[str, Any], cache_path: Path) -> dict[str, Any]:
+    return {
+        "cache": str(cache_path),
+        "key": index["key"],
+        "shape": index["shape"],
+        "sha256": index["sha256"],
+        "reused": index["reused"],
+        "seconds": index["seconds"],
+        "samples_per_s": index["samples_per_s"],
+        "skipped": len(index["skipped"]),
+    }
+
+
+def _metrics(report: dict[str, Any]) -> dict[str, float | None]:
+    metrics: dict[str, float | None] = {
+        "probe/pearson_mean": report["pearson_mean"]["estimate"],
+        "probe/pearson_mean/ci_lower": report["pearson_mean"]["ci_lower"],
+        "probe/pearson_mean/ci_upper": report["pearson_mean"]["ci_upper"],
+        "probe/pearson_median": report["pearson_median"],
+    }
+    for gene, value in report["per_gene"].items():
+        metrics[f"probe/pearson/{gene}"] = value["estimate"]
+    return {k: (v if v is None or np.isfinite(v) else None) for k, v in metrics.items()}
+
+
+def _write_run(
+    prepared: Prepared,
+    source: Source | None,
+    report: dict[str, Any],
+    cached: tuple[Path, dict[str, Any]],
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> Path:
+    """The run folder: configs, splits, features, predictions, report; the manifest last."""
+    from rigor.training.record import RunOutputs, build_manifest
+
+    cfg = prepared.resolved.config
+    run_id, run_dir = create_run_dir(
+        Path(cfg.run.output_root), f"{cfg.run.name}-probe", prepared.resolved.hash
+    )
+    print(f"run {run_id}: probe, writing to {run_dir}", file=sys.stderr)
+    write_run_inputs(run_dir, prepared)
+    artifacts = feats.copy_into(run_dir, *cached)
+    rows, predicted, targets = arrays
+    save_npz(
+        run_dir / PREDICTIONS,
+        {
+            "ids": np.asarray(prepared.dataset.ids)[rows],
+            "groups": np.asarray(prepared.dataset.groups)[rows],
+            "predicted": predicted,
+            "targets": targets,
+            "genes": np.asarray(report["genes"]),
+        },
+    )
+    source_record = None if source is None else {"run_id": source.run_id, "kind": source.kind}
+    atomic_write_json(run_dir / REPORT, report | {"source": source_record})
+    metrics = _metrics(report)
+    atomic_write_json(run_dir / "metrics.json", {"metrics": metrics})
+    summary = {
+        "source": source_record,
+        "weights": None if source is None else source.weights,
+        "folds": len(report["folds"]),
+        "test_groups": cfg.probe.test_groups,
+        "pearson_mean": metrics["probe/pearson_mean"],
+        "features_reused": report["features"]["reused"],
+    }
+    outputs = RunOutputs(
+        metrics=metrics,
+        summary=summary,
+        predictions=[PREDICTIONS],
+        stage="probe",
+        extra_artifacts={"features": artifacts, "reports": [REPORT]},
+        weights=None if source is None else f"run:{source.run_id}/{source.weights}",
+    )
+    return write_manifest(run_dir, build_manifest(run_dir, prepared, outputs))

@@ -41,7 +41,8 @@ def test_draft_entry_from_a_manifest(
 def test_reproduce_is_bitwise_and_reports_differences(smoke_manifest: Path, tmp_path: Path) -> None:
     report = reproduce(smoke_manifest, tmp_path / "again", env_policy="ignore")
     assert report["bitwise"] and report["data_identical"] and report["differences"] == []
-    assert all(report["weights_identical"].values())
+    assert all(report["weights_identical"].values()) and report["artifact_differences"] == []
+    assert set(report["weights_identical"]) == {"checkpoints/best.pt", "checkpoints/last.pt"}
     copy = tmp_path / "copy" / smoke_manifest.parent.name
     shutil.copytree(smoke_manifest.parent, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
@@ -51,3 +52,26 @@ def test_reproduce_is_bitwise_and_reports_differences(smoke_manifest: Path, tmp_
     assert not report["bitwise"] and report["weights_identical"]["checkpoints/best.pt"]
     assert [d["metric"] for d in report["differences"]] == ["acc/val_test"]
     assert report["differences"][0]["original"] == 0.5
+
+
+def test_reproduce_refuses_a_changed_artifact_and_names_each_difference(
+    smoke_manifest: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from rigor.errors import ArtifactError
+    from rigor.reproduce import compare
+
+    copy = tmp_path / "copy" / smoke_manifest.parent.name
+    shutil.copytree(smoke_manifest.parent, copy)
+    state = torch.load(copy / "checkpoints" / "best.pt", weights_only=True)
+    first = next(iter(state["optimizer"]["state"].values()))
+    moment = next(v for v in first.values() if isinstance(v, torch.Tensor) and v.numel() > 1)
+    moment.add_(1.0)  # only the optimizer state moves: the weights stay equal
+    torch.save(state, copy / "checkpoints" / "best.pt")
+    with pytest.raises(ArtifactError, match="best.pt: sha256 changed"):
+        reproduce(copy / "manifest.json", tmp_path / "again", env_policy="ignore")
+    report = compare(smoke_manifest, copy / "manifest.json")  # what a comparison then names
+    assert not report["bitwise"] and not report["weights_identical"]["checkpoints/best.pt"]
+    assert any(".optimizer.state." in d for d in report["artifact_differences"])
+    assert report["weights_identical"]["checkpoints/last.pt"]

@@ -237,6 +237,8 @@ def test_export_and_predict(
         ("none_active", 3, "0 active policies"),
         ("changed_weights", 5, "model.safetensors: sha256 changed"),
         ("missing_policy", 5, "policy.json: missing"),
+        ("nan_threshold", 3, "NaN is not a JSON number"),  # rehashed: only the value is bad
+        ("inf_temperature", 3, "Infinity is not a JSON number"),
     ],
 )
 def test_bundle_refusals(
@@ -258,6 +260,14 @@ def test_bundle_refusals(
         record["sha256"]["policy2.json"] = record["sha256"]["policy.json"]
     elif breakage == "none_active":
         record["policies"][0]["active"] = False
+    elif breakage in ("nan_threshold", "inf_temperature"):
+        from rigor.io import sha256_file
+
+        policy = json.loads((bundle / "policy.json").read_text())
+        key = "threshold" if breakage == "nan_threshold" else "temperature"
+        policy[key] = float("nan") if key == "threshold" else float("inf")
+        (bundle / "policy.json").write_text(json.dumps(policy))
+        record["sha256"]["policy.json"] = sha256_file(bundle / "policy.json")
     elif breakage == "changed_weights":
         with open(bundle / "model.safetensors", "r+b") as handle:
             handle.seek(-4, 2)
@@ -268,3 +278,24 @@ def test_bundle_refusals(
     capsys.readouterr()
     assert run_script("predict", "--bundle", str(bundle), "--split", "val_test") == code
     assert message in capsys.readouterr().err
+
+
+def test_a_failed_export_leaves_the_previous_bundle_whole(
+    run: Path, run_script: Callable[..., int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rigor.export.bundle as bundle_module
+
+    assert run_script("calibrate", *calibrate_args(run)) == 0
+    assert run_script("export", "--from-manifest", str(run), *FAST) == 0
+    bundle = run.parent / "bundle"
+    before = {p.name: p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+
+    def fail(building: Path, *args: object) -> None:
+        (building / "model.safetensors").write_bytes(b"half")
+        raise RuntimeError("killed while writing")
+
+    monkeypatch.setattr(bundle_module, "_fill", fail)
+    assert run_script("export", "--from-manifest", str(run), *FAST) == 1
+    assert {p.name: p.read_bytes() for p in bundle.rglob("*") if p.is_file()} == before
+    assert not list(run.parent.glob(".bundle.*"))  # nothing half-built left behind
+    assert run_script("predict", "--bundle", str(bundle), "--split", "val_test") == 0

@@ -1,8 +1,8 @@
 """Error types that carry the documented exit codes shared by every script.
 
 0 ok, 1 unexpected error, 2 bad usage or invalid config, 3 invalid manifest or
-schema violation, 4 environment mismatch under strict policy, 5 artifact missing
-or hash mismatch.
+schema violation, 4 environment mismatch under strict policy or a run folder held by a
+live writer, 5 artifact missing or hash mismatch.
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ class ManifestError(RigorError):
 
 class EnvMismatchError(RigorError):
     """The environment differs from the lock or manifest under ``--env-policy strict``."""
+
+    exit_code = 4
+
+
+class RunBusyError(RigorError):
+    """A run folder another live process is writing (``--resume`` named it explicitly)."""
 
     exit_code = 4
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -15,6 +16,23 @@ from typing import IO, Any
 _CHUNK = 1 << 20
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (/proc), else by
+    setting and restoring it."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def is_temporary(name: str) -> bool:
+    """A name :func:`atomic_open` (or a lock) uses while writing: hidden, never an artifact."""
+    return name.startswith(".")
+
+
 @contextmanager
 def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temp file beside ``path``; on success fsync it and rename it over ``path``.
@@ -25,6 +43,7 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -35,6 +54,21 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
             os.unlink(tmp_name)
         raise
     _fsync_dir(path.parent)
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` body.
+
+    The kernel drops the lock when the holder's file is closed, including when the process
+    dies, so a crashed holder never blocks the next one.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -63,6 +97,26 @@ def atomic_write_with(path: Path, writer: Callable[[IO[bytes]], None]) -> None:
     """Let ``writer`` fill a binary handle, then publish the file atomically."""
     with atomic_open(path, "wb") as handle:
         writer(handle)
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file strictly: UTF-8, and no NaN or Infinity (Python writes them, JSON
+    has no such values, and a NaN threshold or temperature would pass every range check).
+
+    Raises:
+        ManifestError: (exit 3) naming the file and the problem.
+    """
+    from rigor.errors import ManifestError
+
+    def refuse(constant: str) -> Any:
+        raise ManifestError(f"{path}: {constant} is not a JSON number (a non-finite value)")
+
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"), parse_constant=refuse)
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
 
 
 def sha256_file(path: Path) -> str:

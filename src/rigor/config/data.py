@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -105,7 +105,7 @@ class TransformConfig(Section):
     stats: Literal["train", "preset"] = Field(
         description="Where mean/std come from: the train split, or the backbone's preset."
     )
-    image_size: list[int] | None = Field(
+    image_size: list[Annotated[int, Field(ge=1)]] | None = Field(
         min_length=2,
         max_length=2,
         description="Resize every image to [height, width]; null keeps the native size.",

@@ -6,7 +6,7 @@ Every hyperparameter is a required field here: its default value lives in
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -52,6 +52,9 @@ from rigor.config.stages import (  # re-exported
 )
 from rigor.config.stages import (
     PretrainConfig as PretrainConfig,
+)
+from rigor.config.stages import (
+    ProbeConfig as ProbeConfig,
 )
 from rigor.config.stages import (
     XaiConfig as XaiConfig,
@@ -151,7 +154,7 @@ class ModelConfig(Section):
         description="Registered backbone: cnn_small, resnet18, resnet50, convnext_tiny, "
         "vit_b_16, dinov3_vit."
     )
-    channels: list[int] = Field(
+    channels: list[Annotated[int, Field(ge=1)]] = Field(
         min_length=1, description="Conv channel widths of cnn_small, one entry per block."
     )
     dropout: float = Field(ge=0, lt=1, description="Dropout before each head.")
@@ -231,7 +234,9 @@ class OptimizerConfig(Section):
 
     name: Literal["adamw", "sgd"] = Field(description="Optimizer.")
     weight_decay: float = Field(ge=0, description="Decoupled weight decay (AdamW) or L2 (SGD).")
-    betas: tuple[float, float] = Field(description="AdamW betas.")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        description="AdamW betas, each in [0, 1)."
+    )
     momentum: float = Field(ge=0, lt=1, description="SGD momentum.")
 
 
@@ -281,6 +286,7 @@ class Config(Section):
     calibration: CalibrationConfig = Field(description="Calibration of scripts/calibrate.py.")
     xai: XaiConfig = Field(description="Explanations of scripts/xai.py.")
     pretrain: PretrainConfig = Field(description="MAE pretraining of scripts/pretrain.py.")
+    probe: ProbeConfig = Field(description="Frozen-encoder probe of scripts/probe.py.")
 
     @model_validator(mode="after")
     def _cross_field(self) -> Config:

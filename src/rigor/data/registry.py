@@ -18,7 +18,7 @@ import numpy as np
 
 from rigor.config.models import DataConfig
 from rigor.data.readers import ImageRef, SampleReader
-from rigor.errors import ConfigError
+from rigor.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from rigor.data.dataset import ImageDataset
@@ -158,6 +158,23 @@ def describe_tasks(cfg: DataConfig) -> list[str]:
     return lines
 
 
+def check_finite_targets(raw: RawData) -> None:
+    """A NaN or infinite target would train to NaN and fail only at the end: it is an error
+    before anything is written, naming the task and the first samples (exit 2)."""
+    problems = []
+    for task, values in raw.targets.items():
+        array = np.asarray(values)
+        if not np.issubdtype(array.dtype, np.floating):
+            continue
+        bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
+        if len(bad):
+            shown = ", ".join(str(raw.ids[i]) for i in bad[:5])
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            problems.append(f"task {task!r}: non-finite target for {shown}{more}")
+    if problems:
+        raise UsageError(f"dataset {raw.name}: " + "; ".join(problems))
+
+
 def build_dataset(cfg: DataConfig, cache_root: Path | None = None) -> ImageDataset:
     """The dataset the config names, read lazily; through the sharded cache when
     ``data.cache`` is on. ``cache_root`` also holds the fingerprints' hash index."""
@@ -166,6 +183,7 @@ def build_dataset(cfg: DataConfig, cache_root: Path | None = None) -> ImageDatas
     from rigor.io import sha256_json
 
     raw = raw_dataset(cfg)
+    check_finite_targets(raw)
     if cache_root is not None:
         raw.hash_index = cache_root / "fingerprints" / f"{sha256_json(raw.version)[:16]}.json"
     reader, status = raw.reader, "off"

@@ -39,6 +39,29 @@ def make_splits(groups: list[str], fractions: SplitFractions, seed: int) -> dict
     return splits
 
 
+def achieved_fractions(splits: dict[str, list[int]]) -> dict[str, float]:
+    """Each split's share of the rows, as assigned."""
+    total = sum(len(rows) for rows in splits.values())
+    return {name: round(len(rows) / total, 4) for name, rows in splits.items()}
+
+
+def fraction_warning(splits: dict[str, list[int]], fractions: SplitFractions) -> str | None:
+    """A warning when whole groups forced a split more than 20% (relative) off its fraction."""
+    achieved = achieved_fractions(splits)
+    off = {
+        name: (getattr(fractions, name), share)
+        for name, share in achieved.items()
+        if abs(share - getattr(fractions, name)) > 0.2 * getattr(fractions, name)
+    }
+    if not off:
+        return None
+    listed = ", ".join(f"{name} {got:.3f} (asked {want:.3f})" for name, (want, got) in off.items())
+    return (
+        f"warning: data.splits: whole groups could not honour the fractions: {listed}; "
+        "the manifest records the achieved fractions"
+    )
+
+
 def split_hash(ids: list[str]) -> str:
     """sha256 of a split's sorted member ids."""
     return sha256_json(sorted(ids))

@@ -9,8 +9,30 @@ in docs/metrics.md.
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import numpy as np
-from numba import njit
+
+
+def _cache_dir() -> str | None:
+    """Where numba caches the compiled kernels: beside this file when it is writable (numba's
+    default), else a user cache folder, so a read-only install still imports (and ``predict``
+    still runs). ``NUMBA_CACHE_DIR`` in the environment wins."""
+    if os.environ.get("NUMBA_CACHE_DIR") or os.access(Path(__file__).parent, os.W_OK):
+        return None
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return str(base / "rigor" / "numba")
+
+
+_USER_CACHE = _cache_dir()
+if _USER_CACHE is not None:
+    os.environ["NUMBA_CACHE_DIR"] = _USER_CACHE
+    if "numba" in sys.modules:  # imported already: its config has read the environment
+        sys.modules["numba"].config.CACHE_DIR = _USER_CACHE
+
+from numba import njit  # noqa: E402  (after the cache folder is chosen)
 
 # Relative slack when comparing a ratio with a decimal target (absorbs rounding only:
 # distinct ratios of n <= 1e7 samples differ by far more).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from rigor.calibration.schema import validate_thresholds
 from rigor.errors import ArtifactError, ManifestError, UsageError
 from rigor.export.schema import BUNDLE_SCHEMA
-from rigor.io import atomic_write_json, atomic_write_with
+from rigor.io import atomic_write_json, atomic_write_with, read_json
 from rigor.manifest import check_schema, resolve_inside, verify_manifest
 from rigor.manifest.rundir import iso, utc_now
 from rigor.stages import finish_stage, open_run
@@ -25,11 +25,10 @@ _VALIDATOR = Draft202012Validator(BUNDLE_SCHEMA, format_checker=FormatChecker())
 
 
 def export(manifest_path: Path, env_policy: str | None = None, force: bool = False) -> Path:
-    """Write ``bundle/`` in the run folder: weights, config, ONE active policy, splits, metrics."""
-    from safetensors.torch import save
+    """Write ``bundle/`` in the run folder: weights, config, ONE active policy, splits, metrics.
 
-    from rigor.runs.restore import best_state
-
+    The bundle is built in a hidden folder beside it and swapped in when complete.
+    """
     ctx = open_run(manifest_path, [], env_policy, force)
     manifest = ctx.manifest
     calibrated = POLICY in manifest["sha256"]
@@ -43,10 +42,46 @@ def export(manifest_path: Path, env_policy: str | None = None, force: bool = Fal
     reads += ["splits.json", "metrics.json"]
     reads += ["eval/metrics.json"] if "eval/metrics.json" in manifest["sha256"] else []
     verify_manifest(manifest, ctx.run_dir, only=reads)
-    bundle = ctx.run_dir / "bundle"
+    building = _fresh_build_folder(ctx.run_dir)
+    try:
+        task = _fill(building, ctx, reads, calibrated, force)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    bundle = _swap_in(building, ctx.run_dir / "bundle")
+    record = read_json(bundle / "bundle.json")
+    outputs = [f"bundle/{rel}" for rel in [*record["sha256"], "bundle.json"]]
+    finish_stage(ctx, "export", {"reads": reads}, outputs, {"task": task, "files": len(outputs)})
+    return bundle
+
+
+def _fresh_build_folder(run_dir: Path) -> Path:
+    """An empty folder to build the bundle in; what killed exports left is removed first."""
+    for stale in run_dir.glob(".bundle.*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    building = run_dir / f".bundle.{os.getpid()}.tmp"
+    building.mkdir()
+    return building
+
+
+def _swap_in(building: Path, bundle: Path) -> Path:
+    """Replace ``bundle`` by the complete ``building`` folder: the old bundle stays whole
+    until the new one is, and no reader ever sees a half-written one."""
+    old = bundle.parent / f".bundle.{os.getpid()}.old"
     if bundle.exists():
-        shutil.rmtree(bundle)
-    bundle.mkdir()
+        bundle.rename(old)
+    building.rename(bundle)
+    shutil.rmtree(old, ignore_errors=True)
+    return bundle
+
+
+def _fill(bundle: Path, ctx: Any, reads: list[str], calibrated: bool, force: bool) -> str | None:
+    """Weights, copies of the run's files, and bundle.json in ``bundle``; the policy's task."""
+    from safetensors.torch import save
+
+    from rigor.runs.restore import best_state
+
+    manifest = ctx.manifest
     state = {k: v.contiguous() for k, v in best_state(ctx.run_dir, manifest, force).items()}
     payload = save(state)
     atomic_write_with(bundle / "model.safetensors", lambda handle: _write(handle, payload))
@@ -63,14 +98,12 @@ def export(manifest_path: Path, env_policy: str | None = None, force: bool = Fal
     for source, target in copies.items():
         (bundle / target).parent.mkdir(exist_ok=True)
         shutil.copyfile(ctx.path(source), bundle / target)
-    task = json.loads((bundle / "policy.json").read_text())["task"] if calibrated else None
+    task = read_json(bundle / "policy.json")["task"] if calibrated else None
     record = _record(ctx, task, [p for p in copies.values() if p.startswith("metrics/")])
     record["intervals"] = "intervals.json" if INTERVALS in reads else None
     record["sha256"] = {rel: _sha(bundle / rel) for rel in ["model.safetensors", *copies.values()]}
     atomic_write_json(bundle / "bundle.json", record)
-    outputs = [f"bundle/{rel}" for rel in [*record["sha256"], "bundle.json"]]
-    finish_stage(ctx, "export", {"reads": reads}, outputs, {"task": task, "files": len(outputs)})
-    return bundle
+    return task
 
 
 def has_classification(tasks: dict[str, Any]) -> bool:
@@ -157,10 +190,7 @@ def load_bundle(root: Path) -> Bundle:
     path = root / "bundle.json"
     if not path.is_file():
         raise ArtifactError(f"{root}: no bundle.json (not a bundle)")
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ManifestError(f"{path}: not valid JSON ({err.msg})") from None
+    record = read_json(path)
     check_schema(_VALIDATOR, record, str(path))
     active = _active_policies(record, path)
     listed = {
@@ -185,7 +215,7 @@ def load_bundle(root: Path) -> Bundle:
         raise ArtifactError(f"bundle {root} failed verification:\n  - " + "\n  - ".join(problems))
     policy = None
     if active:
-        policy = json.loads((root / active[0]["path"]).read_text())
+        policy = read_json(root / active[0]["path"])
         validate_thresholds(policy, label=f"{root / active[0]['path']}")
         if policy["task"] != record["task"]:
             raise ManifestError(
@@ -194,5 +224,5 @@ def load_bundle(root: Path) -> Bundle:
             )
     intervals = None
     if record.get("intervals"):
-        intervals = json.loads((root / record["intervals"]).read_text())
+        intervals = read_json(root / record["intervals"])
     return Bundle(root, record, policy, load_file(str(root / record["weights"])), intervals)

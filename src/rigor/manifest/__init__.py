@@ -5,15 +5,15 @@ This package imports no torch, so ``scripts/manifest.py`` answers in well under 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator, FormatChecker
 
 from rigor.errors import ArtifactError, ManifestError
-from rigor.io import atomic_write_json, sha256_file
+from rigor.io import atomic_write_json, exclusive_lock, read_json, sha256_file
 from rigor.manifest.schema import MANIFEST_SCHEMA, MANIFEST_VERSION
 
 __all__ = [
@@ -36,10 +36,7 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ManifestError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    manifest = read_json(path)
     validate_manifest(manifest, label=str(path))
     return manifest
 
@@ -69,9 +66,10 @@ def validate_manifest(manifest: Any, label: str = "manifest") -> None:
 def referenced_paths(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """Yield (JSON path, relative path) for every artifact a manifest refers to."""
     for key in ("config_path", "config_raw_path", "config_resolved_path", "best_checkpoint"):
-        yield f"$.{key}", manifest[key]
+        if key in manifest:  # a probe run has no checkpoints
+            yield f"$.{key}", manifest[key]
     yield "$.dataset.split.path", manifest["dataset"]["split"]["path"]
-    for index, rel in enumerate(manifest["checkpoints"]):
+    for index, rel in enumerate(manifest.get("checkpoints", [])):
         yield f"$.checkpoints[{index}]", rel
     for kind, paths in manifest["artifacts"].items():
         for index, rel in enumerate(paths):
@@ -126,11 +124,22 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
+def manifest_lock(manifest_path: Path) -> AbstractContextManager[None]:
+    """The exclusive lock every manifest update holds (``.manifest.json.lock`` beside it)."""
+    return exclusive_lock(manifest_path.parent / f".{manifest_path.name}.lock")
+
+
 def append_stage(manifest_path: Path, stage: dict[str, Any], outputs: list[str]) -> dict[str, Any]:
-    """Record a finished stage and the hashes of its outputs, replacing the manifest atomically."""
-    manifest = load_manifest(manifest_path)
+    """Record a finished stage and the hashes of its outputs, replacing the manifest atomically.
+
+    The manifest is re-read under its lock, so stages finishing at the same moment on one
+    run (in any number of processes) all land their records.
+    """
     run_dir = manifest_path.parent
-    manifest["sha256"].update(hash_files(run_dir, outputs))
-    manifest["stages"].append({**stage, "outputs": sorted(outputs)})
-    write_manifest(run_dir, manifest)
+    hashes = hash_files(run_dir, outputs)
+    with manifest_lock(manifest_path):
+        manifest = load_manifest(manifest_path)
+        manifest["sha256"].update(hashes)
+        manifest["stages"].append({**stage, "outputs": sorted(outputs)})
+        write_manifest(run_dir, manifest)
     return manifest

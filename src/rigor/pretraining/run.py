@@ -24,7 +24,7 @@ from rigor.data.loader import augment_generator
 from rigor.errors import ConfigError, UsageError
 from rigor.io import atomic_write_json
 from rigor.manifest import write_manifest
-from rigor.manifest.rundir import create_run_dir
+from rigor.manifest.rundir import RunLock, create_run_dir
 from rigor.pretraining.mae import MAE
 from rigor.runs.checkpoint import rng_state, save_checkpoint
 from rigor.tracking import Tracker
@@ -65,6 +65,19 @@ def pretrain(resolved: ResolvedConfig, env_policy: str | None = None, force: boo
     mae.to(prepared.device)
     run_id, run_dir = create_run_dir(Path(cfg.run.output_root), cfg.run.name, resolved.hash)
     print(f"run {run_id}: MAE pretraining, writing to {run_dir}", file=sys.stderr)
+    lock = RunLock(run_dir)  # one writer per run folder, until the manifest is written
+    lock.acquire()
+    try:
+        manifest = _pretrain_into(run_dir, prepared, mae, encoder)
+    except BaseException:
+        lock.release()  # the lock file stays for whoever takes the folder over
+        raise
+    lock.release(completed=True)
+    return manifest
+
+
+def _pretrain_into(run_dir: Path, prepared: Prepared, mae: MAE, encoder: Any) -> Path:
+    """The epochs, the saved encoder, the figure, metrics and the manifest, in ``run_dir``."""
     write_run_inputs(run_dir, prepared)
     summary, best_value = _fit(run_dir, prepared, mae)
     from transformers.utils import logging as hf_logging

@@ -20,7 +20,7 @@ from rigor.data.loader import InputPipeline, channel_stats
 from rigor.data.loader import make_loader as make_data_loader
 from rigor.data.panels import resolve_panel
 from rigor.data.registry import build_dataset
-from rigor.data.splits import make_splits, splits_record
+from rigor.data.splits import fraction_warning, make_splits, splits_record
 from rigor.data.transforms import build_pipeline, preset_stats, transforms_record
 from rigor.errors import ConfigError
 from rigor.io import atomic_write_json, atomic_write_text
@@ -72,6 +72,9 @@ def prepare(
     dataset = build_dataset(data_cfg, Path(cfg.run.output_root) / "cache")
     _check_monitor(cfg, dataset)
     splits = make_splits(dataset.groups, cfg.data.splits, cfg.run.seed)
+    warning = fraction_warning(splits, cfg.data.splits)
+    if warning and dist_info.main:
+        print(warning, file=sys.stderr)
     _check_augment(cfg.data.transforms.augment, dataset.input_shape)
     mean, std = _statistics(cfg, spec, dataset, splits["train"])
     model = build_model(cfg.model, dataset.tasks, dataset.input_shape)

@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 from rigor.errors import UsageError
+from rigor.manifest.rundir import RunLock
 from rigor.training.prepare import Prepared, splits_json
 
 
 def find_resume(resume: str | None, output_root: Path, name: str, config_hash: str) -> Path | None:
-    """The checkpoint to resume from: an explicit path, or ``auto`` (newest unfinished run)."""
+    """The checkpoint to resume from: an explicit path, or ``auto`` (the newest unfinished run
+    that no live process is writing: a run still training is skipped, never joined)."""
     if resume is None:
         return None
     if resume != "auto":
@@ -29,6 +31,10 @@ def find_resume(resume: str | None, output_root: Path, name: str, config_hash: s
         key=lambda p: p.name,
     )
     unfinished = [p for p in candidates if not (p / "manifest.json").exists()]
+    busy = [p for p in unfinished if RunLock.is_held(p)]
+    for run in busy:
+        print(f"--resume auto: {run.name} is still being written; skipping it", file=sys.stderr)
+    unfinished = [p for p in unfinished if p not in busy]
     if not unfinished:
         print("--resume auto: no unfinished run of this config; starting fresh", file=sys.stderr)
         return None
@@ -41,3 +47,14 @@ def check_same_splits(run_dir: Path, prepared: Prepared, force: bool) -> None:
         raise UsageError(
             f"--resume: the data splits differ from those of {run_dir.name}; pass --force"
         )
+
+
+def remove_temporaries(run_dir: Path) -> list[Path]:
+    """Delete what killed atomic writes left in a run folder being resumed (``.<name>.*.tmp``;
+    the lock is held, so no live writer owns them); returns what was removed."""
+    stale = sorted(p for p in run_dir.rglob(".*.tmp") if p.is_file())
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        print(f"removed {len(stale)} stale temporary file(s) in {run_dir.name}", file=sys.stderr)
+    return stale

@@ -7,15 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from rigor.config import ResolvedConfig
+from rigor.errors import RunBusyError
 from rigor.io import atomic_write_json
 from rigor.manifest import write_manifest
-from rigor.manifest.rundir import create_run_dir
+from rigor.manifest.rundir import RunLock, create_run_dir
 from rigor.runs.checkpoint import load_checkpoint
-from rigor.training.distributed import barrier, broadcast, init_distributed
+from rigor.training.distributed import DistInfo, barrier, broadcast, init_distributed
 from rigor.training.predictions import write_predictions
 from rigor.training.prepare import Prepared, prepare, write_run_inputs
 from rigor.training.record import RunOutputs, build_manifest
-from rigor.training.resume import check_same_splits, find_resume
+from rigor.training.resume import check_same_splits, find_resume, remove_temporaries
 from rigor.training.session import Session
 
 
@@ -49,17 +50,39 @@ def train(
         where = f" ({info.world_size} processes, {info.backend})" if info.enabled else ""
         print(f"run {run_id}: writing to {run_dir}{where}", file=sys.stderr)
     run_dir = broadcast(run_dir if info.main else None, info)
-    if info.main:
-        write_run_inputs(run_dir, prepared)
-    session = Session(run_dir, prepared, state)
-    summary = session.run()
-    if info.main:  # rank 0 writes predictions and the manifest
-        if checkpoint is not None:
-            step = int(state["step"]) if state else 0
-            summary["resumed_from"] = {"checkpoint": str(checkpoint), "step": step}
-        _finish(run_dir, prepared, session, summary)
+    lock, completed = _lock(run_dir, info), False
+    try:
+        if info.main:
+            if checkpoint is not None:
+                remove_temporaries(run_dir)
+            write_run_inputs(run_dir, prepared)
+        session = Session(run_dir, prepared, state)
+        summary = session.run()
+        if info.main:  # rank 0 writes predictions and the manifest
+            if checkpoint is not None:
+                step = int(state["step"]) if state else 0
+                summary["resumed_from"] = {"checkpoint": str(checkpoint), "step": step}
+            _finish(run_dir, prepared, session, summary)
+        completed = True
+    finally:
+        lock.release(completed)
     barrier(info)
     return run_dir / "manifest.json"
+
+
+def _lock(run_dir: Path, info: DistInfo) -> RunLock:
+    """Rank 0 takes the run folder's lock, held until the manifest is written (or the process
+    dies); a refusal reaches every rank, so none waits in a collective for a dead peer."""
+    lock, busy = RunLock(run_dir), None
+    if info.main:
+        try:
+            lock.acquire()
+        except RunBusyError as err:
+            busy = str(err)
+    busy = broadcast(busy, info)
+    if busy is not None:
+        raise RunBusyError(busy)
+    return lock
 
 
 def _finish(run_dir: Path, prepared: Prepared, session: Session, summary: dict[str, Any]) -> None:

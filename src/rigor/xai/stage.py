@@ -13,7 +13,7 @@ from rigor.config.models import XaiConfig
 from rigor.errors import UsageError
 from rigor.io import atomic_write_json, atomic_write_with
 from rigor.models.registry import backbone_spec
-from rigor.stages import RunContext, finish_stage, open_run
+from rigor.stages import BEST, RunContext, finish_stage, open_run
 from rigor.tracking import Tracker
 from rigor.xai import render, sanity
 from rigor.xai.attributions import attribute, find_layer, gaussian_blur
@@ -34,7 +34,9 @@ def explain(
     from rigor.manifest import load_manifest
 
     manifest = load_manifest(manifest_path)
-    ctx = open_run(manifest_path, [manifest["best_checkpoint"], "splits.json"], env_policy, force)
+    ctx = open_run(
+        manifest_path, [manifest.get("best_checkpoint", BEST), "splits.json"], env_policy, force
+    )
     options = apply_overrides(ctx.config.xai, overrides, "xai")
     samples = _samples(ctx, options, ids)
     jobs = _targets(ctx, options, samples)
@@ -224,7 +226,15 @@ def _render(
 
 
 def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    """A file-name form of a sample id, distinct for distinct ids: an id that had to be
+    changed (characters outside ``[A-Za-z0-9-_.]``, or over 100 of them) gets ``~`` and 10
+    hex of its sha256, and ``~`` never survives unchanged."""
+    import hashlib
+
+    safe = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "-_." else "_" for ch in name)
+    if safe == name and len(name) <= 100:
+        return name
+    return f"{safe[:100]}~{hashlib.sha256(name.encode()).hexdigest()[:10]}"
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from rigor.errors import ArtifactError
 from rigor.experiments import draft_entry, next_number
-from rigor.reproduce import reproduce
+from rigor.reproduce import compare, reproduce
 
 pytestmark = pytest.mark.smoke
 
@@ -40,6 +41,7 @@ def test_draft_entry_from_a_manifest(
 
 def test_reproduce_is_bitwise_and_reports_differences(smoke_manifest: Path, tmp_path: Path) -> None:
     report = reproduce(smoke_manifest, tmp_path / "again", env_policy="ignore")
+    again = tmp_path / "again" / "runs" / report["reproduction"] / "manifest.json"
     assert report["bitwise"] and report["data_identical"] and report["differences"] == []
     assert all(report["weights_identical"].values()) and report["artifact_differences"] == []
     assert set(report["weights_identical"]) == {"checkpoints/best.pt", "checkpoints/last.pt"}
@@ -48,7 +50,9 @@ def test_reproduce_is_bitwise_and_reports_differences(smoke_manifest: Path, tmp_
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["metrics"]["acc/val_test"] = 0.5
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    report = reproduce(copy / "manifest.json", tmp_path / "third", env_policy="ignore")
+    with pytest.raises(ArtifactError, match="manifest.json: its fields changed"):
+        reproduce(copy / "manifest.json", tmp_path / "third", env_policy="ignore")
+    report = compare(copy / "manifest.json", again)  # what a comparison of the two says
     assert not report["bitwise"] and report["weights_identical"]["checkpoints/best.pt"]
     assert [d["metric"] for d in report["differences"]] == ["acc/val_test"]
     assert report["differences"][0]["original"] == 0.5
@@ -58,9 +62,6 @@ def test_reproduce_refuses_a_changed_artifact_and_names_each_difference(
     smoke_manifest: Path, tmp_path: Path
 ) -> None:
     import torch
-
-    from rigor.errors import ArtifactError
-    from rigor.reproduce import compare
 
     copy = tmp_path / "copy" / smoke_manifest.parent.name
     shutil.copytree(smoke_manifest.parent, copy)

@@ -274,3 +274,20 @@ def test_a_completed_run_leaves_no_lock_and_is_never_taken_again(tmp_path: Path)
     assert not (run / ".run.lock").exists()
     with pytest.raises(UsageError, match="already completed"):  # a resumer that raced it
         RunLock(run).acquire()
+
+
+def test_an_edited_manifest_field_outside_the_hashed_files_is_caught(
+    smoke_manifest: Path, tmp_path: Path, run_script, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / smoke_manifest.parent.name
+    shutil.copytree(smoke_manifest.parent, run)
+    manifest_path = run / "manifest.json"
+    assert run_script("manifest", "verify", str(manifest_path)) == 0
+    manifest = json.loads(manifest_path.read_text())
+    manifest["transforms"]["mean"] = [m + 0.1 for m in manifest["transforms"]["mean"]]
+    manifest_path.write_text(json.dumps(manifest))  # still schema-valid; no file changed
+    capsys.readouterr()
+    assert run_script("manifest", "verify", str(manifest_path)) == 5
+    assert "manifest.json: its fields changed since it was written" in capsys.readouterr().err
+    flags = ["--from-manifest", str(manifest_path), "--env-policy", "ignore"]
+    assert run_script("eval", *flags) == 5  # every stage reads through the same check

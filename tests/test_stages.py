@@ -239,6 +239,7 @@ def test_export_and_predict(
         ("missing_policy", 5, "policy.json: missing"),
         ("nan_threshold", 3, "NaN is not a JSON number"),  # rehashed: only the value is bad
         ("inf_temperature", 3, "Infinity is not a JSON number"),
+        ("edited_transforms", 5, "bundle.json: its fields (transforms, classes, ...) changed"),
     ],
 )
 def test_bundle_refusals(
@@ -261,13 +262,16 @@ def test_bundle_refusals(
     elif breakage == "none_active":
         record["policies"][0]["active"] = False
     elif breakage in ("nan_threshold", "inf_temperature"):
-        from rigor.io import sha256_file
+        from rigor.io import record_hash, sha256_file
 
         policy = json.loads((bundle / "policy.json").read_text())
         key = "threshold" if breakage == "nan_threshold" else "temperature"
         policy[key] = float("nan") if key == "threshold" else float("inf")
         (bundle / "policy.json").write_text(json.dumps(policy))
         record["sha256"]["policy.json"] = sha256_file(bundle / "policy.json")
+        record["record_sha256"] = record_hash(record)  # as if export had written it
+    elif breakage == "edited_transforms":
+        record["transforms"]["mean"] = [m + 0.1 for m in record["transforms"]["mean"]]
     elif breakage == "changed_weights":
         with open(bundle / "model.safetensors", "r+b") as handle:
             handle.seek(-4, 2)

@@ -128,6 +128,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def record_hash(record: dict[str, Any]) -> str:
+    """sha256 of a JSON record without its own ``record_sha256`` field: it seals the fields
+    no artifact hash covers (a manifest's transforms, a bundle's class names)."""
+    return sha256_json({k: v for k, v in record.items() if k != "record_sha256"})
+
+
 def sha256_json(obj: Any) -> str:
     """Return the hex sha256 of the canonical JSON form of ``obj``."""
     canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

@@ -122,7 +122,12 @@ def compare(original_path: Path, new_path: Path) -> dict[str, Any]:
         b["dataset"]["content_hash"],
         b["dataset"]["hashes"],
     )
-    artifacts = _artifact_differences(original_path.parent, new_path.parent, a)
+    found = _artifact_differences(original_path.parent, new_path.parent, a)
+    # Generator states left at the end are listed but decide nothing: a library imported
+    # lazily during a process's first run may draw from Python's global generator, and
+    # nothing a run computes depends on it afterwards.
+    rng = [d for d in found if ".rng." in d]
+    artifacts = [d for d in found if d not in rng]
     weights = {
         name: not any(d.startswith(Path(name).name) for d in artifacts)
         for name in a.get("checkpoints", [])
@@ -140,6 +145,7 @@ def compare(original_path: Path, new_path: Path) -> dict[str, Any]:
         "weights_identical": weights,
         "artifacts_identical": not artifacts,
         "artifact_differences": artifacts,
+        "rng_state_differences": rng,
         "metrics_identical": not differences,
         "differences": differences,
         "bitwise": data_same and not artifacts and not differences,

@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from rigor.calibration.schema import validate_thresholds
 from rigor.errors import ArtifactError, ManifestError, UsageError
 from rigor.export.schema import BUNDLE_SCHEMA
-from rigor.io import atomic_write_json, atomic_write_with, read_json
+from rigor.io import atomic_write_json, atomic_write_with, read_json, record_hash
 from rigor.manifest import check_schema, resolve_inside, verify_manifest
 from rigor.manifest.rundir import iso, utc_now
 from rigor.stages import finish_stage, open_run
@@ -102,6 +102,7 @@ def _fill(bundle: Path, ctx: Any, reads: list[str], calibrated: bool, force: boo
     record = _record(ctx, task, [p for p in copies.values() if p.startswith("metrics/")])
     record["intervals"] = "intervals.json" if INTERVALS in reads else None
     record["sha256"] = {rel: _sha(bundle / rel) for rel in ["model.safetensors", *copies.values()]}
+    record["record_sha256"] = record_hash(record)
     atomic_write_json(bundle / "bundle.json", record)
     return task
 
@@ -205,6 +206,8 @@ def load_bundle(root: Path) -> Bundle:
     if unhashed:
         raise ManifestError(f"{path}: $.sha256 has no entry for {', '.join(unhashed)}")
     problems = []
+    if "record_sha256" in record and record["record_sha256"] != record_hash(record):
+        problems.append("bundle.json: its fields (transforms, classes, ...) changed since export")
     for rel, expected in sorted(record["sha256"].items()):
         target = resolve_inside(root, rel)
         if not target.is_file():

@@ -65,6 +65,12 @@ BUNDLE_SCHEMA: dict[str, Any] = {
             "description": "Split-conformal intervals of the regression tasks (from calibrate), "
             "hashed like every other file; null or absent: none.",
         },
+        "record_sha256": {
+            "type": "string",
+            "pattern": "^[0-9a-f]{64}$",
+            "description": "sha256 of this record without this field: seals the transforms, "
+            "class names and every other field no file hash covers.",
+        },
     },
 }
 

@@ -13,7 +13,7 @@ from typing import Any
 from jsonschema import Draft202012Validator, FormatChecker
 
 from rigor.errors import ArtifactError, ManifestError
-from rigor.io import atomic_write_json, exclusive_lock, read_json, sha256_file
+from rigor.io import atomic_write_json, exclusive_lock, read_json, record_hash, sha256_file
 from rigor.manifest.schema import MANIFEST_SCHEMA, MANIFEST_VERSION
 
 __all__ = [
@@ -94,6 +94,8 @@ def verify_manifest(
     """Re-hash listed artifacts (all, or ``only`` these); ArtifactError names every bad one."""
     wanted = manifest["sha256"] if only is None else {rel: manifest["sha256"][rel] for rel in only}
     problems = []
+    if "record_sha256" in manifest and manifest["record_sha256"] != record_hash(manifest):
+        problems.append("manifest.json: its fields changed since it was written (record_sha256)")
     for rel, expected in sorted(wanted.items()):
         try:
             target = resolve_inside(run_dir, rel)
@@ -118,6 +120,7 @@ def hash_files(run_dir: Path, rels: Iterable[str]) -> dict[str, str]:
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> Path:
     """Validate, then write ``manifest.json`` atomically; never writes an invalid manifest."""
+    manifest["record_sha256"] = record_hash(manifest)
     validate_manifest(manifest, label="manifest about to be written")
     path = run_dir / "manifest.json"
     atomic_write_json(path, manifest)

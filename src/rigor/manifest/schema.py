@@ -197,6 +197,10 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "minProperties": 1,
             },
             "stages": {"type": "array", "items": STAGE, "minItems": 1},
+            "record_sha256": {
+                **SHA256,
+                "description": "sha256 of this record without this field (io.record_hash).",
+            },
         }
     ),
     # Runs that train weights list their checkpoints; a probe (frozen features) has none.
@@ -206,7 +210,9 @@ MANIFEST_SCHEMA: dict[str, Any] = {
     "else": {"required": list(WEIGHTS)},
 }
 
-MANIFEST_SCHEMA["required"] = [k for k in MANIFEST_SCHEMA["required"] if k not in WEIGHTS]
+MANIFEST_SCHEMA["required"] = [
+    k for k in MANIFEST_SCHEMA["required"] if k not in (*WEIGHTS, "record_sha256")
+]
 
 
 def render_manifest_schema() -> str:

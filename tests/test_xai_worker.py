@@ -47,8 +47,8 @@ def manifest(root: Path) -> Path:
     return next(root.glob("runs/*/manifest.json"))
 
 
-@pytest.fixture(scope="module")
-def server(root: Path) -> Iterator[str]:
+def start_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A worker service on a free port, once /health shows its two workers."""
     port = free_port()
     sets = [
         f"xai.worker.port={port}",
@@ -79,6 +79,12 @@ def server(root: Path) -> Iterator[str]:
     else:
         proc.kill()
         pytest.fail(f"worker did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+    return proc, url
+
+
+@pytest.fixture(scope="module")
+def server(root: Path) -> Iterator[str]:
+    proc, url = start_server(root)
     yield url
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=20)
@@ -182,3 +188,77 @@ def test_paths_outside_the_results_root(
         assert "outside the results root" in response.json()["detail"]
     bad_option = {"manifest": str(manifest), "options": {"method": "magic"}}
     assert httpx.post(f"{server}/jobs", json=bad_option, headers=auth()).status_code == 400
+
+
+@pytest.mark.slow
+def test_an_idle_worker_killed_is_replaced_and_the_queue_goes_on(
+    server: str, manifest: Path
+) -> None:
+    victim = httpx.get(f"{server}/health").json()["pids"][0]
+    os.kill(victim, signal.SIGKILL)  # idle: with a shared queue this stalled every job
+    with httpx.Client(base_url=server, headers=auth(), timeout=10) as client:
+        body = {"manifest": str(manifest), "options": CHEAP}
+        jobs = [client.post("/jobs", json=body).json()["id"] for _ in range(3)]
+    states = wait(server, jobs, timeout=120)
+    assert all(s["status"] == "done" for s in states.values())
+    health = httpx.get(f"{server}/health").json()
+    assert health["workers"] == 2 and victim not in health["pids"]
+
+
+def test_bodies_are_bounded_and_authentication_comes_first(server: str) -> None:
+    import psutil
+
+    port = int(server.rsplit(":", 1)[1])
+    (pid,) = {c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port and c.pid}
+    before = psutil.Process(pid).memory_info().rss
+    huge = b"x" * (64 * 2**20)
+    response = httpx.post(f"{server}/jobs", content=huge, timeout=60)  # no token
+    assert response.status_code == 401
+    response = httpx.post(f"{server}/jobs", content=huge, headers=auth(), timeout=60)
+    assert response.status_code == 413 and "body over 65536 bytes" in response.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams
+        for _ in range(64):
+            yield b"x" * 2**20
+
+    response = httpx.post(f"{server}/jobs", content=chunks(), headers=auth(), timeout=60)
+    assert response.status_code == 413
+    assert psutil.Process(pid).memory_info().rss - before < 32 * 2**20  # nothing buffered
+
+
+def test_short_tokens_are_refused_and_finished_jobs_are_evicted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rigor.errors import UsageError
+    from rigor.xai.service import Job, Service
+    from rigor.xai.worker import _defaults, read_token
+
+    cfg = load_config(SMOKE, environ={}).config.xai.worker
+    monkeypatch.setenv(cfg.token_env, "short-token")
+    with pytest.raises(UsageError, match="11 characters long; the worker needs at least 16"):
+        read_token(cfg)
+    assert _defaults()["worker"]["max_body_bytes"] == 65536
+    small = cfg.model_copy(update={"finished_ttl_s": 10.0, "max_finished": 2})
+    service = Service(small)
+    for i, (status, at) in enumerate(
+        [("done", 0.0), ("failed", 5.0), ("done", 6.0), ("done", 8.0), ("running", None)]
+    ):
+        service.jobs[f"j{i}"] = Job(f"j{i}", "m", {}, None, status=status, finished_at=at)
+    service._evict(now=12.0)  # j0 expired; of j1, j2, j3 the oldest goes past max_finished
+    assert sorted(service.jobs) == ["j2", "j3", "j4"]
+
+
+@pytest.mark.slow
+def test_a_server_killed_with_sigkill_leaves_no_orphans(root: Path) -> None:
+    import psutil
+
+    proc, url = start_server(root)
+    pids = httpx.get(f"{url}/health").json()["pids"]
+    assert len(pids) == 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
+        time.sleep(0.2)
+    alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert alive == []

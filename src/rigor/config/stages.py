@@ -66,6 +66,11 @@ class XaiWorkerConfig(Section):
     token_env: str = Field(description="Environment variable holding the bearer token.")
     token_file: str | None = Field(description="File holding the bearer token (if no env var).")
     results_root: str = Field(description="Only manifests under this folder are accepted.")
+    max_body_bytes: int = Field(
+        ge=1024, description="Largest request body; larger ones get 413 before being read."
+    )
+    finished_ttl_s: float = Field(gt=0, description="Seconds a finished job stays queryable.")
+    max_finished: int = Field(ge=1, description="Finished jobs kept at most (oldest go first).")
 
 
 # The one list of XAI method names: the config accepts these, scripts/xai.py offers them and

@@ -19,28 +19,27 @@ Jobs are ``{"manifest": path, "options": {xai overrides}, "ids": [...]}``. The s
 
 from __future__ import annotations
 
-import fcntl
 import hmac
 import math
-import multiprocessing as mp
 import os
-import queue
-import threading
-import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from rigor.config import apply_overrides
 from rigor.config.models import XaiConfig, XaiWorkerConfig
-from rigor.errors import ConfigError, RigorError, UsageError
+from rigor.errors import ConfigError, UsageError
+from rigor.xai.service import Service
 
-PERMANENT_EXIT_CODES = {2, 3, 5}
+MIN_TOKEN = 16
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 def read_token(cfg: XaiWorkerConfig) -> str:
@@ -56,7 +55,61 @@ def read_token(cfg: XaiWorkerConfig) -> str:
             f"no token: set the environment variable {cfg.token_env} or xai.worker.token_file; "
             "the worker never runs without authentication"
         )
+    if len(token) < MIN_TOKEN:
+        raise UsageError(
+            f"the token is {len(token)} characters long; the worker needs at least {MIN_TOKEN} "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
     return token
+
+
+class _TooLarge(HTTPException):
+    """Raised while a body streams in past the limit (FastAPI passes HTTPExceptions on)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"body over {limit} bytes", headers={"Connection": "close"})
+
+
+class Guard:
+    """ASGI middleware in front of every route but /health: the bearer token is checked
+    from the headers before a byte of the body is read (401), and a body over
+    ``max_body_bytes`` is refused (413): by its Content-Length before reading, or as soon
+    as a chunked body passes the limit."""
+
+    def __init__(self, app: Any, token: str, max_body: int) -> None:
+        self.app, self.token, self.max_body = app, token.encode(), max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/health":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given, self.token):
+            await self._refuse(401, "missing or wrong bearer token", scope, receive, send)
+            return
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await self._refuse(413, f"body over {self.max_body} bytes", scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> MutableMapping[str, Any]:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                raise _TooLarge(self.max_body)
+            return message
+
+        await self.app(scope, counted, send)
+
+    @staticmethod
+    async def _refuse(code: int, detail: str, scope: Scope, receive: Receive, send: Send) -> None:
+        extra = {"WWW-Authenticate": "Bearer"} if code == 401 else {"Connection": "close"}
+        await JSONResponse({"detail": detail}, status_code=code, headers=extra)(
+            scope, receive, send
+        )
 
 
 def inside_root(manifest: str, root: Path) -> Path:
@@ -69,173 +122,6 @@ def inside_root(manifest: str, root: Path) -> Path:
     if not real.is_file() or real.name != "manifest.json":
         raise UsageError(f"manifest {manifest} is not an existing manifest.json")
     return real
-
-
-@dataclass
-class Job:
-    """One job and what happened to it."""
-
-    id: str
-    manifest: str
-    options: dict[str, Any]
-    ids: list[str] | None
-    status: str = "queued"  # queued, running, done, failed
-    attempts: int = 0
-    worker_pid: int | None = None
-    error: str | None = None
-    result: str | None = None
-    history: list[str] = field(default_factory=list)
-
-    def public(self) -> dict[str, Any]:
-        """The JSON of GET /jobs/{id}."""
-        return {
-            k: getattr(self, k)
-            for k in (
-                "id",
-                "manifest",
-                "status",
-                "attempts",
-                "worker_pid",
-                "error",
-                "result",
-                "history",
-            )
-        }
-
-
-def run_job(job_id: str, manifest: str, options: dict[str, Any], ids: list[str] | None) -> str:
-    """Run one job in a worker process, once: skip it if its stage entry already exists."""
-    from rigor.manifest import load_manifest
-    from rigor.xai.stage import explain
-
-    path = Path(manifest)
-    lock_path = path.parent / ".xai.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        done = [s for s in load_manifest(path)["stages"] if s["options"].get("job_id") == job_id]
-        if done:
-            return str(path.parent / "xai" / "summary.json")
-        return str(explain(path, "warn", False, options, ids, job_id=job_id))
-
-
-def worker_main(tasks: Any, events: Any) -> None:
-    """A worker process: take jobs, report start, success or error (with its exit code)."""
-    while True:
-        item = tasks.get()
-        if item is None:
-            return
-        job_id, manifest, options, ids = item
-        events.put(("started", job_id, os.getpid(), None))
-        try:
-            events.put(("done", job_id, os.getpid(), run_job(job_id, manifest, options, ids)))
-        except RigorError as err:
-            events.put(
-                ("error", job_id, os.getpid(), (err.exit_code, f"{type(err).__name__}: {err}"))
-            )
-        except Exception as err:  # noqa: BLE001 - reported back to the service, retried there
-            events.put(("error", job_id, os.getpid(), (1, f"{type(err).__name__}: {err}")))
-
-
-class Service:
-    """Job store, bounded admission, worker processes and their supervisor."""
-
-    def __init__(self, cfg: XaiWorkerConfig) -> None:
-        self.cfg = cfg
-        self.root = Path(cfg.results_root)
-        self.jobs: dict[str, Job] = {}
-        self.lock = threading.Lock()
-        context = mp.get_context("spawn")
-        self.context = context
-        self.tasks: Any = context.Queue()
-        self.events: Any = context.Queue()
-        self.processes: list[Any] = []
-        self.running: dict[int, str] = {}  # pid -> job id
-        self.stopping = threading.Event()
-
-    def start(self) -> None:
-        """Start the worker processes and the supervisor thread."""
-        for _ in range(self.cfg.workers):
-            self._spawn()
-        threading.Thread(target=self._supervise, daemon=True, name="xai-supervisor").start()
-
-    def stop(self) -> None:
-        """Ask workers to finish and stop supervising."""
-        self.stopping.set()
-        for _ in self.processes:
-            self.tasks.put(None)
-        for process in self.processes:
-            process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
-
-    def _spawn(self) -> None:
-        process = self.context.Process(
-            target=worker_main, args=(self.tasks, self.events), daemon=True
-        )
-        process.start()
-        self.processes.append(process)
-
-    def submit(self, manifest: str, options: dict[str, Any], ids: list[str] | None) -> Job | None:
-        """Admit a job, or None when the queue is full."""
-        with self.lock:
-            waiting = sum(job.status == "queued" for job in self.jobs.values())
-            if waiting >= self.cfg.queue_size:
-                return None
-            job = Job(uuid.uuid4().hex, manifest, options, ids)
-            self.jobs[job.id] = job
-            self._enqueue(job)
-        return job
-
-    def _enqueue(self, job: Job) -> None:
-        job.status = "queued"
-        self.tasks.put((job.id, job.manifest, job.options, job.ids))
-
-    def _retry_or_fail(self, job: Job, reason: str, permanent: bool) -> None:
-        job.history.append(reason)
-        job.worker_pid = None
-        if permanent or job.attempts > self.cfg.max_retries:
-            job.status, job.error = "failed", reason
-            return
-        job.status = "queued"
-        delay = self.cfg.backoff_s * 2 ** (job.attempts - 1)
-        threading.Timer(
-            delay, lambda: self.tasks.put((job.id, job.manifest, job.options, job.ids))
-        ).start()
-
-    def _supervise(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                kind, job_id, pid, payload = self.events.get(timeout=0.2)
-            except queue.Empty:
-                self._reap()
-                continue
-            with self.lock:
-                job = self.jobs[job_id]
-                if kind == "started":
-                    job.status, job.worker_pid = "running", pid
-                    job.attempts += 1
-                    self.running[pid] = job_id
-                elif kind == "done":
-                    job.status, job.result, job.worker_pid = "done", payload, None
-                    self.running.pop(pid, None)
-                else:
-                    code, message = payload
-                    self.running.pop(pid, None)
-                    self._retry_or_fail(job, message, permanent=code in PERMANENT_EXIT_CODES)
-
-    def _reap(self) -> None:
-        """Replace dead workers; requeue (or fail) the job a dead worker was running."""
-        with self.lock:
-            for process in list(self.processes):
-                if process.is_alive():
-                    continue
-                self.processes.remove(process)
-                job_id = self.running.pop(process.pid, None)
-                if job_id is not None and self.jobs[job_id].status == "running":
-                    reason = f"worker process {process.pid} died (exit code {process.exitcode})"
-                    self._retry_or_fail(self.jobs[job_id], reason, permanent=False)
-                if not self.stopping.is_set():
-                    self._spawn()
 
 
 class Submission(BaseModel):
@@ -261,15 +147,7 @@ def create_app(cfg: XaiWorkerConfig) -> Any:
     app = FastAPI(title="rigor xai worker", lifespan=lifespan)
     app.state.service = service
 
-    def authorized(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(
-                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
-
-    @app.post("/jobs", status_code=202, dependencies=[Depends(authorized)])
+    @app.post("/jobs", status_code=202)
     def submit(body: Submission) -> Any:
         try:
             manifest = inside_root(body.manifest, service.root)
@@ -288,7 +166,7 @@ def create_app(cfg: XaiWorkerConfig) -> Any:
             )
         return job.public()
 
-    @app.get("/jobs/{job_id}", dependencies=[Depends(authorized)])
+    @app.get("/jobs/{job_id}")
     def status(job_id: str) -> Any:
         with service.lock:
             job = service.jobs.get(job_id)
@@ -298,8 +176,10 @@ def create_app(cfg: XaiWorkerConfig) -> Any:
 
     @app.get("/health")
     def health() -> Any:
-        return {"workers": sum(p.is_alive() for p in service.processes), "jobs": len(service.jobs)}
+        pids = service.live_workers()
+        return {"workers": len(pids), "pids": pids, "jobs": len(service.jobs)}
 
+    app.add_middleware(Guard, token=token, max_body=cfg.max_body_bytes)
     return app
 
 
@@ -312,4 +192,4 @@ def _defaults() -> dict[str, Any]:
     return resolved.config.xai.model_dump()
 
 
-__all__ = ["create_app", "Service", "run_job", "inside_root", "read_token"]
+__all__ = ["create_app", "Service", "Guard", "inside_root", "read_token"]

@@ -291,3 +291,32 @@ def test_an_edited_manifest_field_outside_the_hashed_files_is_caught(
     assert "manifest.json: its fields changed since it was written" in capsys.readouterr().err
     flags = ["--from-manifest", str(manifest_path), "--env-policy", "ignore"]
     assert run_script("eval", *flags) == 5  # every stage reads through the same check
+
+
+def test_a_non_finite_loss_stops_the_run_at_once_with_exit_1(
+    tmp_path: Path, run_script, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import anndata
+    import numpy as np
+    from conftest import CONFIGS
+
+    from rigor.data.hest_write import write_tiles_hest
+
+    root = tmp_path / "hest"
+    write_tiles_hest(root, 4, 4, 16)
+    for sample in ("TILES-P00", "TILES-P01", "TILES-P02", "TILES-P03"):  # whoever trains
+        table = anndata.read_h5ad(root / "st" / f"{sample}.h5ad")
+        table.X = np.asarray(table.X)
+        table.X[:, 0] = 1e30  # finite, but its squared error is not (float32)
+        table.write_h5ad(root / "st" / f"{sample}.h5ad")
+    experiment = CONFIGS / "experiment" / "tiles_hest.yaml"
+    sets = [f"data.root={root}", f"run.output_root={tmp_path / 'out'}", "data.cache=false"]
+    sets += ["data.hest.expression=raw", "logging.tensorboard=false"]
+    sets += ["data.splits={train: 0.25, val_select: 0.25, val_calib: 0.25, val_test: 0.25}"]
+    args = [a for s in sets for a in ("--set", s)]
+    code = run_script("train", "--config", str(experiment), *args, "--env-policy", "ignore")
+    err = capsys.readouterr().err
+    assert code == 1, err[-2000:]
+    assert "non-finite training loss" in err and "the batch held dataset rows" in err
+    (run,) = (tmp_path / "out" / "runs").iterdir()
+    assert not (run / "manifest.json").exists()  # nothing claims success

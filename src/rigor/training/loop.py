@@ -122,6 +122,12 @@ class OutOfMemoryFloor(RigorError):
     exit_code = 1
 
 
+class NonFiniteLoss(RigorError):
+    """The training loss became NaN or infinite: the run stops before the optimizer step."""
+
+    exit_code = 1
+
+
 @dataclass
 class StepResult:
     """What one optimizer step did."""
@@ -171,6 +177,15 @@ class Stepper:
                         "processes; lower training.batch_size or use more processes"
                     ) from None
                 self._halve(step_index)
+        loss = losses[metric_key("loss", "train")]
+        if not self._all_finite(loss):  # stop before the optimizer moves a weight
+            rows = sorted(int(r) for batch in batches for r in batch.index.tolist())
+            shown = ", ".join(map(str, rows[:20])) + (" ..." if len(rows) > 20 else "")
+            raise NonFiniteLoss(
+                f"non-finite training loss (here: {loss}) at step {step_index}; the batch held dataset "
+                f"rows {shown}. The last checkpoint is intact; look for extreme inputs or "
+                "targets, or lower training.lr (fp16: try bf16)"
+            )
         if self.weighting is not None and self.world_size > 1:
             import torch.distributed as dist
 
@@ -191,6 +206,17 @@ class Stepper:
         if self.ema is not None:
             self.ema.update(self.model)
         return StepResult(losses, float(norm), lr, samples)
+
+    def _all_finite(self, loss: float) -> bool:
+        """Whether the loss is finite in every process (all stop together, none hangs)."""
+        bad = 0.0 if math.isfinite(loss) else 1.0
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([bad], device=next(self.model.parameters()).device)
+            dist.all_reduce(flag)
+            bad = float(flag.item())
+        return bad == 0.0
 
     def _accumulate(self, batches: list[Batch]) -> tuple[dict[str, float], int]:
         self.optimizer.zero_grad(set_to_none=True)

@@ -85,6 +85,7 @@ def test_csv_with_groups_regression_and_resize(tmp_path: Path) -> None:
     [
         ("missing_root", "data.root: folder not found"),
         ("empty", "no images under"),
+        ("empty_class", r"class folder\(s\) \['dog'\] hold no images"),
     ],
 )
 def test_imagefolder_errors(tmp_path: Path, breakage: str, expected: str) -> None:
@@ -93,6 +94,9 @@ def test_imagefolder_errors(tmp_path: Path, breakage: str, expected: str) -> Non
         make_images(root, {"cat": 2, "dog": 2})
     if breakage == "empty":
         for path in root.rglob("*.png"):
+            path.unlink()
+    if breakage == "empty_class":  # torchvision's ImageFolder refuses it too
+        for path in (root / "dog").glob("*.png"):
             path.unlink()
     cfg = data_cfg("data.name=imagefolder", f"data.root={root}", "data.tasks=[label]")
     with pytest.raises(UsageError, match=expected):
@@ -115,14 +119,19 @@ def test_imagefolder_errors(tmp_path: Path, breakage: str, expected: str) -> Non
             r"no column 'label' \(named by data.csv.targets.label.column\)",
         ),
         ("path,label\nimgs/cat/000.png,\n", r"row 2: empty value in column 'label'"),
+        (
+            "path,label,patient\nimgs/cat/000.png,cat,P1\nimgs/cat/000.png,cat,\n",
+            r"row 3: empty value in column 'patient' \(named by data.csv.group_column\)",
+        ),
     ],
 )
 def test_csv_errors_name_file_row_and_column(tmp_path: Path, table: str, expected: str) -> None:
     make_images(tmp_path / "imgs", {"cat": 1})
     (tmp_path / "t.csv").write_text(table)
+    group = "patient" if "patient" in table else "null"
     cfg = data_cfg(
         "data.name=csv",
-        f"data.csv={{path: {tmp_path / 't.csv'}, image_column: path, group_column: null, "
+        f"data.csv={{path: {tmp_path / 't.csv'}, image_column: path, group_column: {group}, "
         "id_column: null, targets: {label: {column: label, kind: classification}}}",
         "data.tasks=[label]",
     )

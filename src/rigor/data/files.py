@@ -35,12 +35,19 @@ def build_imagefolder(cfg: DataConfig) -> RawData:
     root = Path(cfg.root or "")
     if not root.is_dir():
         raise UsageError(f"data.root: folder not found: {root}")
-    refs, labels = [], []
+    refs, labels, empty = [], [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                refs.append(ImageRef(path, f"data.root {root}: file {path.relative_to(root)}"))
-                labels.append(folder.name)
+        found = [p for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not found and not folder.name.startswith("."):
+            empty.append(folder.name)
+        for path in found:
+            refs.append(ImageRef(path, f"data.root {root}: file {path.relative_to(root)}"))
+            labels.append(folder.name)
+    if empty and refs:  # as torchvision's ImageFolder: a class needs at least one image
+        raise UsageError(
+            f"data.root {root}: class folder(s) {empty} hold no images; add images or remove "
+            "the folder(s)"
+        )
     if not refs:
         raise UsageError(f"data.root: no images under {root} (expected root/<class>/<image>)")
     targets, classes = _classes(pd.Series(labels))
@@ -128,6 +135,12 @@ def build_csv(cfg: DataConfig) -> RawData:
     )
     if len(set(ids)) != len(ids):
         raise UsageError(f"{csv.path}: column {csv.id_column!r} has duplicate ids")
+    if csv.group_column and frame[csv.group_column].isna().any():
+        row = int(frame[csv.group_column].isna().to_numpy().nonzero()[0][0]) + 2
+        raise UsageError(
+            f"{csv.path}: row {row}: empty value in column {csv.group_column!r} (named by "
+            "data.csv.group_column): every sample needs its group"
+        )
     groups = frame[csv.group_column].astype(str).tolist() if csv.group_column else ids
     return RawData(
         name="csv",

@@ -182,9 +182,9 @@ class Stepper:
             rows = sorted(int(r) for batch in batches for r in batch.index.tolist())
             shown = ", ".join(map(str, rows[:20])) + (" ..." if len(rows) > 20 else "")
             raise NonFiniteLoss(
-                f"non-finite training loss (here: {loss}) at step {step_index}; the batch held dataset "
-                f"rows {shown}. The last checkpoint is intact; look for extreme inputs or "
-                "targets, or lower training.lr (fp16: try bf16)"
+                f"non-finite training loss (here: {loss}) at step {step_index}; the batch held "
+                f"dataset rows {shown}. The last checkpoint is intact; look for extreme inputs "
+                "or targets, or lower training.lr (fp16: try bf16)"
             )
         if self.weighting is not None and self.world_size > 1:
             import torch.distributed as dist

@@ -252,3 +252,27 @@ def test_progress_bars_off_in_ci_and_pipes(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("CI", "true")
     assert progress_enabled("auto") is False and progress_enabled("always") is True
     assert progress_enabled("never") is False
+
+
+def test_resume_drops_a_top_k_file_its_state_never_recorded(tmp_path: Path) -> None:
+    """Killed between saving a top-k file and the next last.pt: the resumed run keeps k."""
+    import shutil
+
+    sets = ["training.epochs=3", "training.keep_top_k=2", "training.monitor=val_select/loss"]
+    sets.append("training.monitor_mode=min")
+    path = smoke(tmp_path / "a", *sets)
+    run = tmp_path / "b" / "runs" / path.parent.name
+    shutil.copytree(path.parent, run)
+    (run / "manifest.json").unlink()  # as if killed just before the manifest
+    stray = run / "checkpoints" / "top" / "epoch=0099.pt"
+    shutil.copy(next((run / "checkpoints" / "top").iterdir()), stray)
+    (run / "checkpoints" / ".last.pt.x1y2.tmp").write_bytes(b"half")  # a killed write
+    overrides = [f"run.output_root={tmp_path / 'b'}", *sets]  # the same config hash
+    resumed = train(
+        load_config(SMOKE, sets=overrides, environ={}), env_policy="ignore", resume=str(run)
+    )
+    kept = sorted(p.name for p in (run / "checkpoints" / "top").iterdir())
+    assert len(kept) == 2 and "epoch=0099.pt" not in kept
+    manifest = json.loads(resumed.read_text())
+    assert not any("0099" in c or c.endswith(".tmp") for c in manifest["checkpoints"])
+    assert not (run / "checkpoints" / ".last.pt.x1y2.tmp").exists()

@@ -70,9 +70,9 @@ class Session:
         self.top_k: list[dict[str, Any]] = []
         self.epoch_sums: dict[str, float] = {}  # sample-weighted train losses of this epoch
         self.skipped: dict[int, str] = {}  # unreadable samples left out (data.on_bad_sample)
+        self.main = prepared.dist.main
         if state is not None:
             self._restore(state)
-        self.main = prepared.dist.main
         self.tracker: Tracker | NullTracker = (
             Tracker(run_dir, cfg.logging, start_step=self.step) if self.main else NullTracker()
         )
@@ -193,6 +193,7 @@ class Session:
         self.stopped_early = self.early.should_stop
         state = self._state()
         self._keep_top_k(finished, values[self.monitor], state)
+        state["top_k"] = list(self.top_k)  # last.pt records the files this epoch kept
         if improved:
             self._save("checkpoints/best.pt", state)
         self._save("checkpoints/last.pt", state)
@@ -265,6 +266,11 @@ class Session:
             state["oom_events"]
         )
         self.top_k = list(state["top_k"])
+        if self.main:  # a kill between a top-k save and the next last.pt left one extra
+            kept = {entry["path"] for entry in self.top_k}
+            for path in (self.run_dir / "checkpoints" / "top").glob("*.pt"):
+                if str(path.relative_to(self.run_dir)) not in kept:
+                    path.unlink()
         self.epoch_sums = {key: float(value) for key, value in state["epoch_sums"].items()}
         self.skipped = {int(row): str(error) for row, error in state.get("skipped", {}).items()}
         set_rng_state(state["rng"])

@@ -320,3 +320,20 @@ def test_a_non_finite_loss_stops_the_run_at_once_with_exit_1(
     assert "non-finite training loss" in err and "the batch held dataset rows" in err
     (run,) = (tmp_path / "out" / "runs").iterdir()
     assert not (run / "manifest.json").exists()  # nothing claims success
+
+
+def test_a_nan_in_a_stage_summary_is_written_as_null_and_reads_back(
+    smoke_manifest: Path, tmp_path: Path
+) -> None:
+    from rigor.manifest import write_manifest
+
+    run = tmp_path / smoke_manifest.parent.name
+    shutil.copytree(smoke_manifest.parent, run)
+    manifest = load_manifest(run / "manifest.json")
+    manifest["stages"][0]["summary"]["infeasible"] = float("nan")  # e.g. no Coverage@Risk
+    manifest["stages"][0]["summary"]["unbounded"] = [1.0, float("inf")]
+    write_manifest(run, manifest)
+    again = load_manifest(run / "manifest.json")  # strict reader: would refuse NaN
+    assert again["stages"][0]["summary"]["infeasible"] is None
+    assert again["stages"][0]["summary"]["unbounded"] == [1.0, None]
+    verify_manifest(again, run)

@@ -18,7 +18,7 @@ from rigor.errors import UsageError
 from rigor.evaluation.bootstrap import bootstrap_ci
 from rigor.evaluation.calibration import ece, nll
 from rigor.evaluation.scores import sigmoid, softmax
-from rigor.io import atomic_write_json, atomic_write_text
+from rigor.io import atomic_write_json, atomic_write_text, finite_json
 from rigor.stages import RunContext, finish_stage, open_run
 
 READS = "predictions/val_calib.npz"
@@ -128,7 +128,8 @@ def _calibrate_classifier(ctx: RunContext, options: Any) -> tuple[dict[str, Any]
         },
         "sweep": "calibration/sweep.csv",
     }
-    validate_thresholds(record)
+    record = finite_json(record)  # JSON has no NaN: an undefined value is null, and a null
+    validate_thresholds(record)  # threshold or temperature fails the schema here (exit 3)
     return record, write_outputs(ctx, record, table.table(), before, after, labels)
 
 

@@ -13,7 +13,14 @@ from typing import Any
 from jsonschema import Draft202012Validator, FormatChecker
 
 from rigor.errors import ArtifactError, ManifestError
-from rigor.io import atomic_write_json, exclusive_lock, read_json, record_hash, sha256_file
+from rigor.io import (
+    atomic_write_json,
+    exclusive_lock,
+    finite_json,
+    read_json,
+    record_hash,
+    sha256_file,
+)
 from rigor.manifest.schema import MANIFEST_SCHEMA, MANIFEST_VERSION
 
 __all__ = [
@@ -120,6 +127,7 @@ def hash_files(run_dir: Path, rels: Iterable[str]) -> dict[str, str]:
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> Path:
     """Validate, then write ``manifest.json`` atomically; never writes an invalid manifest."""
+    manifest = finite_json(manifest)  # a NaN summary value is written as null
     manifest["record_sha256"] = record_hash(manifest)
     validate_manifest(manifest, label="manifest about to be written")
     path = run_dir / "manifest.json"

@@ -146,12 +146,18 @@ def test_unreadable_or_non_finite_json_is_exit_3(
     tmp_path: Path, content: bytes, message: str
 ) -> None:
     from rigor.errors import ManifestError
+    from rigor.io import read_json
 
-    path = tmp_path / "manifest.json"
+    path = tmp_path / "policy.json"
     path.write_bytes(content)
     with pytest.raises(ManifestError, match=message) as caught:
-        load_manifest(path)
+        read_json(path)  # how policies, bundles and intervals are read
     assert caught.value.exit_code == 3 and str(path) in str(caught.value)
+    if "JSON number" not in message:  # a manifest that is not UTF-8 or not JSON: exit 3
+        with pytest.raises(ManifestError, match=message):
+            load_manifest(path)
+    else:  # an older manifest's NaN summary reads as null
+        assert read_json(path, non_finite="null")["metrics"]["acc"] is None
 
 
 def test_xai_overlay_names_are_distinct_for_distinct_ids() -> None:

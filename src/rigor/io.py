@@ -100,9 +100,11 @@ def atomic_write_with(path: Path, writer: Callable[[IO[bytes]], None]) -> None:
         writer(handle)
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, non_finite: str = "refuse") -> Any:
     """Parse a JSON file strictly: UTF-8, and no NaN or Infinity (Python writes them, JSON
     has no such values, and a NaN threshold or temperature would pass every range check).
+    ``non_finite="null"`` reads them as null instead (manifests written before rigor wrote
+    undefined values as null, whose summaries may hold a NaN).
 
     Raises:
         ManifestError: (exit 3) naming the file and the problem.
@@ -110,6 +112,8 @@ def read_json(path: Path) -> Any:
     from rigor.errors import ManifestError
 
     def refuse(constant: str) -> Any:
+        if non_finite == "null":
+            return None
         raise ManifestError(f"{path}: {constant} is not a JSON number (a non-finite value)")
 
     try:

@@ -43,7 +43,7 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
-    manifest = read_json(path)
+    manifest = read_json(path, non_finite="null")  # older runs may hold a NaN summary
     validate_manifest(manifest, label=str(path))
     return manifest
 

@@ -43,7 +43,7 @@ class Folds:
 
 def make_folds(groups: np.ndarray, eligible: list[str], n_folds: int | None) -> Folds:
     """Leave-one-group-out over ``eligible`` groups (``n_folds`` None), or ``n_folds``
-    folds of whole groups dealt in sorted order (sklearn's GroupKFold, balanced by rows)."""
+    folds of whole groups (sklearn's GroupKFold, which balances the folds' rows)."""
     groups = np.asarray(groups).astype(str)
     eligible = sorted(set(eligible))
     if n_folds is None or n_folds >= len(eligible):

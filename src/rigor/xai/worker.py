@@ -13,8 +13,12 @@ Jobs are ``{"manifest": path, "options": {xai overrides}, "ids": [...]}``. The s
 - records the job id in the stage entry and skips a job whose id is already recorded, so a
   job interrupted after writing is never applied twice; jobs on the same run take a file lock;
 - requires ``Authorization: Bearer <token>`` (token from ``xai.worker.token_env`` or
-  ``token_file``, compared in constant time; 401 otherwise) and accepts only manifests that
-  resolve, symlinks followed, inside ``xai.worker.results_root`` (400 otherwise).
+  ``token_file``, at least 16 characters, compared in constant time before any of the body
+  is read; 401 otherwise), refuses bodies over ``xai.worker.max_body_bytes`` (413), and
+  accepts only manifests that resolve, symlinks followed, inside
+  ``xai.worker.results_root`` (400 otherwise).
+
+The job store and the worker processes are :mod:`rigor.xai.service`.
 """
 
 from __future__ import annotations

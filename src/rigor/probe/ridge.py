@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from rigor.evaluation.bootstrap import replicates, summarize
+from rigor.io import finite_json
 
 MAX_ITER = 1000
 
@@ -216,7 +217,7 @@ def pearson_report(
             gene: summarize(values["per_gene"][:, j], float(estimate[j]), ci["level"])
             for j, gene in enumerate(genes)
         },
-        "per_fold": [[_finite_or_none(v) for v in row] for row in per_fold],
+        "per_fold": finite_json(per_fold.tolist()),
         "n_groups_tested": n_groups,
         "ci_unit": "group",
     }
@@ -230,13 +231,6 @@ def _weighted_mean(per_fold: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.where(weight > 0, total / np.maximum(weight, 1e-300), np.nan)
 
 
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
-
-
 def _nanmean_rows(matrix: np.ndarray) -> np.ndarray:
     """Mean over axis 0 ignoring NaN; NaN (no warning) where a column is all NaN."""
-    finite = np.isfinite(matrix)
-    total = np.where(finite, matrix, 0.0).sum(axis=0)
-    count = finite.sum(axis=0)
-    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return _weighted_mean(matrix, np.ones(len(matrix)))

@@ -22,7 +22,7 @@ from rigor.config.models import Config
 from rigor.data.registry import TaskSpec
 from rigor.errors import ConfigError, UsageError
 from rigor.evaluation.report_classification import ci_options
-from rigor.io import atomic_write_json
+from rigor.io import atomic_write_json, finite_json
 from rigor.manifest import write_manifest
 from rigor.manifest.rundir import create_run_dir
 from rigor.probe import features as feats
@@ -202,7 +202,8 @@ def _metrics(report: dict[str, Any]) -> dict[str, float | None]:
     }
     for gene, value in report["per_gene"].items():
         metrics[f"probe/pearson/{gene}"] = value["estimate"]
-    return {k: (v if v is None or np.isfinite(v) else None) for k, v in metrics.items()}
+    finite: dict[str, float | None] = finite_json(metrics)
+    return finite
 
 
 def _write_run(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
 import multiprocessing as mp
 import os
 import threading
@@ -27,6 +26,7 @@ from typing import Any
 
 from rigor.config.models import XaiWorkerConfig
 from rigor.errors import RigorError
+from rigor.io import exclusive_lock
 
 PERMANENT_EXIT_CODES = {2, 3, 5}
 PARENT_CHECK_S = 1.0
@@ -60,9 +60,7 @@ def run_job(job_id: str, manifest: str, options: dict[str, Any], ids: list[str] 
     from rigor.xai.stage import explain
 
     path = Path(manifest)
-    lock_path = path.parent / ".xai.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(path.parent / ".xai.lock"):
         done = [s for s in load_manifest(path)["stages"] if s["options"].get("job_id") == job_id]
         if done:
             return str(path.parent / "xai" / "summary.json")

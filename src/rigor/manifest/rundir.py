@@ -106,10 +106,10 @@ class RunLock:
     @staticmethod
     def is_held(run_dir: Path) -> bool:
         """Whether a live process holds the folder's lock (probed without taking it over)."""
-        path = run_dir / LOCK
-        if not path.exists():
+        try:
+            fd = os.open(run_dir / LOCK, os.O_RDONLY)
+        except FileNotFoundError:  # never locked, or its run completed and removed it
             return False
-        fd = os.open(path, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

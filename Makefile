@@ -37,7 +37,7 @@ demo: setup
 	$(PY) scripts/manifest.py show $$manifest; \
 	echo "demo outputs:"; \
 	echo "  train      $$run/  (checkpoints/, predictions/, logs/, metrics.json)"; \
-	echo "  calibrate  $$run/calibration/  (thresholds.json, sweep.csv, reliability.png)"; \
+	echo "  calibrate  $$run/calibration/  (thresholds.json, conformal.json, scrcparams.json, sweep.csv, reliability.png)"; \
 	echo "  eval       $$run/eval/  (metrics.json, metrics.csv, *.png)"; \
 	echo "  xai        $$run/xai/  (summary.json, attributions.npz, overlays/, grid_digit.png)"; \
 	echo "  export     $$run/bundle/  (model.safetensors, policy.json, bundle.json)"; \

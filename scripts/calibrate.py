@@ -1,9 +1,14 @@
-"""Fit temperature scaling and the selective threshold policy on val_calib only.
+"""Fit temperature scaling, the selective threshold policy and the policies with
+guarantees (Platt gate, conformal sets, CRC, SCRC) on val_calib only.
 
     python scripts/calibrate.py --from-manifest results/runs/<run_id>/manifest.json
+    python scripts/calibrate.py --from-manifest M --policy sets \
+        --set calibration.conformal.alpha=0.05
 
-Writes calibration/{thresholds.json,sweep.csv,reliability.png} and a stage entry.
-Exit codes: 0 ok, 2 no feasible threshold / no finite temperature / bad usage, 3 invalid
+Writes calibration/{thresholds.json,sweep.csv,reliability.png,conformal.json,
+scrcparams.json} (and platt.json for a gated task) and a stage entry.
+Exit codes: 0 ok, 2 no feasible threshold / chosen policy infeasible (the message gives the
+best achievable value) / NaN predictions / no finite temperature / bad usage, 3 invalid
 manifest, 4 env mismatch (strict), 5 artifact missing or changed.
 """
 
@@ -13,8 +18,24 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from rigor.cli import add_common_flags, run_main
+from rigor.cli import add_common_flags, add_set_flag, run_main
+
+
+def _nested(overrides: dict[str, Any], item: str) -> dict[str, Any]:
+    """``--set calibration.a.b=v`` laid into the overrides as {"a": {"b": v}}."""
+    from rigor.config import parse_set
+    from rigor.errors import UsageError
+
+    key, value = parse_set(item)
+    if key[0] != "calibration" or len(key) < 2:
+        raise UsageError(f"--set {item}: calibrate.py only takes calibration.* keys")
+    node = overrides
+    for part in key[1:-1]:
+        node = node.setdefault(part, {})
+    node[key[-1]] = value
+    return overrides
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=("msp", "gate"),
         help="override calibration.score: threshold the calibrated MSP or the SelectiveNet gate",
     )
+    parser.add_argument(
+        "--policy",
+        choices=("threshold", "gate", "cascade", "sets", "crc", "scrc"),
+        help="override calibration.policy: the kind export puts in the bundle (must be feasible)",
+    )
+    add_set_flag(parser, "calibration.conformal.alpha=0.05")
     add_common_flags(parser)
     args = parser.parse_args(argv)
     overrides = {
@@ -42,9 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "fnr_target": args.fnr_target,
             "task": args.task,
             "score": args.score,
+            "policy": args.policy,
         }.items()
         if value is not None
     }
+    for item in args.sets:
+        overrides = _nested(overrides, item)
     from rigor.calibration.stage import calibrate
 
     print(calibrate(args.from_manifest, args.env_policy, args.force, overrides))

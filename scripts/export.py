@@ -3,9 +3,12 @@
     python scripts/export.py --from-manifest results/runs/<run_id>/manifest.json
 
 Writes bundle/{model.safetensors,config_resolved.json,policy.json,splits.json,metrics/,
-bundle.json} (bundle.json lists the sha256 of every file) and a stage entry. A run with
-regression tasks only has no policy.json and needs no calibration.
-Exit codes: 0 ok, 2 classification run not calibrated yet / bad usage, 3 invalid manifest,
+bundle.json} (bundle.json lists the sha256 of every file) and a stage entry. policy.json is
+the one active policy (--policy, default calibration.policy): threshold, gate (Platt),
+cascade, sets (split conformal), crc or scrc. A run with regression tasks only has no
+policy.json and needs no calibration.
+Exit codes: 0 ok, 2 classification run not calibrated yet / policy not fitted or infeasible
+/ bad usage, 3 invalid manifest,
 4 env mismatch (strict), 5 artifact missing or changed.
 """
 
@@ -25,11 +28,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--from-manifest", required=True, type=Path, help="the run's manifest.json")
+    parser.add_argument(
+        "--policy",
+        choices=("threshold", "gate", "cascade", "sets", "crc", "scrc"),
+        help="the one active policy of the bundle (default: calibration.policy of the run)",
+    )
     add_common_flags(parser)
     args = parser.parse_args(argv)
     from rigor.export.bundle import export
 
-    print(export(args.from_manifest, args.env_policy, args.force))
+    print(export(args.from_manifest, args.env_policy, args.force, args.policy))
     return 0
 
 

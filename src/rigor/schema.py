@@ -7,10 +7,12 @@ python -m rigor.schema --check   # exit 1 when a committed file is stale
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from rigor.calibration.guarantee_schema import render as render_guarantee
 from rigor.calibration.schema import render_thresholds_schema
 from rigor.config import render_config_schema
 from rigor.export.schema import render_bundle_schema
@@ -22,6 +24,10 @@ SCHEMAS: dict[str, Callable[[], str]] = {
     "manifest.v1.json": render_manifest_schema,
     "thresholds.schema.json": render_thresholds_schema,
     "bundle.schema.json": render_bundle_schema,
+    **{
+        f"{name}.schema.json": functools.partial(render_guarantee, name)
+        for name in ("platt", "conformal", "scrcparams", "policy")
+    },
 }
 
 

@@ -1,4 +1,5 @@
-"""Split conformal prediction: the finite-sample quantile and per-task regression intervals.
+"""Split conformal prediction: the finite-sample quantile, classification prediction sets
+(LAC, APS, RAPS; scores in :mod:`rigor.evaluation.sets`) and per-task regression intervals.
 
 Guarantee (split conformal, Vovk et al. 2005; Lei et al. 2018): if the calibration scores and
 a new sample's score are exchangeable (e.g. val_calib and val_test drawn from the same
@@ -14,6 +15,23 @@ import math
 from typing import Any
 
 import numpy as np
+
+from rigor.evaluation.sets import (
+    check_probs,
+    label_scores,
+    prediction_sets,
+    randomization,
+    true_label_scores,
+)
+
+__all__ = [
+    "check_probs",
+    "conformal_quantile",
+    "fit_set_policy",
+    "label_scores",
+    "prediction_sets",
+    "regression_intervals",
+]
 
 
 def conformal_quantile(scores: np.ndarray, alpha: float) -> float:
@@ -48,3 +66,37 @@ def regression_intervals(
         q_hat = conformal_quantile(residuals, alpha)
         intervals[task] = {"q_hat": q_hat if math.isfinite(q_hat) else None, "n": residuals.size}
     return intervals
+
+
+def fit_set_policy(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    method: str,
+    alpha: float,
+    *,
+    k_reg: int = 1,
+    lam: float = 0.0,
+    randomized: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """q_hat of one set method on calibration ``probs`` and ``labels``.
+
+    Guarantee: for a new sample exchangeable with the calibration samples,
+    P(true label in its set) >= 1 - alpha (marginal over calibration sets and the sample).
+    The set of a new sample holds every label whose score is at most q_hat. ``q_hat`` is
+    None (every label) when k = ceil((n + 1)(1 - alpha)) > n.
+    """
+    p = check_probs(probs, "calibration probabilities")
+    y = np.asarray(labels, dtype=np.int64)
+    u = randomization(len(y), seed) if randomized and method != "lac" else None
+    scores = label_scores(p, method, k_reg=k_reg, lam=lam, u=u)
+    q_hat = conformal_quantile(true_label_scores(scores, y), alpha)
+    return {
+        "method": method,
+        "randomized": bool(randomized and method != "lac"),
+        "k_reg": k_reg,
+        "lam": lam,
+        "alpha": alpha,
+        "q_hat": q_hat if math.isfinite(q_hat) else None,
+        "n": int(len(y)),
+    }

@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from rigor.calibration.bundle_policy import THRESHOLDS, build_policy
 from rigor.calibration.conformal import regression_intervals
+from rigor.calibration.guarantees import guarantee_records
 from rigor.calibration.policy import choose, sweep
 from rigor.calibration.schema import validate_thresholds
 from rigor.calibration.temperature import fit_temperature
@@ -44,27 +46,36 @@ def calibrate(
     force: bool = False,
     overrides: dict[str, Any] | None = None,
 ) -> Path:
-    """Fit on val_calib only: temperature and threshold policy for a classification task,
-    split-conformal intervals for every regression task; write calibration/ and a stage
-    entry. Returns thresholds.json, or intervals.json for a regression-only run."""
+    """Fit on val_calib only: temperature, threshold policy and the policies with guarantees
+    (Platt gate, conformal sets, CRC, SCRC) for a classification task, split-conformal
+    intervals for every regression task; write calibration/ and a stage entry. Everything is
+    fitted before anything is written: a failure leaves no file. Returns thresholds.json, or
+    intervals.json for a regression-only run."""
     ctx = open_run(manifest_path, [READS], env_policy, force)
     options = apply_overrides(ctx.config.calibration, overrides, "calibration")
     kinds = {spec["kind"] for spec in ctx.manifest["dataset"]["tasks"].values()}
-    outputs: list[str] = []
+    writes: list[tuple[str, Any]] = []
     summary: dict[str, Any] = {}
     if "classification" in kinds or options.task is not None:
-        record, files = _calibrate_classifier(ctx, options)
-        outputs += files
+        record, writes = _calibrate_classifier(ctx, options)
         summary |= _summary(record)
     if "regression" in kinds:
-        intervals = _calibrate_intervals(ctx, options.interval_alpha)
-        outputs.append(INTERVALS)
+        intervals = _intervals(ctx, options.interval_alpha)
+        writes.append((INTERVALS, intervals))
         summary["interval_alpha"] = intervals["alpha"]
+    (ctx.run_dir / "calibration").mkdir(exist_ok=True)
+    outputs = []
+    for rel, content in writes:
+        if callable(content):
+            content(ctx.path(rel))
+        else:
+            atomic_write_json(ctx.path(rel), content)
+        outputs.append(rel)
     finish_stage(ctx, "calibrate", {"reads": [READS], **options.model_dump()}, outputs, summary)
     return ctx.path(outputs[0])
 
 
-def _calibrate_intervals(ctx: RunContext, alpha: float) -> dict[str, Any]:
+def _intervals(ctx: RunContext, alpha: float) -> dict[str, Any]:
     """calibration/intervals.json: q_hat per regression task from val_calib residuals."""
     tasks = [
         t
@@ -81,17 +92,36 @@ def _calibrate_intervals(ctx: RunContext, alpha: float) -> dict[str, Any]:
         "fitted_on": {"split": "val_calib", "n": int(len(next(iter(targets.values()))))},
         "tasks": regression_intervals(predictions, targets, alpha),
     }
-    (ctx.run_dir / "calibration").mkdir(exist_ok=True)
-    atomic_write_json(ctx.path(INTERVALS), record)
     return record
 
 
-def _calibrate_classifier(ctx: RunContext, options: Any) -> tuple[dict[str, Any], list[str]]:
-    """Temperature and threshold policy of the classification task (thresholds.json)."""
-    task = classification_task(ctx, options.task)
+def _load_calib(ctx: RunContext, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Logits, labels and gate logits (or None) of ``task`` on val_calib, checked: a NaN or
+    infinite output or a label outside the classes is exit 2, naming the file and row."""
     with np.load(ctx.path(READS), allow_pickle=False) as data:
         logits, labels = data[f"logits_{task}"], data[f"targets_{task}"].astype(np.int64)
         gate = data[f"gate_{task}"] if f"gate_{task}" in data.files else None
+    for name, values in (("logits", logits), ("gate", gate)):
+        if values is None:
+            continue
+        bad = ~np.isfinite(np.asarray(values, np.float64).reshape(len(values), -1)).all(axis=1)
+        if bad.any():
+            raise UsageError(
+                f"{ctx.path(READS)}: {name}_{task} row {int(np.flatnonzero(bad)[0])} is NaN or "
+                f"infinite ({int(bad.sum())} rows); nothing was calibrated"
+            )
+    if ((labels < 0) | (labels >= logits.shape[1])).any():
+        raise UsageError(f"{ctx.path(READS)}: targets_{task} has labels outside the classes")
+    return logits, labels, gate
+
+
+def _calibrate_classifier(
+    ctx: RunContext, options: Any
+) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """Temperature and threshold policy of the classification task (thresholds.json), then
+    the policies with guarantees; returns the thresholds record and what to write."""
+    task = classification_task(ctx, options.task)
+    logits, labels, gate = _load_calib(ctx, task)
     if options.score == "gate" and gate is None:
         raise UsageError(
             f"calibration.score: gate needs a gated task, but task {task!r} of this run has no "
@@ -130,7 +160,10 @@ def _calibrate_classifier(ctx: RunContext, options: Any) -> tuple[dict[str, Any]
     }
     record = finite_json(record)  # JSON has no NaN: an undefined value is null, and a null
     validate_thresholds(record)  # threshold or temperature fails the schema here (exit 3)
-    return record, write_outputs(ctx, record, table.table(), before, after, labels)
+    records = {THRESHOLDS: record} | guarantee_records(task, logits, labels, gate, options)
+    build_policy(options.policy, records)  # the chosen policy must be feasible (exit 2)
+    writes = _threshold_writes(record, table.table(), before, after, labels)
+    return record, writes + [(rel, rec) for rel, rec in records.items() if rel != THRESHOLDS]
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -144,24 +177,26 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_outputs(
-    ctx: RunContext,
+def _threshold_writes(
     record: dict[str, Any],
     rows: list[dict[str, Any]],
     before: np.ndarray,
     after: np.ndarray,
     labels: np.ndarray,
-) -> list[str]:
+) -> list[tuple[str, Any]]:
     """thresholds.json, the sweep table and a before/after reliability diagram."""
     from rigor.evaluation.plots import reliability_before_after
 
-    out = ctx.run_dir / "calibration"
-    out.mkdir(exist_ok=True)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(out / "sweep.csv", buffer.getvalue())
-    reliability_before_after(before, after, labels, record, out / "reliability.png")
-    atomic_write_json(out / "thresholds.json", record)
-    return ["calibration/thresholds.json", "calibration/sweep.csv", "calibration/reliability.png"]
+    text = buffer.getvalue()
+    return [
+        (THRESHOLDS, record),
+        ("calibration/sweep.csv", lambda path: atomic_write_text(path, text)),
+        (
+            "calibration/reliability.png",
+            lambda path: reliability_before_after(before, after, labels, record, path),
+        ),
+    ]

@@ -178,6 +178,17 @@ def config_from_run(run_dir: Path, sets: Sequence[str] = ()) -> ResolvedConfig:
 SectionT = TypeVar("SectionT", bound=BaseModel)
 
 
+def _merged(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` laid over it, nested sections merged key by key."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def apply_overrides(
     section: SectionT,
     overrides: Mapping[str, Any] | None,
@@ -193,7 +204,7 @@ def apply_overrides(
     if not overrides:
         return section
     try:
-        return type(section).model_validate({**section.model_dump(), **overrides})
+        return type(section).model_validate(_merged(section.model_dump(), overrides))
     except ValidationError as err:
         lines = []
         for error in err.errors():

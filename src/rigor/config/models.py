@@ -314,6 +314,15 @@ class Config(Section):
             raise ValueError(f"model.gate.task {gate!r} is not in data.tasks {self.data.tasks}")
         if self.calibration.score == "gate" and gate is None:
             raise ValueError("calibration.score is gate, but model.gate.task is null")
+        if self.calibration.risk_control.scrc_score == "gate" and gate is None:
+            raise ValueError(
+                "calibration.risk_control.scrc_score is gate, but model.gate.task is null"
+            )
+        if self.calibration.policy in ("gate", "cascade") and gate is None:
+            raise ValueError(
+                f"calibration.policy {self.calibration.policy} needs a gate, but model.gate.task "
+                "is null"
+            )
         if len(set(self.data.tasks)) != len(self.data.tasks):
             raise ValueError(f"data.tasks has duplicates: {self.data.tasks}")
         return self

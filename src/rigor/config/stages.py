@@ -23,6 +23,45 @@ class EvaluationConfig(Section):
     )
 
 
+class ConformalConfig(Section):
+    """Split-conformal prediction sets of the calibrated classification task."""
+
+    alpha: float = Field(
+        gt=0,
+        lt=1,
+        description="Miscoverage: sets hold the true label with probability >= 1 - alpha.",
+    )
+    method: Literal["lac", "aps", "raps"] = Field(
+        description="Score of the set policy: lac (1 - p_y), aps or raps; eval reports all three."
+    )
+    randomized: bool = Field(description="APS/RAPS: subtract u * p_y (u uniform, seeded).")
+    k_reg: int = Field(ge=0, description="RAPS: labels ranked up to k_reg are not penalised.")
+    lam: float = Field(ge=0, description="RAPS: penalty per label ranked beyond k_reg.")
+    seed: int = Field(ge=0, description="Seed of the uniform draws of randomised sets.")
+
+
+class RiskControlConfig(Section):
+    """Conformal risk control (CRC) of the set's false-negative rate, and its selective
+    variant SCRC (accept by a selection score first, then CRC on the accepted)."""
+
+    alpha: float = Field(gt=0, lt=1, description="CRC: the false-negative rate it bounds.")
+    grid: int = Field(ge=2, le=100_000, description="Grid points of lambda in [0, 1].")
+    scrc_alpha: float = Field(
+        gt=0, lt=1, description="SCRC: the false-negative rate it bounds among accepted samples."
+    )
+    scrc_coverage: float = Field(
+        gt=0, le=1, description="SCRC: the share of samples stage 1 accepts (at least)."
+    )
+    scrc_score: Literal["msp", "gate"] = Field(
+        description="SCRC stage 1 selection score: the model's max softmax probability, or "
+        "the gate (needs model.gate.task)."
+    )
+
+
+PolicyKind = Literal["threshold", "gate", "cascade", "sets", "crc", "scrc"]
+POLICY_KINDS: tuple[str, ...] = get_args(PolicyKind)
+
+
 class CalibrationConfig(Section):
     """Temperature scaling and the selective threshold policy (fitted on val_calib only)."""
 
@@ -48,6 +87,12 @@ class CalibrationConfig(Section):
         description="Regression tasks: miscoverage alpha of each task's split-conformal "
         "interval (absolute residual on val_calib); 1 - alpha is the coverage it guarantees.",
     )
+    policy: PolicyKind = Field(
+        description="The one policy export.py puts in the bundle: threshold, gate (Platt), "
+        "cascade, sets (conformal), crc or scrc; export.py --policy overrides it."
+    )
+    conformal: ConformalConfig = Field(description="Split-conformal prediction sets.")
+    risk_control: RiskControlConfig = Field(description="CRC and SCRC of the set's FNR.")
 
 
 class XaiWorkerConfig(Section):

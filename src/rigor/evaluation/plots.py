@@ -147,3 +147,35 @@ def confusion(matrix: np.ndarray, classes: list[str], title: str, path: Path) ->
             color="white" if count > threshold else "black",
         )
     save(fig, path)
+
+
+def sets_against_alpha(
+    curves: dict[str, list[tuple[float, float, float]]], title: str, path: Path
+) -> None:
+    """Coverage and mean set size of each set method against alpha (q_hat from val_calib)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for method, points in curves.items():
+        alpha, coverage, size = (np.asarray(v) for v in zip(*points, strict=True))
+        left.plot(alpha, coverage, marker=".", label=method)
+        right.plot(alpha, size, marker=".", label=method)
+    grid = np.asarray([p[0] for p in next(iter(curves.values()))])
+    left.plot(grid, 1 - grid, "--", color="grey", label="1 - alpha (guaranteed)")
+    left.set(xlabel="alpha", ylabel="coverage", title=f"{title}: coverage")
+    right.set(xlabel="alpha", ylabel="mean set size", title=f"{title}: set size")
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    save(fig, path)
+
+
+def fnr_against_coverage(
+    points: list[tuple[float, float, float]], alpha: float, title: str, path: Path
+) -> None:
+    """SCRC: false-negative rate among accepted samples against the share accepted."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    if points:
+        _, coverage, fnr = (np.asarray(v) for v in zip(*points, strict=True))
+        ax.plot(coverage, fnr, marker=".", label="SCRC-I (lambda from val_calib)")
+    ax.axhline(alpha, linestyle="--", color="grey", label=f"alpha = {alpha:g}")
+    ax.set(xlabel="coverage (share accepted)", ylabel="FNR among accepted", title=title)
+    ax.legend(fontsize=8)
+    save(fig, path)

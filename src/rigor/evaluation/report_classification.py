@@ -44,6 +44,10 @@ def confidence_scores(
     return scores
 
 
+def _accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
+    return float((predicted == labels).mean())
+
+
 def classification_report(
     ctx: RunContext,
     task: str,
@@ -60,6 +64,7 @@ def classification_report(
     result: dict[str, Any] = {
         "kind": "classification",
         "n": int(len(labels)),
+        "accuracy": bootstrap_ci(_accuracy, predicted, labels, **ci_options(options)),
         "mcc": bootstrap_ci(mcc, predicted, labels, **ci_options(options)),
         "macro_f1": bootstrap_ci(macro_f1, predicted, labels, **ci_options(options)),
         "scores": {},

@@ -16,6 +16,7 @@ import numpy as np
 
 from rigor.config import apply_overrides
 from rigor.evaluation.report_classification import classification_report
+from rigor.evaluation.report_guarantees import guarantees_report
 from rigor.evaluation.report_regression import interval_report, regression_report
 from rigor.io import atomic_write_json, atomic_write_text, read_json
 from rigor.stages import BEST, RunContext, finish_stage, open_run
@@ -23,6 +24,7 @@ from rigor.stages import BEST, RunContext, finish_stage, open_run
 READS = "predictions/val_test.npz"
 POLICY = "calibration/thresholds.json"
 INTERVALS = "calibration/intervals.json"
+GUARANTEES = {name: f"calibration/{name}.json" for name in ("platt", "conformal", "scrcparams")}
 BAND_RESAMPLES = 200
 GRID = np.linspace(0.01, 1.0, 100)
 
@@ -41,11 +43,13 @@ def evaluate(
     calibrated = POLICY in manifest["sha256"]
     reads = [POLICY] if calibrated else []
     reads += [INTERVALS] if INTERVALS in manifest["sha256"] else []
+    reads += [rel for rel in GUARANTEES.values() if rel in manifest["sha256"]]
     reads += [manifest.get("best_checkpoint", BEST), "splits.json"] if recompute else [READS]
     ctx = open_run(manifest_path, reads, env_policy, force)
     options = apply_overrides(ctx.config.evaluation, overrides, "evaluation")
     policy = read_json(ctx.path(POLICY)) if calibrated else None
     intervals = read_json(ctx.path(INTERVALS)) if INTERVALS in reads else None
+    records = {name: read_json(ctx.path(rel)) for name, rel in GUARANTEES.items() if rel in reads}
     predictions = (
         _recomputed(ctx) if recompute else dict(np.load(ctx.path(READS), allow_pickle=False))
     )
@@ -58,9 +62,16 @@ def evaluate(
         if spec["kind"] == "classification":
             task_policy = policy if policy and policy["task"] == task else None
             gate = predictions.get(f"gate_{task}")
+            labels = targets.astype(np.int64)
             result, files = classification_report(
-                ctx, task, spec, logits, targets.astype(np.int64), gate, task_policy, options
+                ctx, task, spec, logits, labels, gate, task_policy, options
             )
+            if task_policy is not None and records:
+                outputs_of = {"logits": logits, "gate": gate, "aux": predictions.get(f"aux_{task}")}
+                result["guarantees"], more = guarantees_report(
+                    ctx, task, records, outputs_of, labels, options
+                )
+                files += more
         else:
             groups = predictions.get("groups")
             result, files = regression_report(task, logits, targets, groups, options), []

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from jsonschema import Draft202012Validator, FormatChecker
 
+from rigor.calibration.bundle_policy import SOURCES, build_policy
+from rigor.calibration.guarantee_schema import validate_record
 from rigor.calibration.schema import validate_thresholds
 from rigor.errors import ArtifactError, ManifestError, UsageError
 from rigor.export.schema import BUNDLE_SCHEMA
@@ -24,10 +26,18 @@ INTERVALS = "calibration/intervals.json"
 _VALIDATOR = Draft202012Validator(BUNDLE_SCHEMA, format_checker=FormatChecker())
 
 
-def export(manifest_path: Path, env_policy: str | None = None, force: bool = False) -> Path:
+def export(
+    manifest_path: Path,
+    env_policy: str | None = None,
+    force: bool = False,
+    policy: str | None = None,
+) -> Path:
     """Write ``bundle/`` in the run folder: weights, config, ONE active policy, splits, metrics.
 
-    The bundle is built in a hidden folder beside it and swapped in when complete.
+    ``policy`` (default ``calibration.policy`` of the run's config) picks the kind: threshold,
+    gate, cascade, sets, crc or scrc; it is built from what calibrate fitted (exit 2 when that
+    fit is missing or infeasible). The bundle is built in a hidden folder beside it and
+    swapped in when complete.
     """
     ctx = open_run(manifest_path, [], env_policy, force)
     manifest = ctx.manifest
@@ -37,21 +47,29 @@ def export(manifest_path: Path, env_policy: str | None = None, force: bool = Fal
             "this run has a classification task but no calibration policy: run "
             "scripts/calibrate.py first (a bundle carries exactly one active policy)"
         )
-    reads = [manifest["best_checkpoint"], *([POLICY] if calibrated else [])]
+    kind = policy or ctx.config.calibration.policy
+    sources = [rel for rel in SOURCES[kind] if rel in manifest["sha256"]] if calibrated else []
+    reads = [manifest["best_checkpoint"], *sources]
     reads += [INTERVALS] if INTERVALS in manifest["sha256"] else []
     reads += ["splits.json", "metrics.json"]
     reads += ["eval/metrics.json"] if "eval/metrics.json" in manifest["sha256"] else []
     verify_manifest(manifest, ctx.run_dir, only=reads)
+    built = (
+        build_policy(kind, {rel: read_json(ctx.path(rel)) for rel in sources})
+        if calibrated
+        else None
+    )
     building = _fresh_build_folder(ctx.run_dir)
     try:
-        task = _fill(building, ctx, reads, calibrated, force)
+        task = _fill(building, ctx, reads, built, force)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
     bundle = _swap_in(building, ctx.run_dir / "bundle")
     record = read_json(bundle / "bundle.json")
     outputs = [f"bundle/{rel}" for rel in [*record["sha256"], "bundle.json"]]
-    finish_stage(ctx, "export", {"reads": reads}, outputs, {"task": task, "files": len(outputs)})
+    summary = {"task": task, "files": len(outputs), "policy": kind if calibrated else None}
+    finish_stage(ctx, "export", {"reads": reads, "policy": kind}, outputs, summary)
     return bundle
 
 
@@ -75,7 +93,9 @@ def _swap_in(building: Path, bundle: Path) -> Path:
     return bundle
 
 
-def _fill(bundle: Path, ctx: Any, reads: list[str], calibrated: bool, force: bool) -> str | None:
+def _fill(
+    bundle: Path, ctx: Any, reads: list[str], policy: dict[str, Any] | None, force: bool
+) -> str | None:
     """Weights, copies of the run's files, and bundle.json in ``bundle``; the policy's task."""
     from safetensors.torch import save
 
@@ -88,7 +108,6 @@ def _fill(bundle: Path, ctx: Any, reads: list[str], calibrated: bool, force: boo
     copies = {
         "config_resolved.json": "config_resolved.json",
         "splits.json": "splits.json",
-        **({POLICY: "policy.json"} if calibrated else {}),
         "metrics.json": "metrics/train.json",
     }
     if "eval/metrics.json" in reads:
@@ -98,10 +117,16 @@ def _fill(bundle: Path, ctx: Any, reads: list[str], calibrated: bool, force: boo
     for source, target in copies.items():
         (bundle / target).parent.mkdir(exist_ok=True)
         shutil.copyfile(ctx.path(source), bundle / target)
-    task = read_json(bundle / "policy.json")["task"] if calibrated else None
+    hashed = ["model.safetensors", *copies.values()]
+    if policy is not None and "kind" not in policy:  # the threshold policy: thresholds.json
+        shutil.copyfile(ctx.path(POLICY), bundle / "policy.json")
+    elif policy is not None:
+        atomic_write_json(bundle / "policy.json", policy)
+    hashed += ["policy.json"] if policy is not None else []
+    task = policy["task"] if policy is not None else None
     record = _record(ctx, task, [p for p in copies.values() if p.startswith("metrics/")])
     record["intervals"] = "intervals.json" if INTERVALS in reads else None
-    record["sha256"] = {rel: _sha(bundle / rel) for rel in ["model.safetensors", *copies.values()]}
+    record["sha256"] = {rel: _sha(bundle / rel) for rel in hashed}
     record["record_sha256"] = record_hash(record)
     atomic_write_json(bundle / "bundle.json", record)
     return task
@@ -219,7 +244,10 @@ def load_bundle(root: Path) -> Bundle:
     policy = None
     if active:
         policy = read_json(root / active[0]["path"])
-        validate_thresholds(policy, label=f"{root / active[0]['path']}")
+        if "kind" in policy:
+            validate_record("policy", policy, f"{root / active[0]['path']}")
+        else:  # a version-1 policy: thresholds.json as calibrate wrote it
+            validate_thresholds(policy, label=f"{root / active[0]['path']}")
         if policy["task"] != record["task"]:
             raise ManifestError(
                 f"{path}: $.task is {record['task']!r} but the active policy is for "

@@ -15,10 +15,10 @@ from rigor.config import apply_overrides, run_config
 from rigor.config.models import Config, TopVariableConfig
 from rigor.data.dataset import ImageDataset
 from rigor.errors import UsageError
-from rigor.evaluation.scores import policy_confidence
+from rigor.evaluation.policies import GUARANTEES, apply_policy, kind_of
 from rigor.export.bundle import Bundle, load_bundle
 from rigor.io import atomic_write_text
-from rigor.models.registry import GATE
+from rigor.models.registry import AUX, GATE
 
 
 def _model(bundle: Bundle, config: Config) -> torch.nn.Module:
@@ -106,8 +106,9 @@ def predict_with_bundle(
 ) -> tuple[Path, dict[str, Any]]:
     """Predict ``inputs`` (image files) or a ``split``; write a CSV and return it with a summary.
 
-    Columns: ``id``; for the policy's task ``class``, ``confidence``, ``abstained`` (and
-    ``label`` for a split); for every regression task ``<task>`` (and ``<task>_true``).
+    Columns: ``id``; for the policy's task ``class``, ``confidence``, ``abstained``
+    (``stage`` for a cascade, ``set`` and ``set_size`` for set policies, and ``label`` for a
+    split); for every regression task ``<task>`` (and ``<task>_true``).
     """
     bundle = load_bundle(root)
     config = run_config(json.loads((root / bundle.record["config"]).read_text()))[0]
@@ -157,29 +158,47 @@ def _selective(
     labels: dict[str, np.ndarray] | None,
     summary: dict[str, Any],
 ) -> dict[str, list[str]]:
-    """The policy task's class, confidence and abstention; coverage and risk in ``summary``."""
+    """The policy task's columns (class, confidence, abstained; ``stage`` for a cascade;
+    ``set`` and ``set_size`` for set policies) and the summary: the policy, the guarantee
+    that holds, coverage, and with labels the selective risk (and set coverage)."""
     task, policy = bundle.record["task"], bundle.policy
     assert policy is not None
-    logits = outputs[task]
-    gate = outputs.get(GATE + task)
-    confidence = policy_confidence(logits, gate, policy)
-    predicted = logits.argmax(axis=1)
-    abstained = confidence < policy["threshold"]
+    decisions = apply_policy(
+        policy, outputs[task], outputs.get(GATE + task), outputs.get(AUX + task)
+    )
+    kind = kind_of(policy)
     classes = bundle.record["tasks"][task].get("classes") or [
-        str(k) for k in range(logits.shape[1])
+        str(k) for k in range(outputs[task].shape[1])
     ]
+    accepted = decisions.accepted
     columns = {
-        "class": [classes[k] for k in predicted],
-        "confidence": [f"{c:.6f}" for c in confidence],
-        "abstained": ["yes" if a else "no" for a in abstained],
+        "class": [classes[k] for k in decisions.predicted],
+        "confidence": [f"{c:.6f}" for c in decisions.confidence],
+        "abstained": ["no" if a else "yes" for a in accepted],
     }
-    summary |= {"accepted": int((~abstained).sum()), "coverage": float((~abstained).mean())}
+    if decisions.stage is not None:
+        columns["stage"] = list(decisions.stage)
+    if decisions.sets is not None:
+        columns["set"] = [
+            "|".join(classes[k] for k in np.flatnonzero(row)) for row in decisions.sets
+        ]
+        columns["set_size"] = [str(int(n)) for n in decisions.sets.sum(axis=1)]
+    summary |= {
+        "policy": kind,
+        "guarantee": policy.get("guarantee", GUARANTEES["threshold"]),
+        "accepted": int(accepted.sum()),
+        "coverage": float(accepted.mean()),
+    }
     if labels is not None:
         truth = labels[task].astype(np.int64)
         columns["label"] = [classes[k] for k in truth]
-        if (~abstained).any():
-            wrong = predicted[~abstained] != truth[~abstained]
+        if accepted.any():
+            wrong = decisions.predicted[accepted] != truth[accepted]
             summary["selective_risk"] = float(wrong.mean())
+        if decisions.sets is not None and accepted.any():
+            held = decisions.sets[np.arange(len(truth)), truth][accepted]
+            summary["set_coverage"] = float(held.mean())
+            summary["mean_set_size"] = float(decisions.sets.sum(axis=1)[accepted].mean())
     return columns
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from rigor.data.loader import InputPipeline, base_dataset
 from rigor.io import atomic_write_with
-from rigor.models.registry import GATE
+from rigor.models.registry import AUX, GATE
 
 
 def forward_chunked(
@@ -76,14 +76,17 @@ def predict(
 
 
 def prediction_arrays(preds: dict[str, Any]) -> dict[str, np.ndarray]:
-    """``logits_<task>`` and ``targets_<task>`` per task, and ``gate_<task>`` (selection
-    logits) for a gated task; auxiliary-head logits are not kept."""
+    """``logits_<task>`` and ``targets_<task>`` per task; for a gated task also
+    ``gate_<task>`` (selection logits) and ``aux_<task>`` (the auxiliary head's logits: Stage
+    B of the cascade)."""
     arrays = {}
     for task, targets in preds["targets"].items():
         arrays[f"logits_{task}"] = preds["outputs"][task]
         arrays[f"targets_{task}"] = targets
         if GATE + task in preds["outputs"]:
             arrays[f"gate_{task}"] = preds["outputs"][GATE + task]
+        if AUX + task in preds["outputs"]:
+            arrays[f"aux_{task}"] = preds["outputs"][AUX + task]
     return arrays
 
 

@@ -1,0 +1,219 @@
+"""The abstention policies of calibrate applied unchanged to val_test, side by side: the
+Platt gate, the Stage A/B cascade, LAC/APS/RAPS sets, CRC and SCRC, each with bootstrap CIs
+(the plain threshold is ``policy`` in the classification report). Fits nothing: every
+q_hat, lambda and threshold comes from calibration/."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from rigor.config.models import EvaluationConfig
+from rigor.evaluation import plots
+from rigor.evaluation.bootstrap import replicates, summarize
+from rigor.evaluation.policies import apply_policy, platt_gate
+from rigor.evaluation.scores import sigmoid, softmax
+from rigor.evaluation.sets import (
+    APPLY,
+    SET_METHODS,
+    label_scores,
+    prediction_sets,
+    randomization,
+)
+
+
+def _ratio_ci(num: np.ndarray, den: np.ndarray, options: EvaluationConfig) -> dict[str, Any]:
+    """sum(num) / sum(den) with a percentile bootstrap CI over samples (NaN when a resample
+    has no denominator: left out and counted, as for every CI)."""
+    top, bottom = np.asarray(num, np.float64), np.asarray(den, np.float64)
+
+    def batched(draws: np.ndarray) -> dict[str, np.ndarray]:
+        total = bottom[draws].sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return {"value": np.where(total > 0, top[draws].sum(axis=1) / total, np.nan)}
+
+    values = replicates(batched, len(top), options.n_resamples, options.seed)["value"]
+    estimate = top.sum() / bottom.sum() if bottom.sum() > 0 else math.nan
+    return summarize(values, estimate, options.level)
+
+
+def _mean_ci(values: np.ndarray, options: EvaluationConfig) -> dict[str, Any]:
+    return _ratio_ci(values, np.ones(len(values)), options)
+
+
+def set_report(sets: np.ndarray, labels: np.ndarray, options: EvaluationConfig) -> dict[str, Any]:
+    """Coverage, mean set size and the shares of singleton and empty sets, with CIs."""
+    size = sets.sum(axis=1)
+    covered = sets[np.arange(len(labels)), labels]
+    return {
+        "coverage": _mean_ci(covered, options),
+        "set_size": _mean_ci(size, options),
+        "singleton": _mean_ci(size == 1, options),
+        "empty": _mean_ci(size == 0, options),
+    }
+
+
+def _gate(platt: dict[str, Any], gate: np.ndarray, correct: np.ndarray, options: Any) -> Any:
+    policy = {"task": platt["task"], "platt": platt}
+    calibrated = platt_gate(gate, policy)
+    report: dict[str, Any] = {
+        "a": platt["a"],
+        "b": platt["b"],
+        "threshold": platt["threshold"],
+        "brier": {
+            "raw_gate": float(((sigmoid(gate) - correct) ** 2).mean()),
+            "platt": float(((calibrated - correct) ** 2).mean()),
+        },
+    }
+    if platt["threshold"] is None:
+        return report | {"infeasible": platt["infeasible"]}
+    accepted = calibrated >= platt["threshold"]
+    return report | {
+        "coverage": _mean_ci(accepted, options),
+        "selective_risk": _ratio_ci(accepted & ~correct, accepted, options),
+        "target_risk": platt["target_risk"],
+    }
+
+
+def _cascade(
+    platt: dict[str, Any], outputs: dict[str, Any], labels: np.ndarray, options: Any
+) -> dict[str, Any]:
+    policy = {"kind": "cascade", "task": platt["task"], "platt": platt}
+    decisions = apply_policy(policy | {"threshold": platt["threshold"]}, **outputs)
+    exited = np.asarray(decisions.stage == "A")
+    right = np.asarray(decisions.predicted == labels)
+    stage_b = np.asarray(softmax(outputs["aux"]).argmax(axis=1) == labels)
+    return {
+        "threshold": platt["threshold"],
+        "accuracy": _mean_ci(right, options),
+        "exit_rate": _mean_ci(exited, options),
+        "exit_error": _ratio_ci(exited & ~right, exited, options),
+        "stage_b_accuracy": _ratio_ci(~exited & stage_b, ~exited, options),
+        "stage_b_alone_accuracy": float(stage_b.mean()),
+    }
+
+
+def _sets(
+    conformal: dict[str, Any], probs: np.ndarray, labels: np.ndarray, options: Any
+) -> dict[str, Any]:
+    out = {}
+    for method in SET_METHODS:
+        fitted = conformal["sets"][method]
+        q_hat = math.inf if fitted["q_hat"] is None else fitted["q_hat"]
+        u = randomization(len(probs), fitted["seed"], APPLY) if fitted["randomized"] else None
+        scores = label_scores(probs, method, k_reg=fitted["k_reg"], lam=fitted["lam"], u=u)
+        sets = prediction_sets(scores, q_hat)
+        out[method] = {
+            "q_hat": fitted["q_hat"],
+            "randomized": fitted["randomized"],
+            "alpha": fitted["alpha"],
+            **set_report(sets, labels, options),
+        }
+    return out
+
+
+def _crc(
+    conformal: dict[str, Any], probs: np.ndarray, labels: np.ndarray, options: Any
+) -> dict[str, Any]:
+    crc = conformal["crc"]
+    lam = math.inf if crc["lambda"] is None else crc["lambda"]
+    sets = prediction_sets(label_scores(probs, "lac"), lam)
+    report = set_report(sets, labels, options)
+    return {
+        "alpha": crc["alpha"],
+        "lambda": crc["lambda"],
+        "fnr": _mean_ci(~sets[np.arange(len(labels)), labels], options),
+        "set_size": report["set_size"],
+        "empty": report["empty"],
+    }
+
+
+def _scrc(
+    scrc: dict[str, Any], outputs: dict[str, Any], labels: np.ndarray, options: Any
+) -> dict[str, Any]:
+    decisions = apply_policy({"kind": "scrc", **scrc}, **outputs)
+    sets, accepted = decisions.sets, decisions.accepted
+    assert sets is not None
+    missed = ~sets[np.arange(len(labels)), labels]
+    return {
+        "variant": scrc["variant"],
+        "alpha": scrc["alpha"],
+        "target_coverage": scrc["coverage"],
+        "selection_threshold": scrc["selection_threshold"],
+        "lambda": scrc["lambda"],
+        "coverage": _mean_ci(accepted, options),
+        "fnr_accepted": _ratio_ci(accepted & missed, accepted, options),
+        "set_size_accepted": _ratio_ci(sets.sum(axis=1), accepted, options),
+    }
+
+
+def guarantees_report(
+    ctx: Any,
+    task: str,
+    records: dict[str, Any],
+    outputs: dict[str, Any],
+    labels: np.ndarray,
+    options: EvaluationConfig,
+) -> tuple[dict[str, Any], list[str]]:
+    """Each fitted policy of ``records`` (platt, conformal, scrcparams) on val_test, and the
+    plots of set size and coverage against alpha, and of FNR against coverage."""
+    probs = softmax(outputs["logits"])
+    correct = probs.argmax(axis=1) == labels
+    report: dict[str, Any] = {}
+    platt, gate = records.get("platt"), outputs.get("gate")
+    if platt is not None and gate is not None:
+        report["platt_gate"] = _gate(platt, gate, correct, options)
+        if outputs.get("aux") is not None and platt["threshold"] is not None:
+            report["cascade"] = _cascade(platt, outputs, labels, options)
+    files = []
+    conformal = records.get("conformal")
+    if conformal is not None:
+        report["sets"] = _sets(conformal, probs, labels, options)
+        report["crc"] = _crc(conformal, probs, labels, options)
+        files.append(f"eval/{task}_sets_vs_alpha.png")
+        plots.sets_against_alpha(
+            _alpha_curve(conformal, probs, labels), f"{task}: val_test", ctx.path(files[-1])
+        )
+    scrc = records.get("scrcparams")
+    if scrc is not None:
+        report["scrc"] = _scrc(scrc, outputs, labels, options)
+        files.append(f"eval/{task}_fnr_vs_coverage.png")
+        plots.fnr_against_coverage(
+            _coverage_curve(scrc, outputs, labels),
+            scrc["alpha"],
+            f"{task}: val_test",
+            ctx.path(files[-1]),
+        )
+    return report, files
+
+
+def _alpha_curve(conformal: dict[str, Any], probs: np.ndarray, labels: np.ndarray) -> Any:
+    """Per method: (alpha, test coverage, mean set size) at each q_hat of the alpha grid."""
+    curves: dict[str, list[tuple[float, float, float]]] = {}
+    rows = np.arange(len(labels))
+    for method in SET_METHODS:
+        fitted = conformal["sets"][method]
+        scores = label_scores(probs, method, k_reg=fitted["k_reg"], lam=fitted["lam"])
+        for point in conformal["alpha_curve"]:
+            q_hat = math.inf if point[method] is None else point[method]
+            sets = prediction_sets(scores, q_hat)
+            coverage, size = float(sets[rows, labels].mean()), float(sets.sum(axis=1).mean())
+            curves.setdefault(method, []).append((point["alpha"], coverage, size))
+    return curves
+
+
+def _coverage_curve(scrc: dict[str, Any], outputs: dict[str, Any], labels: np.ndarray) -> Any:
+    """(test selection rate, test FNR among accepted) at each point of SCRC's coverage grid."""
+    points = []
+    for point in scrc["coverage_curve"]:
+        if point["lambda"] is None:
+            continue
+        decisions = apply_policy({"kind": "scrc", **scrc, **point}, **outputs)
+        assert decisions.sets is not None
+        accepted = decisions.accepted
+        missed = ~decisions.sets[np.arange(len(labels)), labels]
+        fnr = float(missed[accepted].mean()) if accepted.any() else math.nan
+        points.append((point["coverage"], float(accepted.mean()), fnr))
+    return points

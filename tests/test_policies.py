@@ -1,0 +1,182 @@
+"""The abstention policies through the scripts on a gated digits run: calibrate fits each
+on val_calib, eval reports them side by side on val_test, export ships exactly one and
+predict applies it; infeasible targets and bad predictions stop with exit 2 and no output."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CONFIGS, load_script
+
+from rigor.calibration.platt import fit_platt
+from rigor.evaluation.scores import sigmoid, softmax
+
+GATED = CONFIGS / "experiment" / "digits_gate.yaml"
+KINDS = ("threshold", "gate", "cascade", "sets", "crc", "scrc")
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-epoch gated digits run, calibrated with a reachable risk target."""
+    from rigor.cli import run_main
+    from rigor.config import load_config
+    from rigor.training.run import train
+
+    out = tmp_path_factory.mktemp("policies")
+    sets = [
+        f"run.output_root={out}",
+        "training.epochs=3",
+        "scheduler.warmup_epochs=0.5",
+        "logging.tensorboard=false",
+        "evaluation.n_resamples=50",
+    ]
+    path = train(load_config(GATED, sets=sets, environ={}), env_policy="ignore")
+    calibrate = load_script("calibrate").main
+    assert run_main(calibrate, ["--from-manifest", str(path), "--target-risk", "0.2"]) == 0
+    return path
+
+
+def _arrays(run: Path, split: str) -> dict[str, np.ndarray]:
+    with np.load(run / "predictions" / f"{split}.npz") as data:
+        return {key: data[key] for key in data.files}
+
+
+def test_platt_is_fitted_on_val_calib_against_stage_a_correctness(calibrated: Path) -> None:
+    run = calibrated.parent
+    calib = _arrays(run, "val_calib")
+    assert "aux_digit" in calib  # Stage B's logits are kept with the predictions
+    correct = calib["logits_digit"].argmax(axis=1) == calib["targets_digit"]
+    platt = json.loads((run / "calibration" / "platt.json").read_text())
+    a, b = fit_platt(calib["gate_digit"], correct)
+    assert (platt["a"], platt["b"]) == (a, b)
+    assert platt["fitted_on"]["n_correct"] == int(correct.sum())
+    accepted = sigmoid(a * calib["gate_digit"].astype(np.float64) + b) >= platt["threshold"]
+    assert platt["fitted_on"]["coverage"] == pytest.approx(accepted.mean())
+
+
+def test_eval_reports_every_policy_side_by_side(calibrated: Path, run_script) -> None:  # type: ignore[no-untyped-def]
+    run = calibrated.parent
+    assert run_script("eval", "--from-manifest", str(calibrated)) == 0
+    report = json.loads((run / "eval" / "metrics.json").read_text())["tasks"]["digit"]
+    for key in ("accuracy", "mcc", "macro_f1"):
+        assert report[key]["ci_lower"] <= report[key]["estimate"] <= report[key]["ci_upper"]
+    found = report["guarantees"]
+    assert set(found) == {"platt_gate", "cascade", "sets", "crc", "scrc"}
+    test = _arrays(run, "val_test")
+    labels = test["targets_digit"].astype(np.int64)
+    probs = softmax(test["logits_digit"])
+    conformal = json.loads((run / "calibration" / "conformal.json").read_text())
+    q_hat = conformal["sets"]["lac"]["q_hat"]
+    covered = 1 - probs[np.arange(len(labels)), labels] <= q_hat
+    assert found["sets"]["lac"]["coverage"]["estimate"] == pytest.approx(covered.mean())
+    size = (1 - probs <= q_hat).sum(axis=1)
+    assert found["sets"]["lac"]["set_size"]["estimate"] == pytest.approx(size.mean())
+    assert set(found["sets"]) == {"lac", "aps", "raps"}
+    platt = json.loads((run / "calibration" / "platt.json").read_text())
+    exits = sigmoid(platt["a"] * test["gate_digit"].astype(np.float64) + platt["b"])
+    exits = exits >= platt["threshold"]
+    final = np.where(exits, probs.argmax(axis=1), test["aux_digit"].argmax(axis=1))
+    cascade = found["cascade"]
+    assert cascade["accuracy"]["estimate"] == pytest.approx((final == labels).mean())
+    assert cascade["exit_rate"]["estimate"] == pytest.approx(exits.mean())
+    for name in ("sets_vs_alpha", "fnr_vs_coverage"):
+        assert (run / "eval" / f"digit_{name}.png").stat().st_size > 1000
+
+
+def test_each_policy_exports_alone_and_predict_applies_it(
+    calibrated: Path, run_script, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
+) -> None:
+    run = calibrated.parent
+    test = _arrays(run, "val_test")
+    by_id = {i: row for row, i in enumerate(test["ids"])}
+    probs = softmax(test["logits_digit"])
+    for kind in KINDS:
+        assert run_script("export", "--from-manifest", str(calibrated), "--policy", kind) == 0
+        record = json.loads((run / "bundle" / "bundle.json").read_text())
+        assert [p["active"] for p in record["policies"]] == [True]
+        policy = json.loads((run / "bundle" / "policy.json").read_text())
+        assert policy.get("kind", "threshold") == kind
+        capsys.readouterr()
+        assert run_script("predict", "--bundle", str(run / "bundle"), "--split", "val_test") == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["policy"] == kind and summary["guarantee"]
+        rows = list(csv.DictReader((run / "predict" / "val_test.csv").open()))
+        for row in rows[:40]:
+            p = probs[by_id[row["id"]]]
+            if kind == "sets":
+                fitted = policy["q_hat"]
+                assert row["set"] == "|".join(str(k) for k in np.flatnonzero(_aps(p) <= fitted))
+            if kind == "crc":
+                assert row["set"] == "|".join(
+                    str(k) for k in np.flatnonzero(1 - p <= policy["lambda"])
+                )
+            if kind == "scrc":
+                accepted = p.max() >= policy["selection_threshold"]
+                assert (row["abstained"] == "no") == accepted
+                assert row["set"] == ("" if not accepted else row["set"])
+            if kind == "cascade":
+                assert row["abstained"] == "no" and row["stage"] in ("A", "B")
+                head = "logits_digit" if row["stage"] == "A" else "aux_digit"
+                assert row["class"] == str(test[head][by_id[row["id"]]].argmax())
+
+
+def _aps(p: np.ndarray) -> np.ndarray:
+    order = np.argsort(-p, kind="stable")
+    scores = np.empty_like(p)
+    scores[order] = np.cumsum(p[order])
+    return scores
+
+
+@pytest.mark.parametrize(
+    ("policy", "setting", "message"),
+    [
+        ("sets", "calibration.conformal.alpha=0.001", "smallest achievable alpha is 1/(n + 1)"),
+        ("crc", "calibration.risk_control.alpha=0.002", "best achievable corrected risk is"),
+        ("scrc", "calibration.risk_control.scrc_alpha=0.001", "best achievable corrected risk"),
+    ],
+)
+def test_an_infeasible_target_is_exit_2_with_the_best_value_and_no_output(
+    calibrated: Path, run_script, capsys, policy: str, setting: str, message: str  # type: ignore[no-untyped-def]
+) -> None:
+    run = calibrated.parent
+    before = {p.name: p.stat().st_mtime_ns for p in (run / "calibration").iterdir()}
+    manifest = calibrated.read_text()
+    flags = ["--target-risk", "0.2", "--policy", policy, "--set", setting]
+    code = run_script("calibrate", "--from-manifest", str(calibrated), *flags)
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "calibration").iterdir()} == before
+    assert calibrated.read_text() == manifest
+
+
+def test_nan_predictions_are_exit_2_and_nothing_is_calibrated(
+    calibrated: Path, tmp_path: Path, run_script, capsys  # type: ignore[no-untyped-def]
+) -> None:
+    from rigor.io import record_hash, sha256_file
+    from rigor.runs.predict import save_npz
+
+    run = tmp_path / calibrated.parent.name
+    shutil.copytree(calibrated.parent, run, ignore=shutil.ignore_patterns("calibration", "eval"))
+    arrays = _arrays(run, "val_calib")
+    arrays["logits_digit"][5, 2] = np.nan
+    save_npz(run / "predictions" / "val_calib.npz", arrays)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["stages"] = manifest["stages"][:1]
+    manifest["sha256"] = {
+        k: v for k, v in manifest["sha256"].items() if not k.startswith(("calibration", "eval"))
+    }
+    manifest["sha256"]["predictions/val_calib.npz"] = sha256_file(
+        run / "predictions" / "val_calib.npz"
+    )
+    if "record_sha256" in manifest:
+        manifest["record_sha256"] = record_hash(manifest)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert run_script("calibrate", "--from-manifest", str(run / "manifest.json")) == 2
+    err = capsys.readouterr().err
+    assert "logits_digit row 5 is NaN or infinite" in err and "Traceback" not in err
+    assert not (run / "calibration").exists() or not any((run / "calibration").iterdir())

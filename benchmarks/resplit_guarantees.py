@@ -20,7 +20,6 @@ import numpy as np
 from rigor.calibration.guarantees import fit_conformal, fit_scrc
 from rigor.config import run_config
 from rigor.evaluation.policies import apply_policy
-from rigor.evaluation.sets import SET_METHODS
 
 
 def _pooled(run: Path, task: str) -> tuple[np.ndarray, np.ndarray]:
@@ -52,11 +51,11 @@ def main() -> None:
         conformal = fit_conformal(
             task, logits[cal], labels[cal], calibration.conformal, calibration.risk_control
         )
-        for method in SET_METHODS:
-            policy = {"kind": "sets", "task": task, **conformal["sets"][method]}
+        for name, fitted in conformal["sets"].items():
+            policy = {"kind": "sets", "task": task, **fitted}
             policy["q_hat"] = np.inf if policy["q_hat"] is None else policy["q_hat"]
             sets = apply_policy(policy, logits[test]).sets
-            found.setdefault(f"coverage/{method}", []).append(sets[rows, labels[test]].mean())
+            found.setdefault(f"coverage/{name}", []).append(sets[rows, labels[test]].mean())
         crc = {"kind": "crc", "task": task, **conformal["crc"]}
         sets = apply_policy(crc, logits[test]).sets
         found.setdefault("risk/crc", []).append(1 - sets[rows, labels[test]].mean())

@@ -121,16 +121,18 @@ def test_guarantees_hold_over_200_random_resplits() -> None:
     alpha, n = 0.1, len(labels) // 2
     grid = np.linspace(0, 1, 1001)
     rng = np.random.default_rng(1)
-    coverage: dict[str, list[float]] = {"lac": [], "aps": []}
+    coverage: dict[str, list[float]] = {"lac": [], "aps": [], "aps_randomized": []}
     crc_risk, scrc_risk = [], []
     for _ in range(200):
         order = rng.permutation(len(labels))
         cal, test = order[:n], order[n:]
-        for method in coverage:
-            scores = label_scores(probs, method)
+        u = rng.random(len(labels))  # one draw per row, fresh for every split
+        for name in coverage:
+            method = name.split("_")[0]
+            scores = label_scores(probs, method, u=u if name.endswith("randomized") else None)
             q_hat = conformal_quantile(scores[cal, labels[cal]], alpha)
             covered = prediction_sets(scores[test], q_hat)[np.arange(len(test)), labels[test]]
-            coverage[method].append(covered.mean())
+            coverage[name].append(covered.mean())
         lac = label_scores(probs, "lac")
         true_scores = lac[np.arange(len(labels)), labels]
         lam = crc_lambda(fnr_losses(true_scores[cal], grid), grid, alpha)

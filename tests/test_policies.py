@@ -76,7 +76,10 @@ def test_eval_reports_every_policy_side_by_side(calibrated: Path, run_script) ->
     assert found["sets"]["lac"]["coverage"]["estimate"] == pytest.approx(covered.mean())
     size = (1 - probs <= q_hat).sum(axis=1)
     assert found["sets"]["lac"]["set_size"]["estimate"] == pytest.approx(size.mean())
-    assert set(found["sets"]) == {"lac", "aps", "raps"}
+    assert set(found["sets"]) == {"lac", "aps", "aps_randomized", "raps", "raps_randomized"}
+    table = (run / "eval" / "digit_policies.md").read_text()
+    for name in ("threshold", "Platt gate", "cascade", "sets: raps", "CRC", "SCRC-I"):
+        assert f"| {name}" in table
     platt = json.loads((run / "calibration" / "platt.json").read_text())
     exits = sigmoid(platt["a"] * test["gate_digit"].astype(np.float64) + platt["b"])
     exits = exits >= platt["threshold"]

@@ -12,6 +12,7 @@ from typing import Any
 from rigor.calibration.guarantee_schema import validate_record
 from rigor.errors import UsageError
 from rigor.evaluation.policies import GUARANTEES
+from rigor.evaluation.sets import variant_name
 
 THRESHOLDS = "calibration/thresholds.json"
 PLATT = "calibration/platt.json"
@@ -50,7 +51,7 @@ def _platt_policy(kind: str, thresholds: dict[str, Any], platt: dict[str, Any]) 
 
 
 def _sets_policy(thresholds: dict[str, Any], conformal: dict[str, Any]) -> dict[str, Any]:
-    fitted = conformal["sets"][conformal["method"]]
+    fitted = conformal["sets"][variant_name(conformal["method"], conformal["randomized"])]
     if fitted["q_hat"] is None:
         n = fitted["n"]
         raise UsageError(

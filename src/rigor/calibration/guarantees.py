@@ -25,7 +25,7 @@ from rigor.calibration.risk_control import (
 from rigor.errors import UsageError
 from rigor.evaluation.policies import selection_score
 from rigor.evaluation.scores import sigmoid, softmax
-from rigor.evaluation.sets import SET_METHODS, label_scores, true_label_scores
+from rigor.evaluation.sets import SET_METHODS, SET_VARIANTS, label_scores, true_label_scores
 
 ALPHA_CURVE = [round(a, 3) for a in np.linspace(0.01, 0.3, 30)]
 COVERAGE_CURVE = [round(c, 3) for c in np.linspace(0.5, 1.0, 26)]
@@ -75,11 +75,12 @@ def fit_platt_gate(
 def fit_conformal(
     task: str, logits: np.ndarray, labels: np.ndarray, conformal: Any, risk: Any
 ) -> dict[str, Any]:
-    """calibration/conformal.json: q_hat of LAC, APS and RAPS at ``conformal.alpha`` (and on
-    an alpha grid, for eval's curves), and the CRC lambda of the LAC set's FNR."""
+    """calibration/conformal.json: q_hat of LAC, APS and RAPS (each non-randomised and
+    randomised) at ``conformal.alpha``, of the non-randomised ones on an alpha grid (for
+    eval's curves), and the CRC lambda of the LAC set's FNR."""
     probs = softmax(logits)
     sets = {}
-    for method in SET_METHODS:
+    for name, (method, randomized) in SET_VARIANTS.items():
         fitted = fit_set_policy(
             probs,
             labels,
@@ -87,10 +88,10 @@ def fit_conformal(
             conformal.alpha,
             k_reg=conformal.k_reg,
             lam=conformal.lam,
-            randomized=conformal.randomized,
+            randomized=randomized,
             seed=conformal.seed,
         )
-        sets[method] = fitted | {"seed": conformal.seed}
+        sets[name] = fitted | {"seed": conformal.seed}
     curve = []
     for alpha in ALPHA_CURVE:
         row: dict[str, Any] = {"alpha": alpha}
@@ -108,6 +109,7 @@ def fit_conformal(
         "fitted_on": {"split": "val_calib", "n": int(len(labels))},
         "alpha": conformal.alpha,
         "method": conformal.method,
+        "randomized": conformal.randomized,
         "sets": sets,
         "alpha_curve": curve,
         "crc": {

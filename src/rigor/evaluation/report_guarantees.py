@@ -99,13 +99,14 @@ def _sets(
     conformal: dict[str, Any], probs: np.ndarray, labels: np.ndarray, options: Any
 ) -> dict[str, Any]:
     out = {}
-    for method in SET_METHODS:
-        fitted = conformal["sets"][method]
+    for name, fitted in conformal["sets"].items():
         q_hat = math.inf if fitted["q_hat"] is None else fitted["q_hat"]
         u = randomization(len(probs), fitted["seed"], APPLY) if fitted["randomized"] else None
-        scores = label_scores(probs, method, k_reg=fitted["k_reg"], lam=fitted["lam"], u=u)
+        scores = label_scores(
+            probs, fitted["method"], k_reg=fitted["k_reg"], lam=fitted["lam"], u=u
+        )
         sets = prediction_sets(scores, q_hat)
-        out[method] = {
+        out[name] = {
             "q_hat": fitted["q_hat"],
             "randomized": fitted["randomized"],
             "alpha": fitted["alpha"],
@@ -217,3 +218,53 @@ def _coverage_curve(scrc: dict[str, Any], outputs: dict[str, Any], labels: np.nd
         fnr = float(missed[accepted].mean()) if accepted.any() else math.nan
         points.append((point["coverage"], float(accepted.mean()), fnr))
     return points
+
+
+def _cell(node: Any) -> str:
+    if not isinstance(node, dict) or "estimate" not in node:
+        return ""
+    return f"{node['estimate']:.3f} [{node['ci_lower']:.3f}, {node['ci_upper']:.3f}]"
+
+
+def _complement(node: dict[str, Any]) -> dict[str, Any]:
+    """1 - a CI'd share (accuracy to error, coverage to miscoverage)."""
+    return {
+        "estimate": 1 - node["estimate"],
+        "ci_lower": 1 - node["ci_upper"],
+        "ci_upper": 1 - node["ci_lower"],
+    }
+
+
+def policy_table(result: dict[str, Any]) -> str:
+    """Markdown: every policy of one task side by side on val_test (estimate [CI]): the
+    share answered, the error (selective risk, FNR or miscoverage) and the set size."""
+    rows = [("policy", "answered", "error among answered", "set size"), ("---",) * 4]
+    if "policy" in result:
+        plain = result["policy"]
+        rows.append(("threshold", _cell(plain["coverage"]), _cell(plain["selective_risk"]), "1"))
+    found = result.get("guarantees", {})
+    gate = found.get("platt_gate", {})
+    if "coverage" in gate:
+        rows.append(("Platt gate", _cell(gate["coverage"]), _cell(gate["selective_risk"]), "1"))
+    if "cascade" in found:
+        error = _complement(found["cascade"]["accuracy"])
+        rows.append(("cascade (A/B)", "1", _cell(error), "1"))
+    for name, sets in found.get("sets", {}).items():
+        miss = _cell(_complement(sets["coverage"]))
+        rows.append((f"sets: {name}, alpha {sets['alpha']:g}", "1", miss, _cell(sets["set_size"])))
+    if "crc" in found:
+        crc = found["crc"]
+        rows.append(
+            (f"CRC, alpha {crc['alpha']:g}", "1", _cell(crc["fnr"]), _cell(crc["set_size"]))
+        )
+    if "scrc" in found:
+        scrc = found["scrc"]
+        rows.append(
+            (
+                f"SCRC-I, alpha {scrc['alpha']:g}",
+                _cell(scrc["coverage"]),
+                _cell(scrc["fnr_accepted"]),
+                _cell(scrc["set_size_accepted"]),
+            )
+        )
+    return "".join("| " + " | ".join(row) + " |\n" for row in rows)

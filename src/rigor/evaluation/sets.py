@@ -16,6 +16,21 @@ import numpy as np
 
 SetMethod = Literal["lac", "aps", "raps"]
 SET_METHODS: tuple[str, ...] = ("lac", "aps", "raps")
+# Every set calibrate fits and eval reports: name -> (method, randomised).
+SET_VARIANTS: dict[str, tuple[str, bool]] = {
+    "lac": ("lac", False),
+    "aps": ("aps", False),
+    "aps_randomized": ("aps", True),
+    "raps": ("raps", False),
+    "raps_randomized": ("raps", True),
+}
+
+
+def variant_name(method: str, randomized: bool) -> str:
+    """The SET_VARIANTS key of a method (LAC is never randomised)."""
+    return f"{method}_randomized" if randomized and method != "lac" else method
+
+
 SUM_TOLERANCE = 1e-4  # rows of float32 softmax sum to 1 within about 1e-6
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from rigor.config import apply_overrides
 from rigor.evaluation.report_classification import classification_report
-from rigor.evaluation.report_guarantees import guarantees_report
+from rigor.evaluation.report_guarantees import guarantees_report, policy_table
 from rigor.evaluation.report_regression import interval_report, regression_report
 from rigor.io import atomic_write_json, atomic_write_text, read_json
 from rigor.stages import BEST, RunContext, finish_stage, open_run
@@ -71,7 +71,8 @@ def evaluate(
                 result["guarantees"], more = guarantees_report(
                     ctx, task, records, outputs_of, labels, options
                 )
-                files += more
+                atomic_write_text(out / f"{task}_policies.md", policy_table(result))
+                files += [*more, f"eval/{task}_policies.md"]
         else:
             groups = predictions.get("groups")
             result, files = regression_report(task, logits, targets, groups, options), []

@@ -183,3 +183,66 @@ def test_nan_predictions_are_exit_2_and_nothing_is_calibrated(
     err = capsys.readouterr().err
     assert "logits_digit row 5 is NaN or infinite" in err and "Traceback" not in err
     assert not (run / "calibration").exists() or not any((run / "calibration").iterdir())
+
+
+@pytest.mark.slow
+def test_a_second_run_can_be_stage_b_of_the_cascade(
+    calibrated: Path, tmp_path: Path, run_script, capsys  # type: ignore[no-untyped-def]
+) -> None:
+    from rigor.config import load_config
+    from rigor.training.run import train
+
+    short = [
+        f"run.output_root={tmp_path}",
+        "training.epochs=3",
+        "scheduler.warmup_epochs=0.5",
+        "logging.tensorboard=false",
+        "evaluation.n_resamples=50",
+    ]
+    baseline = CONFIGS / "experiment" / "digits_baseline.yaml"
+    second = train(load_config(baseline, sets=short, environ={}), env_policy="ignore")
+    assert run_script("calibrate", "--from-manifest", str(second), "--target-risk", "0.3") == 0
+    assert run_script("export", "--from-manifest", str(second)) == 0
+    other = [*short, "data.splits.train=0.55", "data.splits.val_test=0.2"]
+    elsewhere = train(load_config(baseline, sets=other, environ={}), env_policy="ignore")
+    run = tmp_path / "stage_a"
+    shutil.copytree(calibrated.parent, run)
+    m = str(run / "manifest.json")
+    flags = ["--target-risk", "0.2", "--force", "--policy", "cascade"]
+    code = run_script(
+        "calibrate", "--from-manifest", m, *flags, "--set", f"calibration.stage_b={elsewhere}"
+    )
+    assert code == 3 and "Stage B must share the splits" in capsys.readouterr().err
+    code = run_script(
+        "calibrate", "--from-manifest", m, *flags, "--set", f"calibration.stage_b={second}"
+    )
+    assert code == 0
+    platt = json.loads((run / "calibration" / "platt.json").read_text())
+    second_id = json.loads(second.read_text())["run_id"]
+    assert platt["stage_b"]["source"] == "run" and platt["stage_b"]["run_id"] == second_id
+    assert run_script("eval", "--from-manifest", m, "--force") == 0
+    cascade = json.loads((run / "eval" / "metrics.json").read_text())["tasks"]["digit"][
+        "guarantees"
+    ]["cascade"]
+    mine, theirs = _arrays(run, "val_test"), _arrays(second.parent, "val_test")
+    exits = (
+        sigmoid(platt["a"] * mine["gate_digit"].astype(np.float64) + platt["b"])
+        >= platt["threshold"]
+    )
+    final = np.where(
+        exits, mine["logits_digit"].argmax(axis=1), theirs["logits_digit"].argmax(axis=1)
+    )
+    assert cascade["accuracy"]["estimate"] == pytest.approx((final == mine["targets_digit"]).mean())
+    assert run_script("export", "--from-manifest", m, "--policy", "cascade") == 0
+    capsys.readouterr()
+    predict = ["--bundle", str(run / "bundle"), "--split", "val_test"]
+    assert run_script("predict", *predict) == 2
+    assert f"Stage B is run {second_id}" in capsys.readouterr().err
+    assert run_script("predict", *predict, "--stage-b", str(run / "bundle")) == 2
+    assert run_script("predict", *predict, "--stage-b", str(second.parent / "bundle")) == 0
+    rows = list(csv.DictReader((run / "predict" / "val_test.csv").open()))
+    by_id = {i: row for row, i in enumerate(mine["ids"])}
+    for row in rows:
+        head = mine["logits_digit"] if row["stage"] == "A" else theirs["logits_digit"]
+        assert row["class"] == str(head[by_id[row["id"]]].argmax())
+    assert {row["stage"] for row in rows} == {"A", "B"}

@@ -47,7 +47,12 @@ def _platt_policy(kind: str, thresholds: dict[str, Any], platt: dict[str, Any]) 
         "threshold": platt["threshold"],
         "target_risk": platt["target_risk"],
     }
-    return policy | ({"stage_b": "aux"} if kind == "cascade" else {})
+    if kind != "cascade":
+        return policy
+    stage_b = platt.get("stage_b", {"source": "aux"})
+    return policy | {
+        "stage_b": "aux" if stage_b["source"] == "aux" else {"run_id": stage_b["run_id"]}
+    }
 
 
 def _sets_policy(thresholds: dict[str, Any], conformal: dict[str, Any]) -> dict[str, Any]:

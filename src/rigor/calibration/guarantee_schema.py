@@ -25,6 +25,16 @@ _GRID = {
     "required": ["start", "stop", "points"],
     "properties": {"start": _NUM, "stop": _NUM, "points": {"type": "integer", "minimum": 2}},
 }
+_STAGE_B_RECORD = {
+    "type": "object",
+    "required": ["source"],
+    "properties": {
+        "source": {"enum": ["aux", "run"]},
+        "run_id": {"type": "string"},
+        "manifest": {"type": "string"},
+        "sha256": {"type": "object"},
+    },
+}
 _SET = {
     "type": "object",
     "additionalProperties": False,
@@ -82,6 +92,7 @@ PLATT_SCHEMA = _schema(
             "min_coverage": _PROB,
             "threshold": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
             "infeasible": {"type": ["string", "null"]},
+            "stage_b": _STAGE_B_RECORD,
         },
     },
 )
@@ -178,6 +189,14 @@ SCRC_SCHEMA = _schema(
     },
 )
 
+_STAGE_B_POLICY = {
+    "description": "aux: the auxiliary head; otherwise the run whose bundle predict takes "
+    "with --stage-b",
+    "oneOf": [
+        {"const": "aux"},
+        {"type": "object", "required": ["run_id"], "properties": {"run_id": {"type": "string"}}},
+    ],
+}
 _COMMON = ["schema_version", "kind", "task", "temperature", "guarantee", "fitted_on"]
 _PLATT = {"type": "object", "required": ["a", "b"], "properties": {"a": _NUM, "b": _NUM}}
 _KINDS: dict[str, dict[str, Any]] = {
@@ -191,7 +210,7 @@ _KINDS: dict[str, dict[str, Any]] = {
     },
     "cascade": {
         "required": ["platt", "threshold", "stage_b"],
-        "properties": {"platt": _PLATT, "threshold": _PROB, "stage_b": {"const": "aux"}},
+        "properties": {"platt": _PLATT, "threshold": _PROB, "stage_b": _STAGE_B_POLICY},
     },
     "sets": {
         "required": ["method", "randomized", "k_reg", "lam", "seed", "alpha", "q_hat"],

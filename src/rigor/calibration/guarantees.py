@@ -36,7 +36,12 @@ def _finite(value: float) -> float | None:
 
 
 def fit_platt_gate(
-    task: str, logits: np.ndarray, labels: np.ndarray, gate: np.ndarray, options: Any
+    task: str,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    gate: np.ndarray,
+    options: Any,
+    stage_b: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """calibration/platt.json: (a, b) fitted against is_correct of Stage A, and the
     threshold on the calibrated gate chosen by the selective-risk rule of thresholds.json
@@ -61,6 +66,7 @@ def fit_platt_gate(
         "min_coverage": options.min_coverage,
         "threshold": None,
         "infeasible": None,
+        "stage_b": stage_b or {"source": "aux"},
     }
     try:
         chosen = choose(table, options.target_risk, options.min_coverage, None)
@@ -165,7 +171,12 @@ def fit_scrc(
 
 
 def guarantee_records(
-    task: str, logits: np.ndarray, labels: np.ndarray, gate: np.ndarray | None, options: Any
+    task: str,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    gate: np.ndarray | None,
+    options: Any,
+    stage_b: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """platt.json (gated tasks), conformal.json and scrcparams.json, each checked against
     its schema (exit 3 on a violation), keyed by their path in the run folder."""
@@ -179,7 +190,7 @@ def guarantee_records(
         )
     records: dict[str, dict[str, Any]] = {}
     if gate is not None:
-        records[PLATT] = fit_platt_gate(task, logits, labels, gate, options)
+        records[PLATT] = fit_platt_gate(task, logits, labels, gate, options, stage_b)
     records[CONFORMAL] = fit_conformal(task, logits, labels, options.conformal, risk)
     records[SCRC] = fit_scrc(task, logits, labels, gate, risk)
     for rel, record in records.items():

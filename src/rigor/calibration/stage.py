@@ -14,6 +14,7 @@ from rigor.calibration.conformal import regression_intervals
 from rigor.calibration.guarantees import guarantee_records
 from rigor.calibration.policy import choose, sweep
 from rigor.calibration.schema import validate_thresholds
+from rigor.calibration.stage_b import resolve_stage_b
 from rigor.calibration.temperature import fit_temperature
 from rigor.config import apply_overrides
 from rigor.errors import UsageError
@@ -160,7 +161,11 @@ def _calibrate_classifier(
     }
     record = finite_json(record)  # JSON has no NaN: an undefined value is null, and a null
     validate_thresholds(record)  # threshold or temperature fails the schema here (exit 3)
-    records = {THRESHOLDS: record} | guarantee_records(task, logits, labels, gate, options)
+    spec = ctx.manifest["dataset"]["tasks"][task]
+    stage_b = (
+        resolve_stage_b(options.stage_b, ctx.run_dir, task, spec) if gate is not None else None
+    )
+    records = {THRESHOLDS: record} | guarantee_records(task, logits, labels, gate, options, stage_b)
     build_policy(options.policy, records)  # the chosen policy must be feasible (exit 2)
     writes = _threshold_writes(record, table.table(), before, after, labels)
     return record, writes + [(rel, rec) for rel, rec in records.items() if rel != THRESHOLDS]

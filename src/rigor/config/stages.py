@@ -91,6 +91,11 @@ class CalibrationConfig(Section):
         description="The one policy export.py puts in the bundle: threshold, gate (Platt), "
         "cascade, sets (conformal), crc or scrc; export.py --policy overrides it."
     )
+    stage_b: str | None = Field(
+        description="Stage B of the cascade: null for the gated task's auxiliary head, or the "
+        "manifest.json of a finished run with the same splits (predict then takes its bundle "
+        "with --stage-b)."
+    )
     conformal: ConformalConfig = Field(description="Split-conformal prediction sets.")
     risk_control: RiskControlConfig = Field(description="CRC and SCRC of the set's FNR.")
 

@@ -6,6 +6,7 @@ q_hat, lambda and threshold comes from calibration/."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,11 @@ def _ratio_ci(num: np.ndarray, den: np.ndarray, options: EvaluationConfig) -> di
     values = replicates(batched, len(top), options.n_resamples, options.seed)["value"]
     estimate = top.sum() / bottom.sum() if bottom.sum() > 0 else math.nan
     return summarize(values, estimate, options.level)
+
+
+def _heads(outputs: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(logits, gate, Stage B logits) as apply_policy takes them."""
+    return outputs["logits"], outputs.get("gate"), outputs.get("aux")
 
 
 def _mean_ci(values: np.ndarray, options: EvaluationConfig) -> dict[str, Any]:
@@ -77,11 +83,32 @@ def _gate(platt: dict[str, Any], gate: np.ndarray, correct: np.ndarray, options:
     }
 
 
+def _stage_b_logits(platt: dict[str, Any], task: str, outputs: dict[str, Any]) -> np.ndarray | None:
+    """Stage B's val_test logits: the auxiliary head's, or those of the second run named in
+    platt.json (re-hashed against what calibrate recorded: exit 5 when changed), checked to
+    hold the same samples."""
+    stage_b = platt.get("stage_b", {"source": "aux"})
+    if stage_b["source"] == "aux":
+        return outputs.get("aux")
+    from rigor.errors import ArtifactError
+    from rigor.io import sha256_file
+
+    run_dir = Path(stage_b["manifest"]).parent
+    rel = "predictions/val_test.npz"
+    if not (run_dir / rel).is_file() or sha256_file(run_dir / rel) != stage_b["sha256"][rel]:
+        raise ArtifactError(f"Stage B {run_dir / rel}: missing or changed since calibrate")
+    with np.load(run_dir / rel, allow_pickle=False) as data:
+        ids, logits = data["ids"], data[f"logits_{task}"]
+    if not np.array_equal(ids, outputs["ids"]):
+        raise ArtifactError(f"Stage B {run_dir / rel}: its val_test samples differ from this run's")
+    return np.asarray(logits)
+
+
 def _cascade(
     platt: dict[str, Any], outputs: dict[str, Any], labels: np.ndarray, options: Any
 ) -> dict[str, Any]:
     policy = {"kind": "cascade", "task": platt["task"], "platt": platt}
-    decisions = apply_policy(policy | {"threshold": platt["threshold"]}, **outputs)
+    decisions = apply_policy(policy | {"threshold": platt["threshold"]}, *_heads(outputs))
     exited = np.asarray(decisions.stage == "A")
     right = np.asarray(decisions.predicted == labels)
     stage_b = np.asarray(softmax(outputs["aux"]).argmax(axis=1) == labels)
@@ -134,7 +161,7 @@ def _crc(
 def _scrc(
     scrc: dict[str, Any], outputs: dict[str, Any], labels: np.ndarray, options: Any
 ) -> dict[str, Any]:
-    decisions = apply_policy({"kind": "scrc", **scrc}, **outputs)
+    decisions = apply_policy({"kind": "scrc", **scrc}, *_heads(outputs))
     sets, accepted = decisions.sets, decisions.accepted
     assert sets is not None
     missed = ~sets[np.arange(len(labels)), labels]
@@ -166,8 +193,9 @@ def guarantees_report(
     platt, gate = records.get("platt"), outputs.get("gate")
     if platt is not None and gate is not None:
         report["platt_gate"] = _gate(platt, gate, correct, options)
-        if outputs.get("aux") is not None and platt["threshold"] is not None:
-            report["cascade"] = _cascade(platt, outputs, labels, options)
+        stage_b = _stage_b_logits(platt, task, outputs)
+        if stage_b is not None and platt["threshold"] is not None:
+            report["cascade"] = _cascade(platt, outputs | {"aux": stage_b}, labels, options)
     files = []
     conformal = records.get("conformal")
     if conformal is not None:
@@ -211,7 +239,7 @@ def _coverage_curve(scrc: dict[str, Any], outputs: dict[str, Any], labels: np.nd
     for point in scrc["coverage_curve"]:
         if point["lambda"] is None:
             continue
-        decisions = apply_policy({"kind": "scrc", **scrc, **point}, **outputs)
+        decisions = apply_policy({"kind": "scrc", **scrc, **point}, *_heads(outputs))
         assert decisions.sets is not None
         accepted = decisions.accepted
         missed = ~decisions.sets[np.arange(len(labels)), labels]

@@ -67,7 +67,12 @@ def evaluate(
                 ctx, task, spec, logits, labels, gate, task_policy, options
             )
             if task_policy is not None and records:
-                outputs_of = {"logits": logits, "gate": gate, "aux": predictions.get(f"aux_{task}")}
+                outputs_of = {
+                    "logits": logits,
+                    "gate": gate,
+                    "aux": predictions.get(f"aux_{task}"),
+                    "ids": predictions.get("ids"),
+                }
                 result["guarantees"], more = guarantees_report(
                     ctx, task, records, outputs_of, labels, options
                 )

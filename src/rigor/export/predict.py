@@ -103,6 +103,7 @@ def predict_with_bundle(
     inputs: list[Path] | None = None,
     split: str | None = None,
     output: Path | None = None,
+    stage_b: Path | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Predict ``inputs`` (image files) or a ``split``; write a CSV and return it with a summary.
 
@@ -123,7 +124,10 @@ def predict_with_bundle(
     columns: dict[str, list[str]] = {"id": list(ids)}
     summary: dict[str, Any] = {"n": len(ids)}
     if bundle.policy is not None:
-        columns |= _selective(bundle, outputs, labels, summary)
+        second = _stage_b(bundle, stage_b, dataset, rows, ids)
+        columns |= _selective(bundle, outputs, labels, summary, second)
+    elif stage_b is not None:
+        raise UsageError("--stage-b: this bundle has no policy (regression only)")
     for task, spec in bundle.record["tasks"].items():
         if spec["kind"] != "regression":
             continue
@@ -152,20 +156,50 @@ def _interval_columns(bundle: Bundle, task: str, values: np.ndarray) -> dict[str
     }
 
 
+def _stage_b(
+    bundle: Bundle, path: Path | None, dataset: ImageDataset, rows: list[int], ids: list[str]
+) -> np.ndarray | None:
+    """Stage B's logits from a second run's bundle, when the cascade names one: the bundle
+    must pass every check, be that run's, and take the same input size."""
+    policy = bundle.policy or {}
+    wanted = policy.get("stage_b") if kind_of(policy) == "cascade" else None
+    if not isinstance(wanted, dict):
+        if path is not None:
+            raise UsageError("--stage-b: the bundle's policy is not a cascade with a second run")
+        return None
+    if path is None:
+        raise UsageError(
+            f"this cascade's Stage B is run {wanted['run_id']}: give its bundle with --stage-b"
+        )
+    second = load_bundle(path)
+    if second.record["run_id"] != wanted["run_id"]:
+        raise UsageError(
+            f"--stage-b {path}: bundle of run {second.record['run_id']}, but the cascade was "
+            f"calibrated with run {wanted['run_id']}"
+        )
+    if second.record["input_shape"] != bundle.record["input_shape"]:
+        raise UsageError(f"--stage-b {path}: its input shape differs from this bundle's")
+    config = run_config(json.loads((path / second.record["config"]).read_text()))[0]
+    outputs, second_ids, _ = _outputs(second, config, dataset, rows)
+    if second_ids != ids:
+        raise UsageError(f"--stage-b {path}: it read different samples (skipped rows differ)")
+    return outputs[bundle.record["task"]]
+
+
 def _selective(
     bundle: Bundle,
     outputs: dict[str, np.ndarray],
     labels: dict[str, np.ndarray] | None,
     summary: dict[str, Any],
+    stage_b: np.ndarray | None = None,
 ) -> dict[str, list[str]]:
     """The policy task's columns (class, confidence, abstained; ``stage`` for a cascade;
     ``set`` and ``set_size`` for set policies) and the summary: the policy, the guarantee
     that holds, coverage, and with labels the selective risk (and set coverage)."""
     task, policy = bundle.record["task"], bundle.policy
     assert policy is not None
-    decisions = apply_policy(
-        policy, outputs[task], outputs.get(GATE + task), outputs.get(AUX + task)
-    )
+    second = stage_b if stage_b is not None else outputs.get(AUX + task)
+    decisions = apply_policy(policy, outputs[task], outputs.get(GATE + task), second)
     kind = kind_of(policy)
     classes = bundle.record["tasks"][task].get("classes") or [
         str(k) for k in range(outputs[task].shape[1])

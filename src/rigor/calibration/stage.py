@@ -161,6 +161,10 @@ def _calibrate_classifier(
     }
     record = finite_json(record)  # JSON has no NaN: an undefined value is null, and a null
     validate_thresholds(record)  # threshold or temperature fails the schema here (exit 3)
+    if options.stage_b is not None and gate is None:
+        raise UsageError(
+            f"calibration.stage_b: the cascade routes with the gate, but task {task!r} has none"
+        )
     spec = ctx.manifest["dataset"]["tasks"][task]
     stage_b = (
         resolve_stage_b(options.stage_b, ctx.run_dir, task, spec) if gate is not None else None

@@ -246,3 +246,31 @@ def test_a_second_run_can_be_stage_b_of_the_cascade(
         head = mine["logits_digit"] if row["stage"] == "A" else theirs["logits_digit"]
         assert row["class"] == str(head[by_id[row["id"]]].argmax())
     assert {row["stage"] for row in rows} == {"A", "B"}
+
+
+def test_calibrate_and_eval_never_import_torch(calibrated: Path) -> None:
+    """They work on stored predictions: importing torch would cost seconds for nothing."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    for stage in ("calibrate", "eval"):
+        probe = (
+            "import runpy, sys\n"
+            f"sys.argv = ['{stage}', '--from-manifest', {str(calibrated)!r}, '--force',"
+            " '--env-policy', 'ignore']\n"
+            "try:\n"
+            f"    runpy.run_path({str(ROOT / 'scripts' / f'{stage}.py')!r}, run_name='__main__')\n"
+            "except SystemExit as exit:\n"
+            "    assert not exit.code, exit.code\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] == 'torch')\n"
+            "print('HEAVY', heavy[:3])\n"
+        )
+        if stage == "calibrate":
+            probe = probe.replace("'--force',", "'--force', '--target-risk', '0.2',")
+        result = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "HEAVY []" in result.stdout, (stage, result.stdout[-500:])

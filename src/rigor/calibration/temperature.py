@@ -1,12 +1,15 @@
-"""Temperature scaling: the T > 0 that minimises the NLL of softmax(logits / T)."""
+"""Temperature scaling: the T > 0 that minimises the NLL of softmax(logits / T).
+
+Plain numpy (calibrate never imports torch): the NLL is convex in beta = 1/T, with
+gradient mean(E_p[z] - z_y) and curvature mean(Var_p[z]) under p = softmax(beta * z), so a
+safeguarded Newton iteration on beta converges to machine precision in a few steps.
+"""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from rigor.errors import RigorError
 
@@ -20,61 +23,85 @@ class NoFiniteOptimum(RigorError):
     exit_code = 2
 
 
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
 def scaled_nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
     """NLL of softmax(logits / temperature) at the labels (float64)."""
-    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64) / temperature
-    return float(F.cross_entropy(z, torch.as_tensor(np.asarray(labels), dtype=torch.long)))
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    y = np.asarray(labels, dtype=np.int64)
+    return float(-_log_softmax(z)[np.arange(len(y)), y].mean())
+
+
+def _derivatives(z: np.ndarray, z_label: np.ndarray, beta: float) -> tuple[float, float, float]:
+    """NLL at beta = 1/T and its first two derivatives in beta."""
+    scaled = beta * z
+    top = scaled.max(axis=1, keepdims=True)
+    weights = np.exp(scaled - top)
+    total = weights.sum(axis=1)
+    p = weights / total[:, None]
+    mean_z = (p * z).sum(axis=1)
+    value = float((np.log(total) + top[:, 0] - beta * z_label).mean())
+    grad = float((mean_z - z_label).mean())
+    curvature = float(((p * z * z).sum(axis=1) - mean_z**2).mean())
+    return value, grad, max(curvature, 0.0)
+
+
+def _newton(z: np.ndarray, z_label: np.ndarray) -> float:
+    """The minimising beta: Newton steps, halved until the NLL does not rise, and kept
+    positive; stops when the step no longer changes beta or beta leaves [1e-4, 1e4]."""
+    beta = 1.0
+    value, grad, curvature = _derivatives(z, z_label, beta)
+    for _ in range(200):
+        step = -grad / curvature if curvature > 1e-300 else -grad
+        if beta + step <= 0:
+            step = -beta / 2
+        for _ in range(60):
+            trial = _derivatives(z, z_label, beta + step)
+            if trial[0] <= value:
+                break
+            step /= 2
+        if abs(step) <= 1e-15 * beta:
+            break
+        beta += step
+        value, grad, curvature = trial
+        if not 1e-4 <= beta <= 1e4:
+            break
+    return beta
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Minimise the NLL over log T with L-BFGS (strong Wolfe line search) to convergence.
+    """Minimise the NLL over beta = 1/T by safeguarded Newton steps to convergence.
 
     Raises:
         NoFiniteOptimum: when every sample is classified correctly (its label logit strictly
             largest: the NLL keeps falling as T -> 0) or every sample is wrong (the minimiser
-            runs off towards T -> infinity), or when the optimiser leaves [1e-4, 1e4].
+            runs off towards T -> infinity), or when T leaves [1e-4, 1e4].
     """
-    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
     if z.ndim != 2 or len(z) != len(y) or len(y) == 0:
         raise ValueError("logits must be (n, K) and labels (n,), n > 0")
-    label_logit = z.gather(1, y[:, None])[:, 0]
-    others = z.scatter(1, y[:, None], -math.inf).max(dim=1).values
-    if bool((label_logit > others).all()):
+    rows = np.arange(len(y))
+    label_logit = z[rows, y]
+    others = z.copy()
+    others[rows, y] = -np.inf
+    if bool((label_logit > others.max(axis=1)).all()):
         raise NoFiniteOptimum(
             f"all {len(y)} calibration samples are classified correctly: the NLL keeps falling "
             "as T -> 0, so there is no finite temperature"
         )
-    if bool((label_logit < others).all()):
+    if bool((label_logit < others.max(axis=1)).all()):
         raise NoFiniteOptimum(
             f"all {len(y)} calibration samples are classified wrongly: temperature scaling "
             "cannot calibrate a model that is never right"
         )
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS(
-        [log_t],
-        lr=1.0,
-        max_iter=100,
-        tolerance_grad=1e-12,
-        tolerance_change=1e-15,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(z / log_t.exp(), y)
-        loss.backward()
-        return loss
-
-    for _ in range(20):
-        optimizer.step(closure)
-        assert log_t.grad is not None
-        value, grad = float(log_t.detach()), float(log_t.grad.detach())
-        if abs(grad) < 1e-10 or abs(value) > LOG_T_BOUND:
-            break
-    if abs(value) > LOG_T_BOUND:
+    beta = _newton(z, label_logit)
+    if not math.isfinite(beta) or beta <= 0 or abs(math.log(beta)) > LOG_T_BOUND:
         raise NoFiniteOptimum(
-            f"temperature scaling diverged (T = {math.exp(value):.3g}): the calibration "
-            "set has no finite optimum"
+            f"temperature scaling diverged (T = {1 / beta if beta > 0 else math.inf:.3g}): the "
+            "calibration set has no finite optimum"
         )
-    return math.exp(value)
+    return 1.0 / beta

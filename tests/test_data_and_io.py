@@ -83,3 +83,42 @@ def test_digits_tasks_and_monitor_checks(tmp_path: Path) -> None:
     bad_monitor = load_config(SMOKE, sets=["training.monitor=val_select/mae"], environ={})
     with pytest.raises(ConfigError, match="training.monitor"):
         prepare(bad_monitor, "ignore", False)
+
+
+def test_bytes_written_once_are_hashed_from_memory_and_links_stay_independent(
+    tmp_path: Path,
+) -> None:
+    import hashlib
+    import os
+
+    from rigor.io import atomic_link, atomic_write_bytes, sha256_file, sha256_recorded
+
+    first = tmp_path / "best.pt"
+    digest = atomic_write_bytes(first, b"epoch 3 state")
+    assert digest == hashlib.sha256(b"epoch 3 state").hexdigest() == sha256_file(first)
+    atomic_link(first, tmp_path / "last.pt")
+    assert os.stat(first).st_ino == os.stat(tmp_path / "last.pt").st_ino
+    assert sha256_recorded(tmp_path / "last.pt") == digest
+    atomic_write_bytes(tmp_path / "last.pt", b"epoch 4 state")  # replaces its own name only
+    assert first.read_bytes() == b"epoch 3 state"
+    first.write_bytes(b"EPOCH 3 STATE")  # changed behind rigor's back: re-read, not trusted
+    assert sha256_recorded(first) == hashlib.sha256(b"EPOCH 3 STATE").hexdigest()
+
+
+def test_an_epoch_checkpoint_is_serialised_once_and_linked(smoke_manifest: Path) -> None:
+    import json
+    import os
+
+    from rigor.io import sha256_file
+
+    run = smoke_manifest.parent
+    manifest = json.loads(smoke_manifest.read_text())
+    best, last = run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt"
+    from rigor.runs.checkpoint import load_checkpoint
+
+    state = load_checkpoint(last)
+    last_epoch_was_best = state["best_epoch"] == state["epoch"] - 1
+    assert (os.stat(best).st_ino == os.stat(last).st_ino) == last_epoch_was_best
+    for rel, expected in manifest["sha256"].items():
+        if rel.startswith("checkpoints/"):
+            assert sha256_file(run / rel) == expected, rel

@@ -124,6 +124,58 @@ def read_json(path: Path, non_finite: str = "refuse") -> Any:
         raise ManifestError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
 
 
+# sha256 of files this process wrote with atomic_write_bytes, keyed by what identifies one
+# version of a file: (device, inode, size, mtime_ns). A hard link shares the inode.
+_WRITTEN: dict[tuple[int, int, int, int], str] = {}
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    info = os.stat(path)
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> str:
+    """Write ``payload`` atomically (fsync, rename) and return its sha256, computed from the
+    bytes in memory and remembered so that :func:`sha256_recorded` need not re-read them."""
+    digest = hashlib.sha256(payload).hexdigest()
+    with atomic_open(path, "wb") as handle:
+        handle.write(payload)
+    _WRITTEN[_identity(path)] = digest
+    return digest
+
+
+def atomic_link(source: Path, path: Path) -> None:
+    """Publish ``path`` as a hard link to ``source`` (a copy where links are not possible),
+    atomically: readers see the old ``path`` or the complete new one. Files written with
+    atomic replacement are never changed in place, so the two names stay independent: a
+    later write of either replaces its own name only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.link.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        with open(source, "rb") as src, open(tmp, "wb") as dst:
+            for chunk in iter(lambda: src.read(_CHUNK), b""):
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        known = _WRITTEN.get(_identity(source))
+        if known is not None:
+            _WRITTEN[_identity(tmp)] = known
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def sha256_recorded(path: Path) -> str:
+    """sha256 of a file, without re-reading one this process just wrote with
+    :func:`atomic_write_bytes` (same inode, size and mtime); verification always re-reads
+    (:func:`sha256_file`)."""
+    known = _WRITTEN.get(_identity(path))
+    return known if known is not None else sha256_file(path)
+
+
 def sha256_file(path: Path) -> str:
     """Return the hex sha256 of a file's bytes."""
     digest = hashlib.sha256()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` atomically: a kill leaves the old file or the new one, never a torn one."""
     atomic_write_with(path, lambda handle: torch.save(state, handle))
+
+
+def serialize_checkpoint(state: dict[str, Any]) -> bytes:
+    """``state`` as the bytes ``torch.save`` writes: serialise once, write it under several
+    names (last.pt, best.pt, a top-k file) with ``rigor.io.atomic_write_bytes`` and links."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 def load_checkpoint(

@@ -13,7 +13,8 @@ import torch
 from rigor.data.dataset import Batch
 from rigor.data.loader import augment_generator
 from rigor.errors import UsageError
-from rigor.runs.checkpoint import rng_state, save_checkpoint, set_rng_state
+from rigor.io import atomic_link, atomic_write_bytes
+from rigor.runs.checkpoint import rng_state, save_checkpoint, serialize_checkpoint, set_rng_state
 from rigor.runs.predict import predict
 from rigor.tracking import NullTracker, Tracker, monitor_to_key
 from rigor.training.distributed import sum_over_ranks
@@ -191,17 +192,36 @@ class Session:
             self.best_epoch = finished
         self.epoch, self.position, self.epoch_step = self.epoch + 1, 0, 0
         self.stopped_early = self.early.should_stop
-        state = self._state()
-        self._keep_top_k(finished, values[self.monitor], state)
-        state["top_k"] = list(self.top_k)  # last.pt records the files this epoch kept
-        if improved:
-            self._save("checkpoints/best.pt", state)
-        self._save("checkpoints/last.pt", state)
+        entry, drop = self._rank_top_k(finished, values[self.monitor])
+        state = self._state()  # records the files this epoch keeps (top_k, updated above)
+        if self.main:
+            self._publish(state, improved, entry)
+        for old in drop:
+            if self.main:
+                (self.run_dir / old["path"]).unlink(missing_ok=True)
 
-    def _keep_top_k(self, epoch: int, value: float, state: dict[str, Any]) -> None:
+    def _publish(self, state: dict[str, Any], improved: bool, entry: str | None) -> None:
+        """Serialise the epoch's state once and publish it as best.pt (when improved), the
+        top-k file (when kept) and last.pt: one write and fsync, the other names hard links
+        to it. best.pt is published before last.pt, so a kill in between resumes from the
+        previous last.pt and redoes the epoch, as before."""
+        payload = serialize_checkpoint(state)
+        names = [
+            *(["checkpoints/best.pt"] if improved else []),
+            *([entry] if entry else []),
+            "checkpoints/last.pt",
+        ]
+        first = self.run_dir / names[0]
+        atomic_write_bytes(first, payload)
+        for name in names[1:]:
+            atomic_link(first, self.run_dir / name)
+
+    def _rank_top_k(self, epoch: int, value: float) -> tuple[str | None, list[dict[str, Any]]]:
+        """Update the top-k list with this epoch; the file to write (when kept) and the
+        entries that fell out (their files are deleted after the new ones exist)."""
         k = self.cfg.training.keep_top_k
         if k < 2:
-            return
+            return None, []
         sign = self.early.sign
         entry: dict[str, Any] = {
             "epoch": epoch,
@@ -210,12 +230,8 @@ class Session:
         }
         ranked = sorted([*self.top_k, entry], key=lambda e: (-sign * e["value"], e["epoch"]))
         keep, drop = ranked[:k], ranked[k:]
-        if entry in keep:
-            self._save(entry["path"], state)
-        for old in drop:
-            if self.main:
-                (self.run_dir / old["path"]).unlink(missing_ok=True)
         self.top_k = keep
+        return (entry["path"] if entry in keep else None), drop
 
     def _state(self) -> dict[str, Any]:
         return {

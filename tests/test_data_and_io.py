@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import SMOKE
+from conftest import ROOT, SMOKE
 
 from rigor.config import load_config
 from rigor.config.models import SchedulerConfig, SplitFractions
@@ -122,3 +122,31 @@ def test_an_epoch_checkpoint_is_serialised_once_and_linked(smoke_manifest: Path)
     for rel, expected in manifest["sha256"].items():
         if rel.startswith("checkpoints/"):
             assert sha256_file(run / rel) == expected, rel
+
+
+def test_digits_read_as_scikit_learn_reads_them_without_importing_it() -> None:
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits as reference
+
+    from rigor.data.digits import load_digits
+
+    images, labels = load_digits()
+    expected = reference()
+    assert np.array_equal(images, expected.images) and images.dtype == expected.images.dtype
+    assert np.array_equal(labels, expected.target)
+    probe = (
+        "import sys\n"
+        "from rigor.config import load_config\n"
+        "from rigor.data.registry import build_dataset\n"
+        "cfg = load_config('configs/experiment/digits_baseline.yaml', environ={}).config\n"
+        "build_dataset(cfg.data, None)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn')[:3])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("[]")

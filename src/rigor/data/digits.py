@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import importlib.metadata
+import importlib.util
+from pathlib import Path
 
 import numpy as np
-import sklearn
-from sklearn.datasets import load_digits
 
 from rigor.config.models import DataConfig
 from rigor.data.readers import ArrayReader
 from rigor.data.registry import RawData, TaskSpec, register_dataset
 from rigor.errors import ConfigError
 
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """(images (1797, 8, 8) float64 in 0..16, labels) read from scikit-learn's bundled
+    ``digits.csv.gz`` as ``sklearn.datasets.load_digits`` reads it, without importing
+    scikit-learn (over a second of start-up, for one small file)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("data.name digits needs scikit-learn installed (its bundled digits)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+    with gzip.open(path / "digits.csv.gz", mode="rt", encoding="utf-8") as handle:
+        data = np.loadtxt(handle, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
+
+
+SKLEARN_VERSION = importlib.metadata.version("scikit-learn")
 DIGIT = TaskSpec("digit", "classification", 10, tuple(str(d) for d in range(10)))
 # Derived tasks for multi-task runs: functions of the image and its label, so the same
 # fingerprint covers them.
@@ -32,14 +49,14 @@ def derived_targets(images: np.ndarray, digits: np.ndarray) -> dict[str, np.ndar
 @register_dataset("digits")
 def build_digits(cfg: DataConfig) -> RawData:
     """Grey 8x8 digits scaled to [0, 1]; every image is its own group."""
-    bunch = load_digits()
-    images = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
-    targets = bunch.target.astype(np.int64)
+    raw_images, labels = load_digits()
+    images = (raw_images / 16.0).astype(np.float32)[:, None, :, :]
+    targets = labels.astype(np.int64)
     ids = [f"digits-{index:04d}" for index in range(len(images))]
     digest = hashlib.sha256(images.tobytes() + targets.tobytes()).hexdigest()
     return RawData(
         name="digits",
-        version=f"sklearn-{sklearn.__version__}",
+        version=f"sklearn-{SKLEARN_VERSION}",
         offered={"digit": DIGIT, "parity": PARITY, "ink": INK},
         targets=derived_targets(images, targets),
         ids=ids,
@@ -67,8 +84,8 @@ CANVAS_SEED = 20241
 @register_dataset("digits_canvas")
 def build_digits_canvas(cfg: DataConfig) -> RawData:
     """Digits on a larger noisy canvas with the paste box as ground-truth relevance mask."""
-    bunch = load_digits()
-    digits = (bunch.images / 16.0).astype(np.float32)
+    raw_images, labels = load_digits()
+    digits = (raw_images / 16.0).astype(np.float32)
     rng = np.random.default_rng(CANVAS_SEED)
     n = len(digits)
     images = rng.uniform(0.0, NOISE, size=(n, 1, CANVAS, CANVAS)).astype(np.float32)
@@ -78,13 +95,13 @@ def build_digits_canvas(cfg: DataConfig) -> RawData:
         patch = images[i, 0, top : top + 8, left : left + 8]
         images[i, 0, top : top + 8, left : left + 8] = np.maximum(patch, digits[i])
         masks[i, top : top + 8, left : left + 8] = True
-    targets = bunch.target.astype(np.int64)
+    targets = labels.astype(np.int64)
     ids = [f"canvas-{index:04d}" for index in range(n)]
     digest = hashlib.sha256(images.tobytes() + targets.tobytes() + masks.tobytes()).hexdigest()
 
     return RawData(
         name="digits_canvas",
-        version=f"sklearn-{sklearn.__version__}-canvas{CANVAS}-noise{NOISE}-seed{CANVAS_SEED}",
+        version=f"sklearn-{SKLEARN_VERSION}-canvas{CANVAS}-noise{NOISE}-seed{CANVAS_SEED}",
         offered={"digit": DIGIT},
         targets={"digit": targets},
         ids=ids,

@@ -61,23 +61,9 @@ def evaluate(
         logits, targets = predictions[f"logits_{task}"], predictions[f"targets_{task}"]
         if spec["kind"] == "classification":
             task_policy = policy if policy and policy["task"] == task else None
-            gate = predictions.get(f"gate_{task}")
-            labels = targets.astype(np.int64)
-            result, files = classification_report(
-                ctx, task, spec, logits, labels, gate, task_policy, options
+            result, files = _classification(
+                ctx, task, spec, predictions, task_policy, records, options
             )
-            if task_policy is not None and records:
-                outputs_of = {
-                    "logits": logits,
-                    "gate": gate,
-                    "aux": predictions.get(f"aux_{task}"),
-                    "ids": predictions.get("ids"),
-                }
-                result["guarantees"], more = guarantees_report(
-                    ctx, task, records, outputs_of, labels, options
-                )
-                atomic_write_text(out / f"{task}_policies.md", policy_table(result))
-                files += [*more, f"eval/{task}_policies.md"]
         else:
             groups = predictions.get("groups")
             result, files = regression_report(task, logits, targets, groups, options), []
@@ -93,6 +79,35 @@ def evaluate(
     stage_options = {"reads": reads, "recompute": recompute, **options.model_dump()}
     finish_stage(ctx, "eval", stage_options, outputs, _summary(report))
     return out / "metrics.json"
+
+
+def _classification(
+    ctx: RunContext,
+    task: str,
+    spec: dict[str, Any],
+    predictions: dict[str, np.ndarray],
+    policy: dict[str, Any] | None,
+    records: dict[str, Any],
+    options: Any,
+) -> tuple[dict[str, Any], list[str]]:
+    """The classification report of one task, and with a calibrated policy every policy of
+    calibrate side by side (``guarantees``, and ``eval/<task>_policies.md``)."""
+    logits, labels = predictions[f"logits_{task}"], predictions[f"targets_{task}"].astype(np.int64)
+    gate = predictions.get(f"gate_{task}")
+    result, files = classification_report(ctx, task, spec, logits, labels, gate, policy, options)
+    if policy is not None and records:
+        outputs_of = {
+            "logits": logits,
+            "gate": gate,
+            "aux": predictions.get(f"aux_{task}"),
+            "ids": predictions.get("ids"),
+        }
+        result["guarantees"], more = guarantees_report(
+            ctx, task, records, outputs_of, labels, options
+        )
+        atomic_write_text(ctx.path(f"eval/{task}_policies.md"), policy_table(result))
+        files += [*more, f"eval/{task}_policies.md"]
+    return result, files
 
 
 def _recomputed(ctx: RunContext) -> dict[str, np.ndarray]:

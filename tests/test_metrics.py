@@ -259,3 +259,16 @@ def test_cluster_bootstrap_widens_the_interval_when_groups_share_an_offset() -> 
     # of the group means over sqrt(6)
     means = np.array([errors[groups == g].mean() for g in range(6)])
     assert clusters["std"] == pytest.approx(means.std() / np.sqrt(6), rel=0.15)
+
+
+def test_exact_risk_bound_is_the_clopper_pearson_quantile() -> None:
+    from scipy.stats import beta
+
+    from rigor.evaluation.report_classification import clopper_pearson_upper
+
+    assert clopper_pearson_upper(0, 257, 0.95) == pytest.approx(1 - 0.05 ** (1 / 257), rel=1e-12)
+    for errors, accepted in ((1, 262), (3, 100), (5, 20)):
+        expected = beta.ppf(0.95, errors + 1, accepted - errors)
+        assert clopper_pearson_upper(errors, accepted, 0.95) == pytest.approx(expected, rel=1e-12)
+    assert clopper_pearson_upper(4, 4, 0.95) == 1.0
+    assert math.isnan(clopper_pearson_upper(0, 0, 0.95))

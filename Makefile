@@ -69,6 +69,7 @@ bench: setup
 	$(VENV)/bin/pytest benchmarks --benchmark-only -o addopts="" -o python_files="bench_*.py"
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_hest.py
+	$(PY) benchmarks/bench_overhead.py
 
 # Regenerate the pip lock from pyproject.toml in a throw-away environment.
 lock:

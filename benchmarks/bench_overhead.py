@@ -1,0 +1,153 @@
+"""Benchmark: rigor's training against a hand-written PyTorch twin doing the same work.
+
+For each workload, ``scripts/train.py`` and ``benchmarks/twin_train.py`` (plain PyTorch, no
+rigor code; it reads the run's config_resolved.json and splits.json) run as separate
+processes in alternating pairs. Every twin's final weights must equal the paired rigor
+run's ``last.pt`` bitwise, or the benchmark stops: the two did exactly the same work.
+Reported per workload: whole-process wall time (start to exit) and loop time (rigor's
+``training.wall_time_s``: epochs with their validation, logging and checkpoints; the
+twin's epochs with their validation), each as the median of the paired ratios rigor/twin
+with their range.
+
+    make bench                                     # digits_baseline, digits_resnet18 (3 epochs)
+    python benchmarks/bench_overhead.py --pairs 3 --workloads digits_baseline
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKLOADS: dict[str, tuple[str, list[str]]] = {
+    "digits_baseline": ("configs/experiment/digits_baseline.yaml", []),
+    "digits_resnet18": ("configs/experiment/digits_resnet18.yaml", ["training.epochs=3"]),
+}
+
+
+def _run(command: list[str]) -> tuple[float, str]:
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return wall, result.stdout
+
+
+def rigor_run(config: str, sets: list[str], out: Path) -> tuple[float, float, Path]:
+    """Whole-process wall time, loop time and the run folder of one scripts/train.py run."""
+    flags = [arg for item in [f"run.output_root={out}", *sets] for arg in ("--set", item)]
+    wall, stdout = _run([sys.executable, "scripts/train.py", "--config", config, *flags])
+    run = Path(stdout.strip().splitlines()[-1]).parent
+    loop = json.loads((run / "metrics.json").read_text())["training"]["wall_time_s"]
+    return wall, float(loop), run
+
+
+def twin_run(run: Path, out: Path) -> tuple[float, float]:
+    """Whole-process wall time and loop time of the twin of ``run``."""
+    wall, stdout = _run(
+        [sys.executable, "benchmarks/twin_train.py", "--run", str(run), "--out", str(out)]
+    )
+    return wall, float(json.loads(stdout.strip().splitlines()[-1])["loop_s"])
+
+
+def same_weights(twin: Path, run: Path) -> bool:
+    """Whether the twin's weights equal rigor's last.pt model bitwise, key by key."""
+    import torch
+
+    mine = torch.load(twin, map_location="cpu", weights_only=True)
+    theirs = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    theirs = theirs["model"]
+    return sorted(mine) == sorted(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def measure(name: str, pairs: int, scratch: Path) -> dict[str, Any]:
+    """``pairs`` alternating rigor/twin pairs of one workload (after one warm-up run each)."""
+    config, sets = WORKLOADS[name]
+    rows: list[dict[str, float]] = []
+    _, _, warm = rigor_run(config, sets, scratch / "warmup")
+    twin_run(warm, scratch / "warmup.pt")
+    for index in range(pairs):
+        out, weights = scratch / f"pair{index}", scratch / f"twin{index}.pt"
+        if index % 2 == 0:  # alternate who goes first; the twin reads the warm-up run's
+            rigor_wall, rigor_loop, run = rigor_run(config, sets, out)  # config and splits,
+            twin_wall, twin_loop = twin_run(warm, weights)  # the same as every run's
+        else:
+            twin_wall, twin_loop = twin_run(warm, weights)
+            rigor_wall, rigor_loop, run = rigor_run(config, sets, out)
+        if not same_weights(weights, run):
+            raise SystemExit(f"{name}: the twin's weights differ from {run}/checkpoints/last.pt")
+        rows.append(
+            {
+                "rigor_wall_s": rigor_wall,
+                "twin_wall_s": twin_wall,
+                "rigor_loop_s": rigor_loop,
+                "twin_loop_s": twin_loop,
+            }
+        )
+        print(f"{name} pair {index}: " + json.dumps({k: round(v, 3) for k, v in rows[-1].items()}))
+    return {
+        "workload": name,
+        "config": config,
+        "sets": sets,
+        "pairs": rows,
+        "weights_bitwise_equal": True,
+        "whole_ratio": _spread([r["rigor_wall_s"] / r["twin_wall_s"] for r in rows]),
+        "loop_ratio": _spread([r["rigor_loop_s"] / r["twin_loop_s"] for r in rows]),
+        "rigor_wall_s": _spread([r["rigor_wall_s"] for r in rows]),
+        "twin_wall_s": _spread([r["twin_wall_s"] for r in rows]),
+        "rigor_loop_s": _spread([r["rigor_loop_s"] for r in rows]),
+        "twin_loop_s": _spread([r["twin_loop_s"] for r in rows]),
+    }
+
+
+def table(reports: list[dict[str, Any]]) -> str:
+    """Markdown: medians (range) of times and paired ratios per workload."""
+
+    def cell(node: dict[str, float], digits: int = 2) -> str:
+        return f"{node['median']:.{digits}f} ({node['min']:.{digits}f}-{node['max']:.{digits}f})"
+
+    lines = [
+        "| workload | rigor whole s | twin whole s | whole ratio | rigor loop s | twin loop s "
+        "| loop ratio | weights |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        lines.append(
+            f"| {r['workload']} | {cell(r['rigor_wall_s'])} | {cell(r['twin_wall_s'])} | "
+            f"{cell(r['whole_ratio'])} | {cell(r['rigor_loop_s'])} | {cell(r['twin_loop_s'])} | "
+            f"{cell(r['loop_ratio'])} | bitwise equal |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
+    parser.add_argument("--report", type=Path, default=ROOT / "results/bench/overhead.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="rigor-overhead-") as scratch:
+        reports = [measure(name, args.pairs, Path(scratch)) for name in args.workloads]
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(reports, indent=2) + "\n")
+    print(table(reports))
+
+
+if __name__ == "__main__":
+    main()

@@ -272,3 +272,16 @@ def test_exact_risk_bound_is_the_clopper_pearson_quantile() -> None:
         assert clopper_pearson_upper(errors, accepted, 0.95) == pytest.approx(expected, rel=1e-12)
     assert clopper_pearson_upper(4, 4, 0.95) == 1.0
     assert math.isnan(clopper_pearson_upper(0, 0, 0.95))
+
+
+def test_augrc_point_estimate_equals_the_compiled_kernel_bit_for_bit() -> None:
+    from rigor.evaluation.selective import _augrc_b, augrc
+
+    rng = np.random.default_rng(5)
+    for case in range(300):
+        n = int(rng.integers(1, 300))
+        confidence = rng.random(n)
+        if case % 3 == 0:
+            confidence = np.round(confidence, 1)  # tie groups
+        correct = rng.random(n) < rng.random()
+        assert augrc(confidence, correct) == float(_augrc_b(None, confidence, correct)[0])

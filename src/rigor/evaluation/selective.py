@@ -95,8 +95,31 @@ def aurc(confidence: np.ndarray, correct: np.ndarray) -> float:
 
 @with_batched(_augrc_b)
 def augrc(confidence: np.ndarray, correct: np.ndarray) -> float:
-    """Area under the generalized risk-coverage curve."""
-    return float(_augrc_b(None, confidence, correct)[0])  # type: ignore[arg-type]
+    """Area under the generalized risk-coverage curve.
+
+    The point estimate is computed in numpy with the compiled kernel's arithmetic, in the
+    same order (so the values are equal bit for bit): a single evaluation, such as the
+    per-epoch AUGRC of training, never waits for the kernels to compile or load. Bootstrap
+    replicates (``augrc.batched``) use the kernels.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64).ravel()
+    correct = check_correct(correct)
+    if confidence.shape != correct.shape or confidence.size == 0:
+        raise ValueError("confidence and correct must be non-empty and of equal length")
+    if not np.isfinite(confidence).all():
+        raise ValueError("confidence has NaN or infinite values")
+    order = np.argsort(confidence, kind="stable")
+    ranked = confidence[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    weight = np.add.reduceat(np.ones(len(order)), starts)
+    wrong = np.add.reduceat((~correct[order]).astype(np.float64), starts)
+    errors = np.cumsum(wrong[::-1])[::-1]  # exact: sums of small integers
+    total = float(weight.sum())
+    generalized = errors / total
+    terms = weight[:-1] * (generalized[:-1] + generalized[1:])
+    area = float(np.cumsum(terms)[-1]) if len(terms) else 0.0  # sequential, as the kernel
+    area += weight[-1] * generalized[-1]  # close at (coverage 0, risk 0)
+    return float(area / (2 * total))
 
 
 @with_batched(_rac_b)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import random
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import numpy as np
 import torch
 
 from rigor.errors import ArtifactError, UsageError
-from rigor.io import atomic_write_with
+from rigor.io import atomic_link, atomic_write_bytes, atomic_write_with
 
 REQUIRED_KEYS = (
     "model",
@@ -70,6 +72,47 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` atomically: a kill leaves the old file or the new one, never a torn one."""
     atomic_write_with(path, lambda handle: torch.save(state, handle))
+
+
+class CheckpointWriter:
+    """Writes an epoch's serialised checkpoint in a background thread while training goes on:
+    the first name is written and fsynced (atomic rename), the others are published as hard
+    links to it. One write at a time, in order: :meth:`submit` and :meth:`wait` first finish
+    the previous one, and re-raise what it raised (a full disk stops the run)."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(
+        self, run_dir: Path, payload: bytes, names: list[str], remove: Sequence[str] = ()
+    ) -> None:
+        """Publish ``payload`` under ``names`` (relative to ``run_dir``), in that order, then
+        delete ``remove`` (top-k files that fell out: only once their successor exists)."""
+        self.wait()
+
+        def write() -> None:
+            try:
+                first = run_dir / names[0]
+                atomic_write_bytes(first, payload)
+                for name in names[1:]:
+                    atomic_link(first, run_dir / name)
+                for name in remove:
+                    (run_dir / name).unlink(missing_ok=True)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the training thread
+                self._error = err
+
+        self._thread = threading.Thread(target=write, name="checkpoint-writer")
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the last submitted write is on disk; re-raise its error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def serialize_checkpoint(state: dict[str, Any]) -> bytes:

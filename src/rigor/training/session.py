@@ -13,8 +13,13 @@ import torch
 from rigor.data.dataset import Batch
 from rigor.data.loader import augment_generator
 from rigor.errors import UsageError
-from rigor.io import atomic_link, atomic_write_bytes
-from rigor.runs.checkpoint import rng_state, save_checkpoint, serialize_checkpoint, set_rng_state
+from rigor.runs.checkpoint import (
+    CheckpointWriter,
+    rng_state,
+    save_checkpoint,
+    serialize_checkpoint,
+    set_rng_state,
+)
 from rigor.runs.predict import predict
 from rigor.tracking import NullTracker, Tracker, monitor_to_key
 from rigor.training.distributed import sum_over_ranks
@@ -72,6 +77,7 @@ class Session:
         self.epoch_sums: dict[str, float] = {}  # sample-weighted train losses of this epoch
         self.skipped: dict[int, str] = {}  # unreadable samples left out (data.on_bad_sample)
         self.main = prepared.dist.main
+        self.writer = CheckpointWriter()
         if state is not None:
             self._restore(state)
         self.tracker: Tracker | NullTracker = (
@@ -90,6 +96,7 @@ class Session:
 
     def _save(self, rel: str, state: dict[str, Any]) -> None:
         if self.main:
+            self.writer.wait()  # files appear in the order they were saved
             save_checkpoint(self.run_dir / rel, state)
 
     def eval_model(self) -> torch.nn.Module:
@@ -99,9 +106,12 @@ class Session:
     def run(self) -> dict[str, Any]:
         """Train the remaining epochs; returns the training summary."""
         started = time.perf_counter()
-        while self.epoch < self.cfg.training.epochs and not self.stopped_early:
-            self._train_epoch()
-            self._end_epoch()
+        try:
+            while self.epoch < self.cfg.training.epochs and not self.stopped_early:
+                self._train_epoch()
+                self._end_epoch()
+        finally:
+            self.writer.wait()  # every checkpoint is on disk before anything reads one
         self.tracker.close()
         wall = max(time.perf_counter() - started, 1e-9)
         samples = self.samples * self.prepared.dist.world_size  # every rank sees as many
@@ -195,26 +205,23 @@ class Session:
         entry, drop = self._rank_top_k(finished, values[self.monitor])
         state = self._state()  # records the files this epoch keeps (top_k, updated above)
         if self.main:
-            self._publish(state, improved, entry)
-        for old in drop:
-            if self.main:
-                (self.run_dir / old["path"]).unlink(missing_ok=True)
+            self._publish(state, improved, entry, [old["path"] for old in drop])
 
-    def _publish(self, state: dict[str, Any], improved: bool, entry: str | None) -> None:
+    def _publish(
+        self, state: dict[str, Any], improved: bool, entry: str | None, drop: list[str]
+    ) -> None:
         """Serialise the epoch's state once and publish it as best.pt (when improved), the
         top-k file (when kept) and last.pt: one write and fsync, the other names hard links
-        to it. best.pt is published before last.pt, so a kill in between resumes from the
-        previous last.pt and redoes the epoch, as before."""
+        to it, in a background thread while the next epoch trains (``CheckpointWriter``).
+        best.pt is published before last.pt, so a kill in between (or before the write
+        ends) resumes from the previous last.pt and redoes the epoch, bitwise as before."""
         payload = serialize_checkpoint(state)
         names = [
             *(["checkpoints/best.pt"] if improved else []),
             *([entry] if entry else []),
             "checkpoints/last.pt",
         ]
-        first = self.run_dir / names[0]
-        atomic_write_bytes(first, payload)
-        for name in names[1:]:
-            atomic_link(first, self.run_dir / name)
+        self.writer.submit(self.run_dir, payload, names, drop)
 
     def _rank_top_k(self, epoch: int, value: float) -> tuple[str | None, list[dict[str, Any]]]:
         """Update the top-k list with this epoch; the file to write (when kept) and the

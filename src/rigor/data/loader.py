@@ -109,8 +109,14 @@ def make_loader(
     pin_memory: bool = False,
 ) -> SafeLoader:
     """A loader over ``rows`` of ``dataset`` with its own generator (the global RNG is never
-    drawn from); workers persist across epochs and prefetch ``prefetch_factor`` batches."""
-    fix_mmap_threshold()
+    drawn from); workers persist across epochs and prefetch ``prefetch_factor`` batches.
+
+    A loader that streams files (uint8 samples: image folders, CSV, HEST) fixes glibc's mmap
+    threshold (:func:`fix_mmap_threshold`); one over an in-memory dataset (digits, tiles)
+    does not: every large tensor would then be a fresh mmap, which slowed ResNet-18 training
+    on digits by 40% (benchmarks/bench_overhead.py) and saves nothing there."""
+    if getattr(dataset.reader, "dtype", "uint8") == "uint8":
+        fix_mmap_threshold()
     workers = num_workers if len(rows) > 0 else 0
     return SafeLoader(
         Subset(dataset, list(rows)),

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from rigor.config.models import CsvConfig, DataConfig
 from rigor.data.readers import FileReader, ImageRef
 from rigor.data.registry import FileList, RawData, TaskSpec, register_dataset
 from rigor.errors import UsageError
+
+if TYPE_CHECKING:  # pandas costs 0.2 s of import: only the csv dataset loads it
+    import pandas as pd
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -50,6 +53,8 @@ def build_imagefolder(cfg: DataConfig) -> RawData:
         )
     if not refs:
         raise UsageError(f"data.root: no images under {root} (expected root/<class>/<image>)")
+    import pandas as pd
+
     targets, classes = _classes(pd.Series(labels))
     ids = [str(ref.path.relative_to(root)) for ref in refs]
     spec = TaskSpec("label", "classification", len(classes), classes)
@@ -66,6 +71,8 @@ def build_imagefolder(cfg: DataConfig) -> RawData:
 
 
 def _read_csv(csv: CsvConfig) -> pd.DataFrame:
+    import pandas as pd
+
     path = Path(csv.path)
     if not path.is_file():
         raise UsageError(f"data.csv.path: file not found: {path}")
@@ -102,6 +109,8 @@ def _csv_targets(
             targets[task], classes = _classes(column)
             offered[task] = TaskSpec(task, "classification", len(classes), classes)
         else:
+            import pandas as pd
+
             numbers = pd.to_numeric(column, errors="coerce")
             bad = numbers.isna().to_numpy().nonzero()[0]
             if len(bad):

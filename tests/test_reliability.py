@@ -343,3 +343,25 @@ def test_a_nan_in_a_stage_summary_is_written_as_null_and_reads_back(
     assert again["stages"][0]["summary"]["infeasible"] is None
     assert again["stages"][0]["summary"]["unbounded"] == [1.0, None]
     verify_manifest(again, run)
+
+
+def test_a_forked_worker_does_not_keep_the_run_lock(tmp_path: Path) -> None:
+    """DataLoader workers are forked while the trainer holds the lock; when the trainer dies
+    first, the lock must go with it, not live on in a worker for the seconds it takes to
+    notice (a resume would then open a new folder instead of continuing)."""
+    from rigor.manifest.rundir import RunLock
+
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(5,))
+    worker.start()
+    try:
+        assert RunLock.is_held(tmp_path)
+        lock.release()  # what the kernel does when the trainer is killed
+        deadline = time.monotonic() + 2.0  # the worker lives 5 s: only its own fd could hold
+        while RunLock.is_held(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not RunLock.is_held(tmp_path)
+    finally:
+        worker.kill()
+        worker.join()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -56,6 +57,23 @@ def create_run_dir(
     raise RuntimeError(f"could not create a fresh run folder under {runs}")
 
 
+_HELD_LOCKS: set[int] = set()  # fds of the run locks this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker), close the run-lock fds it inherited: a flock
+    lives as long as any fd of its open file lives, so a worker outliving a killed trainer
+    by the seconds it takes to notice would otherwise keep the run folder locked, and a
+    resume started at once would open a new folder instead of continuing this one."""
+    for fd in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 class RunLock:
     """One writer per run folder: an exclusive, non-blocking ``flock`` on ``<run>/.run.lock``
     held for the writer's whole life, with the holder's pid and host written in the file.
@@ -85,6 +103,7 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
         self._fd = fd
+        _HELD_LOCKS.add(fd)
 
     def release(self, completed: bool = False) -> None:
         """Give the lock up (closing the file releases it). A completed run (its manifest
@@ -93,6 +112,7 @@ class RunLock:
         if self._fd is not None:
             if completed:
                 self.path.unlink(missing_ok=True)
+            _HELD_LOCKS.discard(self._fd)
             os.close(self._fd)
             self._fd = None
 

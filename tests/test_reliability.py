@@ -116,21 +116,27 @@ def test_a_lock_waits_for_its_holder(tmp_path: Path) -> None:
     """The manifest lock blocks a second updater until the first is done (then it goes on)."""
     from rigor.io import exclusive_lock
 
-    order = multiprocessing.get_context("fork").Queue()
+    log = tmp_path / "order.txt"  # written inside the locks: its order is the locks' order
+
+    def note(line: str) -> None:
+        with open(log, "a") as handle:
+            handle.write(line + "\n")
 
     def hold() -> None:
         with exclusive_lock(tmp_path / ".m.lock"):
-            order.put("first in")
+            note("first in")
             time.sleep(0.5)
-            order.put("first out")
+            note("first out")
 
     child = multiprocessing.get_context("fork").Process(target=hold)
     child.start()
-    assert order.get(timeout=10) == "first in"
+    deadline = time.monotonic() + 10
+    while not (log.exists() and log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.01)
     with exclusive_lock(tmp_path / ".m.lock"):
-        order.put("second in")
+        note("second in")
     child.join()
-    assert [order.get(timeout=1), order.get(timeout=1)] == ["first out", "second in"]
+    assert log.read_text().splitlines() == ["first in", "first out", "second in"]
 
 
 @pytest.mark.parametrize(

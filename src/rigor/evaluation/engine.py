@@ -66,6 +66,23 @@ def check_correct(correct: np.ndarray) -> np.ndarray:
     return values.astype(bool)
 
 
+def tie_groups(
+    confidence: np.ndarray, correct: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Checked (confidence, correct), the stable ascending order of the confidence, and the
+    start of each tie group in that order (int64)."""
+    confidence = np.asarray(confidence, dtype=np.float64).ravel()
+    correct = check_correct(correct)
+    if confidence.shape != correct.shape or confidence.size == 0:
+        raise ValueError("confidence and correct must be non-empty and of equal length")
+    if not np.isfinite(confidence).all():
+        raise ValueError("confidence has NaN or infinite values")
+    order = np.argsort(confidence, kind="stable")
+    ranked = confidence[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]]).astype(np.int64)
+    return confidence, correct, order, starts
+
+
 @dataclass(frozen=True)
 class MetricEngine:
     """Everything the kernels need, in confidence order."""
@@ -109,15 +126,7 @@ class MetricEngine:
             )
         if confidence is None or correct is None:
             raise ValueError("give confidence and correct, or probs and labels")
-        confidence = np.asarray(confidence, dtype=np.float64).ravel()
-        correct = check_correct(correct)
-        if confidence.shape != correct.shape or confidence.size == 0:
-            raise ValueError("confidence and correct must be non-empty and of equal length")
-        if not np.isfinite(confidence).all():
-            raise ValueError("confidence has NaN or infinite values")
-        order = np.argsort(confidence, kind="stable")
-        ranked = confidence[order]
-        starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]]).astype(np.int64)
+        confidence, correct, order, starts = tie_groups(confidence, correct)
         position = np.empty(len(order), dtype=np.int64)
         position[order] = np.arange(len(order))
         calib = None

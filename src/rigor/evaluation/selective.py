@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from rigor.evaluation.bootstrap import with_batched
-from rigor.evaluation.engine import MetricEngine, check_correct
+from rigor.evaluation.engine import MetricEngine, check_correct, tie_groups
 
 
 def _curve(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -102,15 +102,7 @@ def augrc(confidence: np.ndarray, correct: np.ndarray) -> float:
     per-epoch AUGRC of training, never waits for the kernels to compile or load. Bootstrap
     replicates (``augrc.batched``) use the kernels.
     """
-    confidence = np.asarray(confidence, dtype=np.float64).ravel()
-    correct = check_correct(correct)
-    if confidence.shape != correct.shape or confidence.size == 0:
-        raise ValueError("confidence and correct must be non-empty and of equal length")
-    if not np.isfinite(confidence).all():
-        raise ValueError("confidence has NaN or infinite values")
-    order = np.argsort(confidence, kind="stable")
-    ranked = confidence[order]
-    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    _, correct, order, starts = tie_groups(confidence, correct)
     weight = np.add.reduceat(np.ones(len(order)), starts)
     wrong = np.add.reduceat((~correct[order]).astype(np.float64), starts)
     errors = np.cumsum(wrong[::-1])[::-1]  # exact: sums of small integers

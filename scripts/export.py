@@ -6,7 +6,8 @@ Writes bundle/{model.safetensors,config_resolved.json,policy.json,splits.json,me
 bundle.json} (bundle.json lists the sha256 of every file) and a stage entry. policy.json is
 the one active policy (--policy, default calibration.policy): threshold, gate (Platt),
 cascade, sets (split conformal), crc or scrc. A run with regression tasks only has no
-policy.json and needs no calibration.
+policy.json and needs no calibration. A LoRA/DoRA run's adapters are merged into the weights
+with peft's merge, so predict needs no peft; --no-merge keeps them in adapter.safetensors.
 Exit codes: 0 ok, 2 classification run not calibrated yet / policy not fitted or infeasible
 / bad usage, 3 invalid manifest,
 4 env mismatch (strict), 5 artifact missing or changed.
@@ -33,11 +34,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=("threshold", "gate", "cascade", "sets", "crc", "scrc"),
         help="the one active policy of the bundle (default: calibration.policy of the run)",
     )
+    parser.add_argument(
+        "--no-merge",
+        action="store_true",
+        help="LoRA/DoRA runs: keep the adapters in bundle/adapter.safetensors beside the base "
+        "weights instead of merging them (predict then needs peft)",
+    )
     add_common_flags(parser)
     args = parser.parse_args(argv)
     from rigor.export.bundle import export
 
-    print(export(args.from_manifest, args.env_policy, args.force, args.policy))
+    print(export(args.from_manifest, args.env_policy, args.force, args.policy, not args.no_merge))
     return 0
 
 

@@ -45,7 +45,11 @@ def test_lora_trains_adapters_and_heads_only_with_the_expected_count() -> None:
     # r * (in + out) per adapted Linear: 2 blocks x (4 attention 64x64 + up 64->128 + down 128->64)
     r = 8
     expected = 2 * (4 * r * (64 + 64) + 2 * r * (64 + 128))
-    assert model.peft_info == {"adapted_layers": 12, "adapter_params": expected}
+    assert model.peft_info == {
+        "adapted_layers": 12,
+        "adapter_params": expected,
+        "unfrozen_params": 0,
+    }
     heads = sum(p.numel() for n, p in model.named_parameters() if n.startswith("heads."))
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected + heads
 

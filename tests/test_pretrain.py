@@ -61,15 +61,19 @@ def test_loss_is_the_mse_of_the_hidden_patches_only(norm_pix: bool) -> None:
     assert torch.allclose(recon[visible], patchify(images, 2)[visible])
 
 
-def test_pretrain_refuses_non_vit_and_adapters() -> None:
+def test_pretrain_refuses_non_vit_and_frozen_encoders() -> None:
     from rigor.pretraining.run import check_pretrain_config
 
     with pytest.raises(ConfigError, match="pretrains dinov3_vit"):
         check_pretrain_config(
             load_config(MAE_CONFIG, sets=["model.backbone=cnn_small"], environ={})
         )
-    with pytest.raises(ConfigError, match="peft.method: none"):
-        check_pretrain_config(load_config(MAE_CONFIG, sets=["model.peft.method=lora"], environ={}))
+    with pytest.raises(ConfigError, match="freeze_backbone: false"):
+        check_pretrain_config(
+            load_config(MAE_CONFIG, sets=["model.freeze_backbone=true"], environ={})
+        )
+    # adapters are welcome (ExPLoRA): no error
+    check_pretrain_config(load_config(MAE_CONFIG, sets=["model.peft.method=lora"], environ={}))
 
 
 def test_pretrain_run_writes_an_encoder_that_a_fine_tune_loads(

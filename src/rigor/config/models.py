@@ -126,6 +126,20 @@ class PeftConfig(Section):
         description="Names (suffixes) of the backbone's Linear/Conv layers that get adapters, "
         "e.g. q_proj, v_proj for DINOv3.",
     )
+    unfreeze_last_blocks: int = Field(
+        ge=0,
+        description="Train the last N encoder blocks in full next to the adapters (they get "
+        "no adapters themselves); 0: adapters only.",
+    )
+    unfreeze_norms: bool = Field(
+        description="Also train every LayerNorm of the encoder (ExPLoRA unfreezes them)."
+    )
+    unfrozen_lr_scale: float = Field(
+        gt=0,
+        le=100,
+        description="Learning rate of the unfrozen blocks and norms as a multiple of the "
+        "backbone's (training.lr x training.backbone_lr_scale).",
+    )
 
 
 class GateConfig(Section):
@@ -161,6 +175,10 @@ class ModelConfig(Section):
     weights_path: str | None = Field(
         description="Local backbone weights (.safetensors or .pt state dict); null: from scratch."
     )
+    init_from: str | None = Field(
+        description="A pretrain run's manifest.json: the encoder starts from the weights that "
+        "run saved, checked against their sha256 first. null: model.hf.path or from scratch."
+    )
     freeze_backbone: bool = Field(description="Train the heads only.")
     hf: HFConfig = Field(description="Sizes or local folder of a Hugging Face backbone.")
     peft: PeftConfig = Field(description="LoRA/DoRA adapters on the backbone.")
@@ -172,6 +190,21 @@ class ModelConfig(Section):
             raise ValueError(
                 f"model.freeze_backbone and model.peft.method={self.peft.method} conflict: "
                 "PEFT already freezes the base weights and trains the adapters"
+            )
+        if self.init_from is not None and self.hf.path is not None:
+            raise ValueError(
+                "model.init_from and model.hf.path both name the encoder's weights; set one"
+            )
+        if self.init_from is not None and self.backbone != "dinov3_vit":
+            raise ValueError(
+                f"model.init_from loads a pretrain run's dinov3_vit encoder; model.backbone is "
+                f"{self.backbone!r}"
+            )
+        unfreezing = self.peft.unfreeze_last_blocks or self.peft.unfreeze_norms
+        if unfreezing and self.peft.method == "none":
+            raise ValueError(
+                "model.peft.unfreeze_last_blocks / unfreeze_norms go with adapters; with "
+                "peft.method: none the whole backbone trains already"
             )
         return self
 

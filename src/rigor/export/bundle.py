@@ -31,13 +31,15 @@ def export(
     env_policy: str | None = None,
     force: bool = False,
     policy: str | None = None,
+    merge: bool = True,
 ) -> Path:
     """Write ``bundle/`` in the run folder: weights, config, ONE active policy, splits, metrics.
 
     ``policy`` (default ``calibration.policy`` of the run's config) picks the kind: threshold,
     gate, cascade, sets, crc or scrc; it is built from what calibrate fitted (exit 2 when that
-    fit is missing or infeasible). The bundle is built in a hidden folder beside it and
-    swapped in when complete.
+    fit is missing or infeasible). LoRA/DoRA adapters are merged into the weights with peft
+    (``merge``), or kept as ``adapter.safetensors`` beside the base weights. The bundle is
+    built in a hidden folder beside it and swapped in when complete.
     """
     ctx = open_run(manifest_path, [], env_policy, force)
     manifest = ctx.manifest
@@ -61,7 +63,7 @@ def export(
     )
     building = _fresh_build_folder(ctx.run_dir)
     try:
-        task = _fill(building, ctx, reads, built, force)
+        task = _fill(building, ctx, reads, built, force, merge)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
@@ -69,7 +71,9 @@ def export(
     record = read_json(bundle / "bundle.json")
     outputs = [f"bundle/{rel}" for rel in [*record["sha256"], "bundle.json"]]
     summary = {"task": task, "files": len(outputs), "policy": kind if calibrated else None}
-    finish_stage(ctx, "export", {"reads": reads, "policy": kind}, outputs, summary)
+    summary["adapters"] = record.get("adapters")
+    options = {"reads": reads, "policy": kind, "merge": merge}
+    finish_stage(ctx, "export", options, outputs, summary)
     return bundle
 
 
@@ -94,7 +98,12 @@ def _swap_in(building: Path, bundle: Path) -> Path:
 
 
 def _fill(
-    bundle: Path, ctx: Any, reads: list[str], policy: dict[str, Any] | None, force: bool
+    bundle: Path,
+    ctx: Any,
+    reads: list[str],
+    policy: dict[str, Any] | None,
+    force: bool,
+    merge: bool,
 ) -> str | None:
     """Weights, copies of the run's files, and bundle.json in ``bundle``; the policy's task."""
     from safetensors.torch import save
@@ -102,7 +111,11 @@ def _fill(
     from rigor.runs.restore import best_state
 
     manifest = ctx.manifest
+    shape = _input_shape(ctx)
     state = {k: v.contiguous() for k, v in best_state(ctx.run_dir, manifest, force).items()}
+    adapters = None
+    if ctx.config.model.peft.method != "none":
+        state, adapters = _adapted_weights(bundle, ctx, state, shape, merge)
     payload = save(state)
     atomic_write_with(bundle / "model.safetensors", lambda handle: _write(handle, payload))
     copies = {
@@ -118,14 +131,16 @@ def _fill(
         (bundle / target).parent.mkdir(exist_ok=True)
         shutil.copyfile(ctx.path(source), bundle / target)
     hashed = ["model.safetensors", *copies.values()]
+    hashed += [adapters["file"]] if adapters is not None and adapters["file"] else []
     if policy is not None and "kind" not in policy:  # the threshold policy: thresholds.json
         shutil.copyfile(ctx.path(POLICY), bundle / "policy.json")
     elif policy is not None:
         atomic_write_json(bundle / "policy.json", policy)
     hashed += ["policy.json"] if policy is not None else []
     task = policy["task"] if policy is not None else None
-    record = _record(ctx, task, [p for p in copies.values() if p.startswith("metrics/")])
+    record = _record(ctx, task, [p for p in copies.values() if p.startswith("metrics/")], shape)
     record["intervals"] = "intervals.json" if INTERVALS in reads else None
+    record["adapters"] = adapters
     record["sha256"] = {rel: _sha(bundle / rel) for rel in hashed}
     record["record_sha256"] = record_hash(record)
     atomic_write_json(bundle / "bundle.json", record)
@@ -147,23 +162,50 @@ def _sha(path: Path) -> str:
     return sha256_file(path)
 
 
-def _record(ctx: Any, task: str | None, metrics: list[str]) -> dict[str, Any]:
-    manifest = ctx.manifest
+def _input_shape(ctx: Any) -> list[int]:
+    """(C, H, W) of the model's inputs: the configured size, or the data's native one."""
     sizes = ctx.config.data.transforms.image_size
-    channels = ctx.config.data.channels
     if sizes is None:  # the native size: read it back from the data the run trained on
         from rigor.runs.restore import run_dataset
 
-        shape = list(run_dataset(ctx.run_dir, ctx.config, manifest)[0].input_shape)
-    else:
-        shape = [channels, *sizes]
+        return [int(s) for s in run_dataset(ctx.run_dir, ctx.config, ctx.manifest)[0].input_shape]
+    return [int(ctx.config.data.channels), *(int(s) for s in sizes)]
+
+
+def _adapted_weights(
+    bundle: Path, ctx: Any, state: dict[str, torch.Tensor], shape: list[int], merge: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A PEFT run's weights for the bundle: the adapters merged into the base weights with
+    peft (a plain model's state), or the base weights with the trained part written to
+    ``adapter.safetensors`` beside them."""
+    from rigor.io import atomic_write_bytes
+    from rigor.models.adapters import adapter_keys, adapter_payload, merge_adapters
+    from rigor.runs.restore import empty_model
+
+    c, h, w = shape
+    model = empty_model(ctx.config, ctx.manifest, (c, h, w))
+    model.load_state_dict(state)
+    method = ctx.config.model.peft.method
+    if merge:
+        layers = merge_adapters(model.eval())
+        merged = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        return merged, {"method": method, "merged": True, "layers": layers, "file": None}
+    payload, record = adapter_payload(model, state)
+    atomic_write_bytes(bundle / "adapter.safetensors", payload)
+    trained = set(adapter_keys(model))
+    base = {k: v for k, v in state.items() if k not in trained}
+    return base, {"method": method, "merged": False, "file": "adapter.safetensors"}
+
+
+def _record(ctx: Any, task: str | None, metrics: list[str], shape: list[int]) -> dict[str, Any]:
+    manifest = ctx.manifest
     return {
         "bundle_version": 1,
         "run_id": manifest["run_id"],
         "created_at": iso(utc_now()),
         "task": task,
         "tasks": manifest["dataset"]["tasks"],
-        "input_shape": [int(s) for s in shape],
+        "input_shape": shape,
         "encoder": manifest["encoder"],
         "transforms": manifest["transforms"],
         "weights": "model.safetensors",
@@ -226,6 +268,7 @@ def load_bundle(root: Path) -> Bundle:
         *(p["path"] for p in active),
         *record["metrics"],
         *([record["intervals"]] if record.get("intervals") else []),
+        *([record["adapters"]["file"]] if (record.get("adapters") or {}).get("file") else []),
     }
     unhashed = sorted(listed - set(record["sha256"]))
     if unhashed:
@@ -256,4 +299,7 @@ def load_bundle(root: Path) -> Bundle:
     intervals = None
     if record.get("intervals"):
         intervals = read_json(root / record["intervals"])
-    return Bundle(root, record, policy, load_file(str(root / record["weights"])), intervals)
+    state = load_file(str(root / record["weights"]))
+    if (record.get("adapters") or {}).get("file"):  # kept apart at export (--no-merge)
+        state |= load_file(str(root / record["adapters"]["file"]))
+    return Bundle(root, record, policy, state, intervals)

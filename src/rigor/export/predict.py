@@ -26,8 +26,12 @@ def _model(bundle: Bundle, config: Config) -> torch.nn.Module:
     from rigor.runs.restore import architecture, task_specs
 
     c, h, w = bundle.record["input_shape"]
+    model_cfg = architecture(config.model)
+    if (bundle.record.get("adapters") or {}).get("merged"):  # a plain model: no peft needed
+        peft = model_cfg.peft.model_copy(update={"method": "none"})
+        model_cfg = model_cfg.model_copy(update={"peft": peft})
     model = build_model(
-        architecture(config.model),
+        model_cfg,
         task_specs({"dataset": {"tasks": bundle.record["tasks"]}}),
         (c, h, w),
     )

@@ -65,6 +65,24 @@ BUNDLE_SCHEMA: dict[str, Any] = {
             "description": "Split-conformal intervals of the regression tasks (from calibrate), "
             "hashed like every other file; null or absent: none.",
         },
+        "adapters": {
+            "type": ["object", "null"],
+            "additionalProperties": False,
+            "required": ["method", "merged", "file"],
+            "properties": {
+                "method": {"enum": ["lora", "dora"]},
+                "merged": {"type": "boolean"},
+                "layers": {"type": "integer", "minimum": 0},
+                "file": {
+                    "type": ["string", "null"],
+                    "description": "The adapter file beside the base weights (--no-merge); "
+                    "null when merged into the weights.",
+                },
+            },
+            "description": "How a LoRA/DoRA run's adapters ship: merged into the weights with "
+            "peft's merge (a plain model; predict needs no peft), or as their own file. Null or "
+            "absent: the run had no adapters.",
+        },
         "record_sha256": {
             "type": "string",
             "pattern": "^[0-9a-f]{64}$",

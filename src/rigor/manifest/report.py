@@ -34,11 +34,37 @@ def show(manifest: dict[str, Any]) -> str:
         f"encoder    {manifest['encoder']['arch']} (dim {manifest['encoder']['dim']})",
         f"best       {manifest['best_checkpoint']}",
         f"stages     {', '.join(stage['name'] for stage in manifest['stages'])}",
+        *_lineage(manifest),
         f"artifacts  {len(manifest['sha256'])} hashed files",
         "metrics",
     ]
     lines += [f"  {key:<32} {_fmt(value)}" for key, value in sorted(manifest["metrics"].items())]
     return "\n".join(lines)
+
+
+def _lineage(manifest: dict[str, Any]) -> list[str]:
+    """``lineage  this <- parent <- ...`` when the run started from another run's weights."""
+    if not manifest.get("lineage"):
+        return []
+    return ["lineage    " + "\n        <- ".join(lineage_chain(manifest))]
+
+
+def lineage_chain(manifest: dict[str, Any], limit: int = 20) -> list[str]:
+    """This run and its ancestors through ``lineage.manifest``, newest first, as
+    ``run_id (stage)`` lines; an ancestor whose manifest is gone is named as missing."""
+    from rigor.io import read_json
+
+    chain = [f"{manifest['run_id']} ({manifest['stages'][0]['name']})"]
+    current = manifest
+    while current.get("lineage") and len(chain) < limit:
+        link = current["lineage"]
+        parent = Path(link["manifest"])
+        if not parent.is_file():
+            chain.append(f"{link['parent']} ({link['stage']}; manifest not found at {parent})")
+            break
+        current = read_json(parent, non_finite="null")
+        chain.append(f"{current['run_id']} ({current['stages'][0]['name']})")
+    return chain
 
 
 def _fmt(value: Any) -> str:

@@ -197,6 +197,18 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "minProperties": 1,
             },
             "stages": {"type": "array", "items": STAGE, "minItems": 1},
+            "lineage": _obj(
+                {
+                    "parent": {"type": "string", "minLength": 1},
+                    "manifest": {"type": "string", "minLength": 1},
+                    "stage": {"type": "string"},
+                    "weights": {
+                        "type": "object",
+                        "propertyNames": RELPATH,
+                        "additionalProperties": SHA256,
+                    },
+                }
+            ),
             "record_sha256": {
                 **SHA256,
                 "description": "sha256 of this record without this field (io.record_hash).",
@@ -211,7 +223,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
 }
 
 MANIFEST_SCHEMA["required"] = [
-    k for k in MANIFEST_SCHEMA["required"] if k not in (*WEIGHTS, "record_sha256")
+    k for k in MANIFEST_SCHEMA["required"] if k not in (*WEIGHTS, "record_sha256", "lineage")
 ]
 
 

@@ -134,35 +134,72 @@ def dinov3_vit(cfg: ModelConfig, shape: InputShape) -> tuple[nn.Module, int]:
 
 
 def apply_peft(backbone: nn.Module, cfg: PeftConfig) -> dict[str, int]:
-    """Inject LoRA/DoRA adapters into ``backbone`` in place and freeze everything else in it.
+    """Inject LoRA/DoRA adapters into ``backbone`` in place and freeze the rest of it, except
+    the last ``unfreeze_last_blocks`` blocks (trained in full, without adapters) and, with
+    ``unfreeze_norms``, every LayerNorm.
 
-    Returns the number of adapted layers and adapter parameters. Raises ConfigError when no
-    layer matches ``target_modules``.
+    Returns the adapted layers, adapter parameters and unfrozen parameters. Raises ConfigError
+    when no layer matches ``target_modules`` or the encoder has fewer blocks than asked.
     """
     from peft import LoraConfig, inject_adapter_in_model
 
+    blocks = _blocks(backbone)
+    keep = cfg.unfreeze_last_blocks
+    if keep > len(blocks):
+        raise ConfigError(
+            f"model.peft.unfreeze_last_blocks is {keep}, but the encoder has {len(blocks)} blocks"
+        )
+    adapted = [p + "." for p in blocks[: len(blocks) - keep]]
     names = [name for name, _ in backbone.named_modules()]
-    matched = [n for n in names if any(n == t or n.endswith("." + t) for t in cfg.target_modules)]
+    matched = [
+        n
+        for n in names
+        if any(n == t or n.endswith("." + t) for t in cfg.target_modules)
+        and (not blocks or any(n.startswith(prefix) for prefix in adapted))
+    ]
     if not matched:
         leaves = sorted(
             {n.rsplit(".", 1)[-1] for n, m in backbone.named_modules() if not list(m.children())}
         )
         raise ConfigError(
-            f"model.peft.target_modules {cfg.target_modules} match no layer of the backbone "
-            f"(leaf layer names: {leaves[:20]})"
+            f"model.peft.target_modules {cfg.target_modules} match no layer of the adapted "
+            f"blocks (leaf layer names: {leaves[:20]})"
         )
     config = LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=list(cfg.target_modules),
+        target_modules=matched,  # full names: the unfrozen blocks get no adapters
         use_dora=cfg.method == "dora",
         bias="none",
     )
     inject_adapter_in_model(config, backbone)
-    adapter = 0
+    unfrozen = unfrozen_prefixes(backbone, cfg)
+    adapter = trained = 0
     for name, param in backbone.named_parameters():
         is_adapter = "lora_" in name
-        param.requires_grad_(is_adapter)
+        full = name.startswith(unfrozen)
+        param.requires_grad_(is_adapter or full)
         adapter += param.numel() if is_adapter else 0
-    return {"adapted_layers": len(matched), "adapter_params": adapter}
+        trained += param.numel() if full and not is_adapter else 0
+    return {"adapted_layers": len(matched), "adapter_params": adapter, "unfrozen_params": trained}
+
+
+def _blocks(backbone: nn.Module) -> list[str]:
+    """Names of the encoder's transformer blocks in order (``net.model.layer.<i>``); empty for
+    a backbone without a ``layer`` ModuleList."""
+    for name, module in backbone.named_modules():
+        if name.endswith(".layer") and isinstance(module, nn.ModuleList):
+            return [f"{name}.{i}" for i in range(len(module))]
+    return []
+
+
+def unfrozen_prefixes(backbone: nn.Module, cfg: PeftConfig) -> tuple[str, ...]:
+    """Parameter-name prefixes (within the backbone) trained in full next to the adapters."""
+    blocks = _blocks(backbone)
+    prefixes = [p + "." for p in blocks[len(blocks) - cfg.unfreeze_last_blocks :]]
+    if cfg.unfreeze_last_blocks == 0:
+        prefixes = []
+    if cfg.unfreeze_norms:
+        prefixes += [n + "." for n, m in backbone.named_modules() if isinstance(m, nn.LayerNorm)]
+    return tuple(prefixes)

@@ -104,6 +104,8 @@ class RigorModel(nn.Module):
         self.feature_dim = feature_dim
         self.arch = arch
         self.peft_info: dict[str, int] = {}  # adapted layers and adapter parameters, if any
+        self.unfrozen: tuple[str, ...] = ()  # parameter prefixes trained in full beside adapters
+        self.unfrozen_lr_scale = 1.0
 
     def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits (classification) or predictions (regression) per task, and gate outputs."""
@@ -173,10 +175,12 @@ def build_model(
     if cfg.weights_path:
         load_weights(backbone, Path(cfg.weights_path))
     peft: dict[str, int] = {}
+    unfrozen: tuple[str, ...] = ()
     if cfg.peft.method != "none":
-        from rigor.models.hf import apply_peft
+        from rigor.models.hf import apply_peft, unfrozen_prefixes
 
         peft = apply_peft(backbone, cfg.peft)
+        unfrozen = tuple("backbone." + p for p in unfrozen_prefixes(backbone, cfg.peft))
     heads = nn.ModuleDict({name: HEADS[task.kind](cfg, task, dim) for name, task in tasks.items()})
     gates = nn.ModuleDict()
     if cfg.gate.task is not None:
@@ -192,6 +196,7 @@ def build_model(
         backbone.requires_grad_(False)
     model = RigorModel(backbone, heads, dim, cfg.backbone, gates)
     model.peft_info = peft
+    model.unfrozen, model.unfrozen_lr_scale = unfrozen, cfg.peft.unfrozen_lr_scale
     return model
 
 

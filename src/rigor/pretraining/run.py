@@ -25,34 +25,50 @@ from rigor.errors import ConfigError, UsageError
 from rigor.io import atomic_write_json
 from rigor.manifest import write_manifest
 from rigor.manifest.rundir import RunLock, create_run_dir
+from rigor.models.registry import model_size
+from rigor.pretraining.figure import save_figure
 from rigor.pretraining.mae import MAE
-from rigor.runs.checkpoint import rng_state, save_checkpoint
+from rigor.runs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rigor.runs.device import peak_memory
 from rigor.tracking import Tracker
 from rigor.training.epochs import EpochPlan, plan_epochs, start_epoch
 from rigor.training.policy import Precision
 from rigor.training.prepare import Prepared, make_loader, prepare, write_run_inputs
+from rigor.training.resume import check_same_splits, find_resume, remove_temporaries
 
 TRAIN_KEY, VAL_KEY = "loss/mae/train", "loss/mae/val_select"
 HF_DIR = "pretrain/hf"
 FIGURE = "pretrain/reconstructions.png"
+MAE_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "samples", "best_epoch")
+MAE_KEYS += ("early_stopping", "masks", "rng", "config_hash")
 
 
 def check_pretrain_config(resolved: ResolvedConfig) -> None:
-    """MAE needs a ViT backbone trained in full (no adapters, not frozen)."""
+    """MAE needs a ViT backbone, trained in full or with adapters (ExPLoRA), not frozen."""
     model = resolved.config.model
     if model.backbone != "dinov3_vit":
         raise ConfigError(
             f"model.backbone: pretrain.py pretrains dinov3_vit encoders, not {model.backbone!r}"
         )
-    if model.peft.method != "none" or model.freeze_backbone:
+    if model.freeze_backbone:
         raise ConfigError(
-            "model.peft.method / model.freeze_backbone: MAE pretraining trains the whole "
-            "encoder; set peft.method: none and freeze_backbone: false"
+            "model.freeze_backbone: MAE pretraining trains the encoder (in full, or through "
+            "model.peft adapters and unfrozen blocks); set freeze_backbone: false"
         )
 
 
-def pretrain(resolved: ResolvedConfig, env_policy: str | None = None, force: bool = False) -> Path:
-    """Pretrain the configured encoder with MAE and return the run's ``manifest.json`` path."""
+def pretrain(
+    resolved: ResolvedConfig,
+    env_policy: str | None = None,
+    force: bool = False,
+    resume: str | None = None,
+) -> Path:
+    """Pretrain the configured encoder with MAE and return the run's ``manifest.json`` path.
+
+    ``resume``: a checkpoint or run folder, ``auto`` (the newest unfinished run of this
+    experiment and config), or None for a fresh run; like training, a resumed run continues
+    bitwise where its last.pt left it.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("pretrain.py runs in one process; torchrun is supported by train.py only")
     check_pretrain_config(resolved)
@@ -63,12 +79,21 @@ def pretrain(resolved: ResolvedConfig, env_policy: str | None = None, force: boo
     patch = int(encoder.config.patch_size)
     mae = MAE(encoder, channels, (height // patch) * (width // patch), cfg.pretrain)
     mae.to(prepared.device)
-    run_id, run_dir = create_run_dir(Path(cfg.run.output_root), cfg.run.name, resolved.hash)
-    print(f"run {run_id}: MAE pretraining, writing to {run_dir}", file=sys.stderr)
+    checkpoint = find_resume(resume, Path(cfg.run.output_root), cfg.run.name, resolved.hash)
+    state = load_checkpoint(checkpoint, resolved.hash, force, MAE_KEYS) if checkpoint else None
+    if checkpoint is not None:
+        run_dir = checkpoint.parent.parent
+        check_same_splits(run_dir, prepared, force)
+        print(f"run {run_dir.name}: resuming MAE pretraining from {checkpoint}", file=sys.stderr)
+    else:
+        run_id, run_dir = create_run_dir(Path(cfg.run.output_root), cfg.run.name, resolved.hash)
+        print(f"run {run_id}: MAE pretraining, writing to {run_dir}", file=sys.stderr)
     lock = RunLock(run_dir)  # one writer per run folder, until the manifest is written
     lock.acquire()
     try:
-        manifest = _pretrain_into(run_dir, prepared, mae, encoder)
+        if checkpoint is not None:
+            remove_temporaries(run_dir)
+        manifest = _pretrain_into(run_dir, prepared, mae, encoder, state)
     except BaseException:
         lock.release()  # the lock file stays for whoever takes the folder over
         raise
@@ -76,15 +101,24 @@ def pretrain(resolved: ResolvedConfig, env_policy: str | None = None, force: boo
     return manifest
 
 
-def _pretrain_into(run_dir: Path, prepared: Prepared, mae: MAE, encoder: Any) -> Path:
-    """The epochs, the saved encoder, the figure, metrics and the manifest, in ``run_dir``."""
+def _pretrain_into(
+    run_dir: Path, prepared: Prepared, mae: MAE, encoder: Any, state: dict[str, Any] | None
+) -> Path:
+    """The epochs, the saved encoder, the figure, metrics and the manifest, in ``run_dir``.
+
+    With adapters (ExPLoRA), they are merged into the encoder with peft before it is saved,
+    so the saved encoder is a plain DINOv3 model that any fine-tune loads."""
     write_run_inputs(run_dir, prepared)
-    summary, best_value = _fit(run_dir, prepared, mae)
+    summary, best_value = _fit(run_dir, prepared, mae, state)
     from transformers.utils import logging as hf_logging
 
+    if prepared.resolved.config.model.peft.method != "none":
+        from rigor.models.adapters import merge_adapters
+
+        summary["merged_layers"] = merge_adapters(encoder)
     hf_logging.disable_progress_bar()
     encoder.save_pretrained(str(run_dir / HF_DIR), safe_serialization=True)
-    _figure(run_dir, prepared, mae)
+    save_figure(run_dir / FIGURE, prepared, mae)
     metrics = {f"best/{VAL_KEY}": best_value}
     atomic_write_json(run_dir / "metrics.json", {"metrics": metrics, "training": summary})
     from rigor.training.record import RunOutputs, build_manifest
@@ -116,44 +150,42 @@ class _Loop:
     samples: int = 0
 
 
-def _fit(run_dir: Path, prepared: Prepared, mae: MAE) -> tuple[dict[str, Any], float]:
-    """The epochs; keeps the best weights (lowest val_select loss) in ``mae`` at the end."""
+def _fit(
+    run_dir: Path, prepared: Prepared, mae: MAE, state: dict[str, Any] | None
+) -> tuple[dict[str, Any], float]:
+    """The epochs (from ``state`` when resuming); keeps the best weights (lowest val_select
+    loss) in ``mae`` at the end."""
     cfg = prepared.resolved.config
     train_loader = make_loader(prepared, prepared.splits["train"], train=True)
     val_loader = make_loader(prepared, prepared.splits["val_select"], train=False)
     plan = plan_epochs(
         cfg, model=mae, train_loader=train_loader, device=prepared.device, monitor_mode="min"
     )
-    loop = _Loop(
-        mae=mae,
-        plan=plan,
-        prepared=prepared,
-        tracker=Tracker(run_dir, cfg.logging),
-        masks=torch.Generator().manual_seed(cfg.run.seed),
-    )
-    best_state: dict[str, torch.Tensor] | None = None
-    best_epoch = epoch = 0
+    masks = torch.Generator().manual_seed(cfg.run.seed)
+    first, step, samples, best_epoch, best_state = 0, 0, 0, 0, None
+    if state is not None:
+        first, step, samples, best_epoch = _restore(mae, plan, masks, state)
+        best = load_checkpoint(run_dir / "checkpoints" / "best.pt", force=True, required=MAE_KEYS)
+        best_state = best["model"]
+    tracker = Tracker(run_dir, cfg.logging, start_step=step)
+    tracker.truncate_steps(step)
+    loop = _Loop(mae=mae, plan=plan, prepared=prepared, tracker=tracker, masks=masks, step=step)
+    loop.samples = samples
+    epoch, last = first - 1, first if plan.early.should_stop else cfg.training.epochs
     started = time.perf_counter()
-    for epoch in range(cfg.training.epochs):
+    for epoch in range(first, last):
         start_epoch(train_loader, cfg.run.seed, epoch)
         train_loss = _train_epoch(loop, train_loader, epoch)
         value = _validate(mae, val_loader, plan.precision, prepared, cfg.run.seed)
         lr = float(plan.scheduler.get_last_lr()[-1])
         loop.tracker.log_epoch(epoch, loop.step, {TRAIN_KEY: train_loss, VAL_KEY: value, "lr": lr})
         print(f"epoch {epoch}: {VAL_KEY}={value:.4f}", file=sys.stderr)
-        state = {
-            "model": mae.state_dict(),
-            "optimizer": plan.optimizer.state_dict(),
-            "scheduler": plan.scheduler.state_dict(),
-            "epoch": epoch + 1,
-            "step": loop.step,
-            "rng": rng_state(),
-            "config_hash": prepared.resolved.hash,
-        }
         if plan.early.update(value):
             best_epoch, best_state = epoch, copy.deepcopy(mae.state_dict())
-            save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
-        save_checkpoint(run_dir / "checkpoints" / "last.pt", state)
+        saved = _state(loop, epoch, best_epoch)
+        if best_epoch == epoch:
+            save_checkpoint(run_dir / "checkpoints" / "best.pt", saved)
+        save_checkpoint(run_dir / "checkpoints" / "last.pt", saved)
         if plan.early.should_stop:
             break
     loop.tracker.close()
@@ -169,10 +201,44 @@ def _fit(run_dir: Path, prepared: Prepared, mae: MAE) -> tuple[dict[str, Any], f
         "best_epoch": best_epoch,
         "wall_time_s": round(wall, 3),
         "samples_per_s": round(loop.samples / wall, 1),
+        "epoch_time_s": round(wall / max(epoch + 1 - first, 1), 3),
+        "peak_memory": peak_memory(prepared.device),
         "model": prepared.model_info,
+        "mae_params": model_size(mae),
         "mask_ratio": cfg.pretrain.mask_ratio,
     }
     return summary, float(plan.early.best_value)
+
+
+def _state(loop: _Loop, epoch: int, best_epoch: int) -> dict[str, Any]:
+    """What last.pt (and best.pt) hold after ``epoch``: enough to continue bitwise."""
+    return {
+        "model": loop.mae.state_dict(),
+        "optimizer": loop.plan.optimizer.state_dict(),
+        "scheduler": loop.plan.scheduler.state_dict(),
+        "epoch": epoch + 1,
+        "step": loop.step,
+        "samples": loop.samples,
+        "best_epoch": best_epoch,
+        "early_stopping": loop.plan.early.state_dict(),
+        "masks": loop.masks.get_state(),
+        "rng": rng_state(),
+        "config_hash": loop.prepared.resolved.hash,
+    }
+
+
+def _restore(
+    mae: MAE, plan: EpochPlan, masks: torch.Generator, state: dict[str, Any]
+) -> tuple[int, int, int, int]:
+    """Put a last.pt back: weights, optimizer, schedule, mask and global generators; returns
+    the next epoch, the step, the samples seen and the best epoch."""
+    mae.load_state_dict(state["model"])
+    plan.optimizer.load_state_dict(state["optimizer"])
+    plan.scheduler.load_state_dict(state["scheduler"])
+    plan.early.load_state_dict(state["early_stopping"])
+    masks.set_state(state["masks"])
+    set_rng_state(state["rng"])
+    return int(state["epoch"]), int(state["step"]), int(state["samples"]), int(state["best_epoch"])
 
 
 def _train_epoch(loop: _Loop, loader: DataLoader[Any], epoch: int) -> float:
@@ -255,42 +321,3 @@ def _validate(
         total += out.loss.item() * len(images)
         count += len(images)
     return total / max(count, 1)
-
-
-@torch.no_grad()
-def _figure(run_dir: Path, prepared: Prepared, mae: MAE, n: int = 8) -> None:
-    """Originals, masked inputs and reconstructions of the first val_select images."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rigor.io import atomic_write_with
-    from rigor.pretraining.mae import patchify, unpatchify
-
-    mae.eval()
-    rows = prepared.splits["val_select"][:n]
-    images = prepared.eval_pipeline(prepared.dataset.stack(rows), prepared.device)
-    out = mae(images, torch.Generator().manual_seed(prepared.resolved.config.run.seed + 1))
-    recon = mae.reconstruct(images, out).cpu()
-    patches = patchify(images.float().cpu(), mae.patch)
-    masked = unpatchify(
-        patches * (1 - out.mask.cpu())[..., None], mae.patch, mae.channels, images.shape[2]
-    )
-    fig, axes = plt.subplots(3, len(rows), figsize=(1.4 * len(rows), 4.4), squeeze=False)
-    for col in range(len(rows)):
-        for row, (title, batch) in enumerate(
-            (("input", images.cpu()), ("visible", masked), ("reconstruction", recon))
-        ):
-            picture = batch[col].float().permute(1, 2, 0).numpy()
-            low, high = float(images[col].min()), float(images[col].max())
-            picture = ((picture - low) / max(high - low, 1e-6)).clip(0, 1)  # the input's range
-            ax = axes[row][col]
-            ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col == 0:
-                ax.set_ylabel(title, fontsize=8)
-    fig.tight_layout()
-    atomic_write_with(run_dir / FIGURE, lambda handle: fig.savefig(handle, format="png", dpi=100))
-    plt.close(fig)

@@ -124,9 +124,13 @@ def serialize_checkpoint(state: dict[str, Any]) -> bytes:
 
 
 def load_checkpoint(
-    path: Path, config_hash: str | None = None, force: bool = False
+    path: Path,
+    config_hash: str | None = None,
+    force: bool = False,
+    required: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
-    """Load with ``weights_only=True``; refuse missing keys and a different config hash."""
+    """Load with ``weights_only=True``; refuse missing keys (``required``, by default those of
+    a training checkpoint) and a different config hash."""
     if not path.is_file():
         raise ArtifactError(f"checkpoint not found: {path}")
     try:
@@ -135,7 +139,7 @@ def load_checkpoint(
         raise ArtifactError(f"checkpoint {path} cannot be read safely: {err}") from None
     if not isinstance(state, dict):
         raise ArtifactError(f"checkpoint {path} does not hold a dict")
-    missing = [key for key in REQUIRED_KEYS if key not in state]
+    missing = [key for key in (REQUIRED_KEYS if required is None else required) if key not in state]
     if missing:
         raise ArtifactError(f"checkpoint {path} lacks key(s): {', '.join(missing)}")
     if config_hash is not None and state["config_hash"] != config_hash and not force:

@@ -31,10 +31,11 @@ def task_specs(manifest: dict[str, Any]) -> dict[str, TaskSpec]:
 
 
 def architecture(model: ModelConfig) -> ModelConfig:
-    """``model`` without its initial weights (``weights_path``, ``hf.path``): a checkpoint or
-    a bundle supplies the weights, so rebuilding never reads the original weight files."""
+    """``model`` without its initial weights (``weights_path``, ``hf.path``, ``init_from``): a
+    checkpoint or a bundle supplies the weights, so rebuilding never reads the original
+    weight files."""
     hf = model.hf.model_copy(update={"path": None})
-    return model.model_copy(update={"weights_path": None, "hf": hf})
+    return model.model_copy(update={"weights_path": None, "init_from": None, "hf": hf})
 
 
 def empty_model(

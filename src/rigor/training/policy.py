@@ -34,19 +34,30 @@ def seed_everything(seed: int, determinism: bool) -> None:
 
 
 def param_groups(
-    model: nn.Module, lr: float, backbone_scale: float, weight_decay: float
+    model: nn.Module,
+    lr: float,
+    backbone_scale: float,
+    weight_decay: float,
+    unfrozen_scale: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """Backbone and heads at their own learning rates; no weight decay on norms and biases."""
+    """Backbone and heads at their own learning rates; no weight decay on norms and biases.
+
+    Blocks trained in full next to adapters (``model.unfrozen`` name prefixes) form their own
+    groups at ``lr * backbone_scale * unfrozen_scale``; the heads' groups come last.
+    """
+    unfrozen = tuple(getattr(model, "unfrozen", ()))
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
             part = "backbone" if name.startswith("backbone.") else "heads"
+            part = "backbone_unfrozen" if unfrozen and name.startswith(unfrozen) else part
             groups.setdefault((part, param.ndim > 1), []).append(param)
+    scales = {"backbone": backbone_scale, "backbone_unfrozen": backbone_scale * unfrozen_scale}
     return [
         {
             "name": f"{part}/{'decay' if decay else 'no_decay'}",
             "params": params,
-            "lr": lr * (backbone_scale if part == "backbone" else 1.0),
+            "lr": lr * scales.get(part, 1.0),
             "weight_decay": weight_decay if decay else 0.0,
         }
         for (part, decay), params in sorted(groups.items())
@@ -61,7 +72,10 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """AdamW or SGD over the parameter groups; learned loss weights (if any) come first, at
     the heads' rate and without weight decay, so the heads' group stays the last one."""
-    groups = param_groups(model, training.lr, training.backbone_lr_scale, cfg.weight_decay)
+    unfrozen_scale = float(getattr(model, "unfrozen_lr_scale", 1.0))
+    groups = param_groups(
+        model, training.lr, training.backbone_lr_scale, cfg.weight_decay, unfrozen_scale
+    )
     if loss_weights is not None:
         extra = {"name": "loss_weights", "lr": training.lr, "weight_decay": 0.0}
         groups.insert(0, {**extra, "params": list(loss_weights.parameters())})

@@ -26,6 +26,7 @@ from rigor.errors import ConfigError
 from rigor.io import atomic_write_json, atomic_write_text
 from rigor.manifest.env import Lock, check_lock
 from rigor.manifest.rundir import utc_now
+from rigor.models.lineage import resolve_init_from
 from rigor.models.registry import BackboneSpec, RigorModel, backbone_spec, build_model, model_size
 from rigor.runs.device import pick_device
 from rigor.training.distributed import DistInfo
@@ -53,6 +54,7 @@ class Prepared:
     dist: DistInfo = field(default_factory=DistInfo)
     started: datetime = field(default_factory=utc_now)
     panel: dict[str, Any] | None = None  # how a data-picked gene panel was chosen (genes.json)
+    lineage: dict[str, Any] | None = None  # the pretrain run model.init_from named
 
 
 def prepare(
@@ -77,7 +79,8 @@ def prepare(
         print(warning, file=sys.stderr)
     _check_augment(cfg.data.transforms.augment, dataset.input_shape)
     mean, std = _statistics(cfg, spec, dataset, splits["train"])
-    model = build_model(cfg.model, dataset.tasks, dataset.input_shape)
+    model_cfg, lineage = resolve_init_from(cfg.model)  # hash-checked before it loads
+    model = build_model(model_cfg, dataset.tasks, dataset.input_shape)
     info = {**model_size(model), **model.peft_info}
     if dist_info.main:
         _describe(cfg, model, info)
@@ -96,6 +99,7 @@ def prepare(
         model_info=info,
         dist=dist_info,
         panel=panel,
+        lineage=lineage,
     )
 
 
@@ -140,12 +144,15 @@ def _statistics(
 
 
 def _describe(cfg: Config, model: RigorModel, info: dict[str, Any]) -> None:
-    adapters = (
-        f", {cfg.model.peft.method} on {info['adapted_layers']} layers" if model.peft_info else ""
-    )
+    adapters = ""
+    if model.peft_info:
+        adapters = f", {cfg.model.peft.method} on {info['adapted_layers']} layers"
+        if info.get("unfrozen_params"):
+            adapters += f", {info['unfrozen_params']:,} in unfrozen blocks/norms"
+    share = info["params_trainable"] / max(info["params_total"], 1)
     print(
         f"model: {cfg.model.backbone}, {info['params_total']:,} parameters "
-        f"({info['params_trainable']:,} trainable{adapters}), {info['size_mb']} MB",
+        f"({info['params_trainable']:,} trainable = {share:.2%}{adapters}), {info['size_mb']} MB",
         file=sys.stderr,
     )
 

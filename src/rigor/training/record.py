@@ -129,7 +129,10 @@ def build_manifest(run_dir: Path, prepared: Prepared, outputs: RunOutputs) -> di
         "encoder": {
             "arch": cfg.model.backbone,
             "dim": prepared.model.feature_dim,
-            "weights": outputs.weights or cfg.model.weights_path or cfg.model.hf.path,
+            "weights": outputs.weights
+            or cfg.model.weights_path
+            or cfg.model.hf.path
+            or (prepared.lineage and prepared.lineage["manifest"]),
         },
         "transforms": prepared.transforms,
         "checkpoints": checkpoints,
@@ -143,6 +146,8 @@ def build_manifest(run_dir: Path, prepared: Prepared, outputs: RunOutputs) -> di
         "sha256": hash_files(run_dir, every),
         "stages": [_stage(prepared, outputs, every, finished)],
     }
+    if prepared.lineage is not None:
+        manifest["lineage"] = prepared.lineage
     if not checkpoints:  # a probe keeps no weights of its own
         del manifest["checkpoints"], manifest["best_checkpoint"]
     return manifest

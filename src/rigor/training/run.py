@@ -88,6 +88,10 @@ def _lock(run_dir: Path, info: DistInfo) -> RunLock:
 def _finish(run_dir: Path, prepared: Prepared, session: Session, summary: dict[str, Any]) -> None:
     """Predictions of the best checkpoint, metrics.json, then the manifest, written last."""
     outputs = write_predictions(run_dir, prepared, session)
+    extra = {}
+    if prepared.resolved.config.model.peft.method != "none":
+        summary["adapter"] = _write_adapter(run_dir, prepared, session)
+        extra["adapter"] = [summary["adapter"]["path"]]
     metrics = {**summary.pop("final"), **outputs["metrics"]}
     atomic_write_json(run_dir / "metrics.json", {"metrics": metrics, "training": summary})
     record = RunOutputs(
@@ -95,5 +99,23 @@ def _finish(run_dir: Path, prepared: Prepared, session: Session, summary: dict[s
         summary=summary,
         predictions=outputs["predictions"],
         skipped=outputs["skipped"],
+        extra_artifacts=extra,
     )
     write_manifest(run_dir, build_manifest(run_dir, prepared, record))
+
+
+def _write_adapter(run_dir: Path, prepared: Prepared, session: Session) -> dict[str, Any]:
+    """The best weights' trained part (adapters, unfrozen blocks, heads) as its own file."""
+    from rigor.io import atomic_write_bytes
+    from rigor.models.adapters import adapter_payload
+
+    state = session.eval_model().state_dict()  # write_predictions loaded the best weights
+    payload, record = adapter_payload(prepared.model, state)
+    atomic_write_bytes(run_dir / record["path"], payload)
+    print(
+        f"adapter: {record['path']} {record['size_bytes'] / 2**20:.3f} MiB, "
+        f"{record['size_share']:.2%} of the full model's {record['full_size_bytes'] / 2**20:.3f}"
+        f" MiB ({record['params']:,} of {record['params_total']:,} values)",
+        file=sys.stderr,
+    )
+    return record

@@ -20,6 +20,7 @@ from rigor.runs.checkpoint import (
     serialize_checkpoint,
     set_rng_state,
 )
+from rigor.runs.device import peak_memory
 from rigor.runs.predict import predict
 from rigor.tracking import NullTracker, Tracker, monitor_to_key
 from rigor.training.distributed import sum_over_ranks
@@ -80,6 +81,7 @@ class Session:
         self.writer = CheckpointWriter()
         if state is not None:
             self._restore(state)
+        self.first_epoch = self.epoch  # for the time per epoch of this session
         self.tracker: Tracker | NullTracker = (
             Tracker(run_dir, cfg.logging, start_step=self.step) if self.main else NullTracker()
         )
@@ -124,6 +126,8 @@ class Session:
             "best_epoch": self.best_epoch,
             "wall_time_s": round(wall, 3),
             "samples_per_s": round(samples / wall, 1),
+            "epoch_time_s": round(wall / max(self.epoch - self.first_epoch, 1), 3),
+            "peak_memory": peak_memory(self.prepared.device),
             "distributed": self.prepared.dist.record(),
             "model": self.prepared.model_info,
             "oom_fallback": {

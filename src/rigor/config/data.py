@@ -193,6 +193,11 @@ class DataConfig(Section):
         "task it offers (every gene of a hest panel).",
     )
     splits: SplitFractions = Field(description="Fractions of train/val_select/val_calib/val_test.")
+    split_seed: int | None = Field(
+        ge=0,
+        description="Seed of the split assignment; null: run.seed. Fix it to train several "
+        "seeds of one variant on the same val_test (scripts/compare.py needs that).",
+    )
     transforms: TransformConfig = Field(description="Input transforms.")
     num_workers: int = Field(
         ge=0, le=64, description="DataLoader worker processes that read and decode samples."

@@ -44,6 +44,9 @@ from rigor.config.data import (
 from rigor.config.data import (
     TransformConfig as TransformConfig,
 )
+from rigor.config.encoder import GateConfig as GateConfig
+from rigor.config.encoder import HFConfig as HFConfig
+from rigor.config.encoder import PeftConfig as PeftConfig
 from rigor.config.stages import (
     CalibrationConfig as CalibrationConfig,
 )
@@ -82,83 +85,6 @@ class RunConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         description="Where to train: auto picks cuda when available, else cpu."
     )
-
-
-class HFConfig(Section):
-    """A Hugging Face encoder (DINOv3 ViT): built from these sizes, or loaded from ``path``."""
-
-    path: str | None = Field(
-        description="Local folder for from_pretrained (config.json + model.safetensors); its "
-        "sizes must equal those below. null: build from the sizes, randomly initialised."
-    )
-    hidden_size: int = Field(ge=8, description="Token width (384 for ViT-S, 768 for ViT-B).")
-    num_layers: int = Field(ge=1, description="Transformer blocks.")
-    num_heads: int = Field(ge=1, description="Attention heads; must divide hidden_size.")
-    intermediate_size: int = Field(ge=8, description="Width of the MLP in each block.")
-    patch_size: int = Field(ge=1, description="Side of the square patches, in pixels.")
-    num_register_tokens: int = Field(ge=0, description="Register tokens after the CLS token.")
-    pooling: Literal["cls", "mean"] = Field(
-        description="Image feature: the normalised CLS token, or the mean of the patch tokens."
-    )
-
-    @model_validator(mode="after")
-    def _heads_divide(self) -> HFConfig:
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"model.hf.num_heads ({self.num_heads}) must divide model.hf.hidden_size "
-                f"({self.hidden_size})"
-            )
-        return self
-
-
-class PeftConfig(Section):
-    """Parameter-efficient fine-tuning of the backbone with the peft library."""
-
-    method: Literal["none", "lora", "dora"] = Field(
-        description="none: train the backbone as configured; lora: low-rank adapters on "
-        "target_modules with the base weights frozen; dora: weight-decomposed LoRA."
-    )
-    r: int = Field(ge=1, description="Rank of the adapters.")
-    alpha: int = Field(ge=1, description="Scale numerator: the update is (alpha / r) B A.")
-    dropout: float = Field(ge=0, lt=1, description="Dropout on the adapters' input.")
-    target_modules: list[str] = Field(
-        min_length=1,
-        description="Names (suffixes) of the backbone's Linear/Conv layers that get adapters, "
-        "e.g. q_proj, v_proj for DINOv3.",
-    )
-    unfreeze_last_blocks: int = Field(
-        ge=0,
-        description="Train the last N encoder blocks in full next to the adapters (they get "
-        "no adapters themselves); 0: adapters only.",
-    )
-    unfreeze_norms: bool = Field(
-        description="Also train every LayerNorm of the encoder (ExPLoRA unfreezes them)."
-    )
-    unfrozen_lr_scale: float = Field(
-        gt=0,
-        le=100,
-        description="Learning rate of the unfrozen blocks and norms as a multiple of the "
-        "backbone's (training.lr x training.backbone_lr_scale).",
-    )
-
-
-class GateConfig(Section):
-    """A SelectiveNet gate (Geifman and El-Yaniv, 2019) on one classification task."""
-
-    task: str | None = Field(
-        description="Classification task that gets a selection head g(x) and an auxiliary "
-        "head, trained with the SelectiveNet loss; null: no gate."
-    )
-    target_coverage: float = Field(
-        gt=0, le=1, description="Coverage c the selection head is trained towards."
-    )
-    lam: float = Field(ge=0, description="Weight lambda of the coverage penalty (32 in the paper).")
-    alpha: float = Field(
-        ge=0,
-        le=1,
-        description="Weight of the selective loss; 1 - alpha goes to the auxiliary head.",
-    )
-    hidden: int = Field(ge=1, description="Width of the selection head's hidden layer.")
 
 
 class ModelConfig(Section):
@@ -320,6 +246,11 @@ class Config(Section):
     xai: XaiConfig = Field(description="Explanations of scripts/xai.py.")
     pretrain: PretrainConfig = Field(description="MAE pretraining of scripts/pretrain.py.")
     probe: ProbeConfig = Field(description="Frozen-encoder probe of scripts/probe.py.")
+
+    @property
+    def split_seed(self) -> int:
+        """The seed that assigns samples to splits: ``data.split_seed``, else ``run.seed``."""
+        return self.run.seed if self.data.split_seed is None else self.data.split_seed
 
     @model_validator(mode="after")
     def _cross_field(self) -> Config:

@@ -39,8 +39,8 @@ from rigor.training.resume import check_same_splits, find_resume, remove_tempora
 TRAIN_KEY, VAL_KEY = "loss/mae/train", "loss/mae/val_select"
 HF_DIR = "pretrain/hf"
 FIGURE = "pretrain/reconstructions.png"
-MAE_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "samples", "best_epoch")
-MAE_KEYS += ("early_stopping", "masks", "rng", "config_hash")
+MAE_KEYS: tuple[str, ...] = ("model", "optimizer", "scheduler", "epoch", "step", "samples")
+MAE_KEYS += ("best_epoch", "early_stopping", "masks", "rng", "config_hash")
 
 
 def check_pretrain_config(resolved: ResolvedConfig) -> None:

@@ -70,10 +70,10 @@ def prepare(
     seed_everything(cfg.run.seed, cfg.run.determinism)
     spec = backbone_spec(cfg.model.backbone)
     _check_stats(cfg, spec)
-    data_cfg, panel = resolve_panel(cfg.data, cfg.run.seed)  # {top_variable: K} on train
+    data_cfg, panel = resolve_panel(cfg.data, cfg.split_seed)  # {top_variable: K} on train
     dataset = build_dataset(data_cfg, Path(cfg.run.output_root) / "cache")
     _check_monitor(cfg, dataset)
-    splits = make_splits(dataset.groups, cfg.data.splits, cfg.run.seed)
+    splits = make_splits(dataset.groups, cfg.data.splits, cfg.split_seed)
     warning = fraction_warning(splits, cfg.data.splits)
     if warning and dist_info.main:
         print(warning, file=sys.stderr)
@@ -173,7 +173,11 @@ def splits_json(prepared: Prepared) -> dict[str, Any]:
     """The content of the run's ``splits.json``."""
     cfg = prepared.resolved.config
     return splits_record(
-        prepared.splits, prepared.dataset.ids, cfg.data.splits, cfg.run.seed, prepared.dataset.name
+        prepared.splits,
+        prepared.dataset.ids,
+        cfg.data.splits,
+        cfg.split_seed,
+        prepared.dataset.name,
     )
 
 

@@ -80,7 +80,7 @@ def _dataset(run_dir: Path, prepared: Prepared, outputs: RunOutputs) -> dict[str
         "tasks": {name: spec.as_dict() for name, spec in dataset.tasks.items()},
         "split": {
             "path": "splits.json",
-            "seed": cfg.run.seed,
+            "seed": cfg.split_seed,
             "fractions": cfg.data.splits.model_dump(),
             "sizes": {name: len(prepared.splits[name]) for name in SPLITS},
             "achieved": achieved_fractions(prepared.splits),

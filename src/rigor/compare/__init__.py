@@ -1,0 +1,1 @@
+"""Paired A/B comparison of finished runs (scripts/compare.py)."""

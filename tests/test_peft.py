@@ -151,6 +151,7 @@ def test_the_hugging_face_example_in_docs_extending_runs() -> None:
         small = build_model(
             cfg("model.backbone=hf_vit", "model.peft.target_modules=[q_proj,v_proj]"), TASKS, SHAPE
         )
-        assert small.peft_info == {"adapted_layers": 4, "adapter_params": 4096}  # as the doc says
+        expected = {"adapted_layers": 4, "adapter_params": 4096, "unfrozen_params": 0}
+        assert small.peft_info == expected  # as the doc says
     finally:
         BACKBONES.pop("hf_vit", None)

@@ -24,6 +24,7 @@ class RunKind:
     task: str
     ranking: tuple[str, str] | None
     result_marker: str
+    resumable: bool = False  # the task function takes resume= (a killed run continues)
 
     def task_function(self) -> Callable[..., Path]:
         """The task function that makes a run of this kind."""
@@ -33,9 +34,13 @@ class RunKind:
 
 
 RUN_KINDS = {
-    "train": RunKind("train", "rigor.training.run:train", None, "/val_test"),
+    "train": RunKind("train", "rigor.training.run:train", None, "/val_test", resumable=True),
     "pretrain": RunKind(
-        "pretrain", "rigor.pretraining.run:pretrain", ("best/loss/mae/val_select", "min"), "best/"
+        "pretrain",
+        "rigor.pretraining.run:pretrain",
+        ("best/loss/mae/val_select", "min"),
+        "best/",
+        resumable=True,
     ),
     "probe": RunKind("probe", "rigor.probe.run:probe", ("probe/pearson_mean", "max"), "probe/"),
 }

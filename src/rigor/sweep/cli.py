@@ -24,6 +24,29 @@ def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grid-file", type=Path, help="YAML with a 'grid:' mapping of key: [values]"
     )
+    parser.add_argument(
+        "--range",
+        action="append",
+        default=[],
+        dest="ranges",
+        metavar="KEY=LOW:HIGH[:log|:linear|:int]",
+        help="a sampled interval (with --random or --optuna); *lr and weight_decay keys are "
+        "log-uniform unless a scale is given",
+    )
+    parser.add_argument(
+        "--random", type=int, metavar="N", help="N points drawn from the grid values and ranges"
+    )
+    parser.add_argument(
+        "--optuna",
+        type=int,
+        metavar="N",
+        help="an Optuna TPE search of N trials over the grid values and ranges, pruned on "
+        "val_select (study in <sweep>/optuna.db)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of --random and --optuna")
+    parser.add_argument(
+        "--fresh", action="store_true", help="start a new sweep instead of continuing this one"
+    )
     add_set_flag(parser, "training.epochs=5; every point gets it")
     parser.add_argument("--task", choices=sorted(RUN_KINDS), default="train")
     parser.add_argument("--launcher", choices=("local", "submitit"), default="local")
@@ -67,7 +90,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     if args.max_parallel < 1 or args.nproc_per_node < 1:
         raise UsageError("--max-parallel and --nproc-per-node must be at least 1")
     from rigor.sweep.grid import build_grid
-    from rigor.sweep.launch import LaunchOptions, sweep
+    from rigor.sweep.launch import LaunchOptions, Space, sweep
+    from rigor.sweep.space import parse_range
 
     options = LaunchOptions(
         launcher=args.launcher,
@@ -82,8 +106,12 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         slurm_array_parallelism=args.array_parallelism,
         wait=not args.no_wait,
     )
-    grid = build_grid(args.grid, args.grid_file)
-    folder = sweep(args.config, grid, args.sets, options, args.task, args.env_policy)
+    if args.random is not None and args.optuna is not None:
+        raise UsageError("--random and --optuna exclude each other")
+    ranges = [parse_range(item) for item in args.ranges]
+    grid = build_grid(args.grid, args.grid_file, allow_empty=bool(ranges))
+    space = Space(grid, ranges, args.random, args.optuna, args.seed)
+    folder = sweep(args.config, space, args.sets, options, args.task, args.env_policy, args.fresh)
     if not (folder / "summary.json").is_file():
         print(folder / "sweep.json")
         return 0

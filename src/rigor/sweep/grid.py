@@ -66,13 +66,16 @@ def read_grid_file(path: Path) -> dict[str, list[Any]]:
     return out
 
 
-def build_grid(items: list[str], grid_file: Path | None) -> dict[str, list[Any]]:
-    """The grid from a file (first) and ``--grid`` items (later keys replace earlier ones)."""
+def build_grid(
+    items: list[str], grid_file: Path | None, allow_empty: bool = False
+) -> dict[str, list[Any]]:
+    """The grid from a file (first) and ``--grid`` items (later keys replace earlier ones);
+    empty only with ``allow_empty`` (a space of ranges alone)."""
     grid = read_grid_file(grid_file) if grid_file is not None else {}
     for item in items:
         key, values = parse_grid_item(item)
         grid[key] = values
-    if not grid:
+    if not grid and not allow_empty:
         raise ConfigError("sweep: no grid given (use --grid section.key=v1,v2 or --grid-file)")
     return grid
 

@@ -22,6 +22,7 @@ def run_point(spec: dict[str, Any]) -> int:
     """Run the point ``spec`` describes; returns its exit code (0 ok) after writing status.
 
     ``spec`` keys: index, config, sets, overrides, task (train|pretrain), env_policy,
+    resume (``auto``: continue the newest unfinished run of the point's config, if any),
     launcher, nproc_per_node, cwd (where the sweep was launched), status (the JSON file to
     write; under several processes rank 0 writes it).
     """
@@ -40,8 +41,9 @@ def run_point(spec: dict[str, Any]) -> int:
         resolved = load_config(spec["config"], sets=spec["sets"], sweep=spec["overrides"])
         from rigor.run_kinds import RUN_KINDS
 
-        task = RUN_KINDS[spec["task"]].task_function()
-        manifest = task(resolved, env_policy=spec["env_policy"])
+        kind = RUN_KINDS[spec["task"]]
+        extra = {"resume": spec["resume"]} if kind.resumable and spec.get("resume") else {}
+        manifest = kind.task_function()(resolved, env_policy=spec["env_policy"], **extra)
         result |= {"status": "ok", "exit_code": 0, "manifest": str(manifest), "error": None}
     except RigorError as err:
         result |= {"status": "failed", "exit_code": err.exit_code, "manifest": None}

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from rigor.errors import ConfigError, RigorError, UsageError
 from rigor.io import atomic_write_json
 from rigor.manifest.rundir import create_run_dir, iso, utc_now
 from rigor.sweep.grid import expand
+from rigor.sweep.space import Range, sample_points
 
 FORBIDDEN = ("run.output_root", "run.name")
 
@@ -58,52 +59,98 @@ class SweepFailed(RigorError):
     exit_code = 1
 
 
+@dataclass
+class Space:
+    """What the sweep explores: the grid's product, or ``random`` points sampled from the
+    grid's values and the ``ranges`` with ``seed`` (``optuna``: trials, see sweep.search)."""
+
+    grid: dict[str, list[Any]]
+    ranges: list[Range] = field(default_factory=list)
+    random: int | None = None
+    optuna: int | None = None
+    seed: int = 0
+
+    def record(self) -> dict[str, Any]:
+        """How sweep.json describes the space (and what identifies a rerun of it)."""
+        return {
+            "grid": [{"key": key, "values": values} for key, values in self.grid.items()],
+            "ranges": [item.record() for item in self.ranges],
+            "random": self.random,
+            "optuna": self.optuna,
+            "seed": self.seed,
+        }
+
+    def points(self) -> list[dict[str, Any]]:
+        """The points to run (none up front for an Optuna search)."""
+        if self.optuna is not None:
+            return []
+        if self.random is not None:
+            return sample_points(self.grid, self.ranges, self.random, self.seed)
+        if self.ranges:
+            raise ConfigError(
+                "sweep: --range needs --random N or --optuna N (a grid has no ranges)"
+            )
+        return expand(self.grid)
+
+
 def plan(
-    config: str, grid: dict[str, list[Any]], sets: list[str]
-) -> tuple[list[dict[str, Any]], list[str], Path, str]:
-    """Expand and validate every point; returns points, config hashes, output root, name."""
-    bad = [key for key in grid if key in FORBIDDEN]
+    config: str, points: list[dict[str, Any]], sets: list[str], keys: list[str]
+) -> tuple[list[str], Path, str]:
+    """Validate every point; returns their config hashes, the output root and the run name."""
+    bad = [key for key in keys if key in FORBIDDEN]
     if bad:
         raise ConfigError(f"sweep: the grid may not vary {bad} (every point shares them)")
-    points = expand(grid)
     hashes, problems = [], []
-    resolved = None
+    resolved = load_config(config, sets=sets)
     for index, point in enumerate(points):
         try:
-            resolved = load_config(config, sets=sets, sweep=point)
-            hashes.append(resolved.hash)
+            hashes.append(load_config(config, sets=sets, sweep=point).hash)
         except ConfigError as err:
             problems.append(f"point {index} {point}: {err}")
     if problems:
         raise ConfigError("sweep: invalid points, nothing launched:\n  " + "\n  ".join(problems))
     if len(set(hashes)) != len(hashes):
-        raise ConfigError("sweep: two grid points resolve to the same config")
-    assert resolved is not None
+        raise ConfigError("sweep: two points resolve to the same config")
     run = resolved.config.run
-    return points, hashes, Path(run.output_root), run.name
+    return hashes, Path(run.output_root), run.name
 
 
 def sweep(
     config: str,
-    grid: dict[str, list[Any]],
+    space: Space | dict[str, list[Any]],
     sets: list[str],
     options: LaunchOptions,
     task: str = "train",
     env_policy: str | None = None,
+    fresh: bool = False,
 ) -> Path:
-    """Launch every point of ``grid`` and return the sweep folder (summarised when waited)."""
-    points, hashes, output_root, name = plan(config, grid, sets)
-    digest = hashlib.sha256(json.dumps([config, sets, grid], default=str).encode()).hexdigest()
-    sweep_id, folder = create_run_dir(output_root, name, digest, folder="sweeps")
-    print(f"sweep {sweep_id}: {len(points)} points, writing to {folder}", file=sys.stderr)
+    """Launch every point and return the sweep folder (summarised when waited for).
+
+    The same command again continues the newest sweep it started (unless ``fresh``): points
+    that finished with the same config hash are skipped, the others resume from their
+    last checkpoint (train and pretrain runs) or start again.
+    """
+    space = space if isinstance(space, Space) else Space(space)
+    keys = [*space.grid, *(item.key for item in space.ranges)]
+    points = space.points()
+    hashes, output_root, name = plan(config, points, sets, keys)
+    identity = [config, sets, space.record(), task]
+    digest = hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()
+    folder = None if fresh else previous_sweep(output_root, name, digest, hashes)
+    if folder is None:
+        sweep_id, folder = create_run_dir(output_root, name, digest, folder="sweeps")
+        print(f"sweep {sweep_id}: {len(points)} points, writing to {folder}", file=sys.stderr)
+    else:
+        sweep_id = folder.name
+    if options.nproc_per_node > 1 and options.cluster == "debug":
+        raise UsageError("--nproc-per-node > 1 needs processes; the debug cluster has one")
     common = {"config": config, "sets": sets, "task": task, "env_policy": env_policy}
-    specs = _write_specs(folder, points, common, options)
     record: dict[str, Any] = {
         "sweep_id": sweep_id,
         "created_at": iso(utc_now()),
         "config": config,
         "sets": sets,
-        "grid": [{"key": key, "values": values} for key, values in grid.items()],  # in order
+        **space.record(),
         "task": task,
         "cwd": os.getcwd(),
         "launch": asdict(options),
@@ -112,24 +159,75 @@ def sweep(
             for i, (p, h) in enumerate(zip(points, hashes, strict=True))
         ],
     }
+    if space.optuna is not None:
+        from rigor.sweep.search import optuna_search
+
+        optuna_search(folder, record, space, common, options)
+        return folder
+    todo = pending_points(folder, record["points"])
+    specs = _write_specs(folder, [record["points"][i] for i in todo], common, options)
     atomic_write_json(folder / "sweep.json", record)
-    if options.nproc_per_node > 1 and options.cluster == "debug":
-        raise UsageError("--nproc-per-node > 1 needs processes; the debug cluster has one")
     if _launch(folder, specs, options, record):
         _raise_on_failures(folder, len(points))
     return folder
 
 
+def previous_sweep(output_root: Path, name: str, digest: str, hashes: list[str]) -> Path | None:
+    """The newest sweep folder of this exact command (same config, sets, space and task)
+    whose points have the same config hashes; None when there is none."""
+    folders = sorted((output_root / "sweeps").glob(f"*-{name}-{digest[:8]}*"))
+    for folder in reversed(folders):
+        path = folder / "sweep.json"
+        if not path.is_file():
+            continue
+        record = json.loads(path.read_text())
+        if [p["config_hash"] for p in record["points"]] == hashes or record.get("optuna"):
+            return folder
+    return None
+
+
+def _finished(status: dict[str, Any], config_hash: str) -> bool:
+    """Whether a point's status says ok and its run's manifest holds ``config_hash``."""
+    manifest = Path(status.get("manifest") or "")
+    if status["status"] != "ok" or not manifest.is_file():
+        return False
+    return bool(json.loads(manifest.read_text())["config_hash"] == config_hash)
+
+
+def pending_points(folder: Path, points: list[dict[str, Any]]) -> list[int]:
+    """Indices of the points still to run: every point but those whose status says ok, whose
+    run manifest exists and holds the point's config hash. Stale status files go."""
+    todo, done = [], 0
+    for point in points:
+        status_path = folder / "points" / f"{point['index']}.json"
+        if status_path.is_file():
+            if _finished(json.loads(status_path.read_text()), point["config_hash"]):
+                done += 1
+                continue
+            status_path.unlink()
+        todo.append(point["index"])
+    if done:
+        print(
+            f"sweep {folder.name}: continuing; {done} of {len(points)} points finished, "
+            f"{len(todo)} to run (resumed from their last checkpoint where one exists)",
+            file=sys.stderr,
+        )
+    return todo
+
+
 def _write_specs(
     folder: Path, points: list[dict[str, Any]], common: dict[str, Any], options: LaunchOptions
 ) -> list[dict[str, Any]]:
-    """One ``points/<i>.spec.json`` per point: what its job process needs to run it."""
+    """One ``points/<i>.spec.json`` per point: what its job process needs to run it (a point
+    resumes the newest unfinished run of its config, if one was left by a killed sweep)."""
     specs = []
-    for index, point in enumerate(points):
+    for point in points:
+        index = point["index"]
         spec = {
             "index": index,
             **common,
-            "overrides": point,
+            "overrides": point["overrides"],
+            "resume": "auto",
             "launcher": options.launcher,
             "nproc_per_node": options.nproc_per_node,
             "cwd": os.getcwd(),

@@ -75,8 +75,47 @@ def summarize(folder: Path) -> dict[str, Any]:
     }
     atomic_write_json(folder / "summary.json", summary)
     keys = [entry["key"] for entry in record["grid"]]
+    keys += [entry["key"] for entry in record.get("ranges", [])]
     atomic_write_text(folder / "summary.csv", _csv(rows, keys))
+    if ranked and monitor is not None:
+        log_keys = {e["key"] for e in record.get("ranges", []) if e["scale"] == "log"}
+        plot_against_values(folder / "summary.png", ranked, keys, monitor, log_keys)
     return summary
+
+
+def plot_against_values(
+    path: Path, rows: list[dict[str, Any]], keys: list[str], monitor: str, log_keys: set[str]
+) -> None:
+    """One panel per swept key: the monitor of every finished point against its value
+    (numbers on a linear or log axis, other values as categories)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rigor.io import atomic_write_with
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.0), squeeze=False)
+    ys = [row["metrics"][monitor] for row in rows]
+    for ax, key in zip(axes[0], keys, strict=True):
+        values = [row["overrides"][key] for row in rows]
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        if numeric:
+            ax.scatter(values, ys, s=18, color="black")
+            if key in log_keys:
+                ax.set_xscale("log")
+        else:
+            labels = list(dict.fromkeys(json.dumps(v) for v in values))
+            xs = [labels.index(json.dumps(v)) for v in values]
+            ax.scatter(xs, ys, s=18, color="black")
+            ax.set_xticks(range(len(labels)))
+            ax.set_xticklabels(labels, fontsize=7, rotation=20)
+        ax.set_xlabel(key, fontsize=8)
+        ax.set_ylabel(monitor, fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    atomic_write_with(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
+    plt.close(fig)
 
 
 def _key(value: float) -> float:

@@ -88,11 +88,7 @@ def optuna_search(
         study.tell(trial, value, state=states.get(state, TrialState.FAIL))
         shown = "" if value is None else f" {value:.4g}"
         print(f"trial {trial.number} {point}: {state}{shown}", file=sys.stderr)
-    summary = summarize(folder)
-    best = study.best_trial if study.best_trials else None
-    if best is not None:
-        summary["optuna"] = {"best_trial": best.number, "best_value": best.value}
-        atomic_write_json(folder / "summary.json", summary)
+    summarize(folder)
 
 
 def _run_dir(spec: dict[str, Any], started: float) -> Path | None:

@@ -73,6 +73,11 @@ def summarize(folder: Path) -> dict[str, Any]:
         "best": ranked[0] if ranked else None,
         "points": rows,
     }
+    if record.get("optuna") is not None:  # which Optuna trial each point was
+        trials = {p["index"]: p.get("trial") for p in record["points"]}
+        best_trial = trials.get(ranked[0]["index"]) if ranked else None
+        summary["optuna"] = {"study": "optuna.db", "trials": record["optuna"]}
+        summary["optuna"]["best_trial"] = best_trial
     atomic_write_json(folder / "summary.json", summary)
     keys = [entry["key"] for entry in record["grid"]]
     keys += [entry["key"] for entry in record.get("ranges", [])]

@@ -70,7 +70,7 @@ def _cases() -> list[tuple[str, list[str], bool]]:
         for index, block in enumerate(shell_blocks(path)):
             if block == tour:
                 continue
-            chain = any(line.startswith("M=$(") for line in block)
+            chain = any(re.match(r"^[A-Z]\w*=\$\(", line) for line in block)
             lines = (
                 block
                 if chain

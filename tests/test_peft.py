@@ -155,3 +155,20 @@ def test_the_hugging_face_example_in_docs_extending_runs() -> None:
         assert small.peft_info == expected  # as the doc says
     finally:
         BACKBONES.pop("hf_vit", None)
+
+
+def test_a_config_json_with_a_gated_mlp_is_refused_by_name(tmp_path: Path) -> None:
+    """The largest DINOv3 models use a gated MLP, which model.hf does not model: refused by
+    the field's name, never loaded into the wrong architecture."""
+    import json
+
+    source = build_model(cfg("model.peft.method=none"), TASKS, SHAPE).backbone.net
+    source.save_pretrained(str(tmp_path / "hf"))
+    config_path = tmp_path / "hf" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["use_gated_mlp"] = True
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(
+        ConfigError, match="use_gated_mlp: model.hf gives False, config.json has True"
+    ):
+        build_model(cfg(f"model.hf.path={tmp_path / 'hf'}"), TASKS, SHAPE)

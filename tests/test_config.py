@@ -255,6 +255,11 @@ def test_configcheck_finds_nothing_in_the_shipped_tree_and_catches_a_typo(tmp_pa
         "backbone: cnn_small\nchanels: [1]\n"
     )
     (tmp_path / "schema" / "manifest.v1.json").write_text('{"type": "nonsense"}')
+    (tmp_path / "configs" / "sweep" / "bad.yaml").write_text(
+        "grid:\n  model.peft.method: [lora, lorra]\n"
+    )
     found = problems(tmp_path)
     assert any("configs/model/cnn_small.yaml" in line and "chanels" in line for line in found)
     assert any("schema/manifest.v1.json" in line for line in found)
+    bad = [line for line in found if line.startswith("configs/sweep/bad.yaml")]
+    assert any("point {'model.peft.method': 'lorra'}" in line for line in bad)  # named

@@ -1,8 +1,8 @@
 """Check every YAML under configs/ and every JSON under schema/ (a pre-commit hook).
 
 Experiment and top-level files must compose into a valid config; group files (data/,
-model/) must fit their section's schema with nothing required; schema files must be valid
-Draft 2020-12 schemas and match what the code emits.
+model/) must fit their section's schema with nothing required; grid files (sweep/) must give
+valid points; schema files must be valid Draft 2020-12 schemas and match what the code emits.
 
     python -m rigor.configcheck        # exit 1 listing every problem
 """
@@ -24,6 +24,7 @@ from rigor.manifest.env import PROJECT_ROOT
 from rigor.schema import stale
 
 GROUPS = ("data", "model")
+SWEEPS = "sweep"  # grid files for sweep.py --grid-file, checked point by point
 
 
 def section_schema(schema: dict[str, Any], section: str) -> dict[str, Any]:
@@ -55,10 +56,32 @@ def problems(root: Path = PROJECT_ROOT) -> list[str]:
                 for e in validator.iter_errors(yaml.safe_load(path.read_text()))
             ]
             continue
+        if path.parent.name == SWEEPS:
+            found += _grid_problems(root, path)
+            continue
         try:
             load_config(path, environ={})
         except ConfigError as err:
             found.append(f"{rel}: {err}")
+    return found
+
+
+def _grid_problems(root: Path, path: Path) -> list[str]:
+    """A sweep grid file (``sweep.py --grid-file``): readable, and every point of its product
+    a valid override of configs/default.yaml."""
+    from rigor.sweep.grid import expand, read_grid_file
+
+    rel = path.relative_to(root)
+    try:
+        points = expand(read_grid_file(path))
+    except ConfigError as err:
+        return [f"{rel}: {err}"]
+    found = []
+    for point in points:
+        try:
+            load_config(root / "configs" / "default.yaml", environ={}, sweep=point)
+        except ConfigError as err:
+            found.append(f"{rel}: point {point}: {err}")
     return found
 
 

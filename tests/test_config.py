@@ -213,6 +213,13 @@ def test_every_yaml_under_configs_validates_against_the_schema() -> None:
         if group in ("data", "model"):
             body = yaml.safe_load(path.read_text())
             errors = list(Draft202012Validator(section_schema(schema, group)).iter_errors(body))
+        elif group == "sweep":  # grid files: every point overrides the defaults validly
+            from rigor.sweep.grid import expand, read_grid_file
+
+            default = CONFIGS / "default.yaml"
+            points = expand(read_grid_file(path))
+            configs = [load_config(default, environ={}, sweep=p).resolved for p in points]
+            errors = [e for c in configs for e in Draft202012Validator(schema).iter_errors(c)]
         else:
             resolved = load_config(path, environ={}).resolved
             errors = list(Draft202012Validator(schema).iter_errors(resolved))

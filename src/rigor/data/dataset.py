@@ -1,7 +1,8 @@
 """The one dataset class: samples read lazily through a reader, batches of tensors.
 
 ``__getitem__`` decodes a single sample (in a DataLoader worker when ``num_workers > 0``);
-nothing holds the whole dataset's pixels. Items are ``(index, image, error)``; the collate
+nothing holds the whole dataset's pixels. An in-memory reader (digits, generated tiles) is
+read a batch at a time instead (``__getitems__``: one gather, no per-sample items). Items are ``(index, image, error)``; the collate
 function stacks images into a uint8 (files) or float32 (embedded) tensor, gathers targets
 by index, and lists the samples it skipped. Conversion to float and normalisation happen
 later, on the batch, on the device (:mod:`rigor.data.loader`).
@@ -44,6 +45,14 @@ class Batch:
         """Page-locked copies (DataLoader calls this with ``pin_memory=True``)."""
         targets = {task: value.pin_memory() for task, value in self.targets.items()}
         return Batch(self.input.pin_memory(), targets, self.index, self.drawn, self.skipped)
+
+
+@dataclass
+class Gathered:
+    """A batch read in one gather (:meth:`ImageDataset.__getitems__`): rows and images."""
+
+    rows: list[int]
+    images: torch.Tensor
 
 
 class ImageDataset(Dataset[Item]):
@@ -90,8 +99,23 @@ class ImageDataset(Dataset[Item]):
                 raise
             return index, None, str(err)
 
-    def collate(self, items: list[Item]) -> Batch:
+    def __getitems__(self, indices: list[int]) -> list[Item] | list[Gathered]:
+        """A whole batch (the DataLoader asks for one this way): one gather from an in-memory
+        reader that offers ``load_many``, else sample by sample."""
+        load_many = getattr(self.reader, "load_many", None)
+        stacked = load_many(indices) if load_many is not None else None
+        if stacked is None:
+            return [self[index] for index in indices]
+        return [Gathered(list(indices), torch.from_numpy(stacked))]
+
+    def collate(self, items: list[Item] | list[Gathered]) -> Batch:
         """Stack the readable samples; targets by index; skipped rows with their errors."""
+        if len(items) == 1 and isinstance(items[0], Gathered):
+            gathered = items[0]
+            rows = torch.tensor(gathered.rows, dtype=torch.long)
+            targets = {task: values[rows] for task, values in self.targets.items()}
+            return Batch(gathered.images, targets, rows, len(gathered.rows), [])
+        items = [item for item in items if not isinstance(item, Gathered)]
         kept = [(index, image) for index, image, _ in items if image is not None]
         skipped = [(index, error) for index, image, error in items if image is None and error]
         rows = torch.tensor([index for index, _ in kept], dtype=torch.long)

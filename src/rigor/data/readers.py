@@ -163,6 +163,13 @@ class ArrayReader:
             return image
         return np.asarray(resize_tensor(torch.from_numpy(image), self.size, self.version).numpy())
 
+    def load_many(self, rows: list[int]) -> np.ndarray | None:
+        """The stored samples of ``rows`` as one (N, C, H, W) array in a single gather; None
+        when samples are resized (each is then read on its own)."""
+        if self.size is not None:
+            return None
+        return np.ascontiguousarray(self.images[np.asarray(rows, dtype=np.int64)])
+
     def describe(self, index: int) -> str:
         """Sample ``index``'s position in the embedded array."""
         return f"row {index}"

@@ -24,29 +24,7 @@ def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grid-file", type=Path, help="YAML with a 'grid:' mapping of key: [values]"
     )
-    parser.add_argument(
-        "--range",
-        action="append",
-        default=[],
-        dest="ranges",
-        metavar="KEY=LOW:HIGH[:log|:linear|:int]",
-        help="a sampled interval (with --random or --optuna); *lr and weight_decay keys are "
-        "log-uniform unless a scale is given",
-    )
-    parser.add_argument(
-        "--random", type=int, metavar="N", help="N points drawn from the grid values and ranges"
-    )
-    parser.add_argument(
-        "--optuna",
-        type=int,
-        metavar="N",
-        help="an Optuna TPE search of N trials over the grid values and ranges, pruned on "
-        "val_select (study in <sweep>/optuna.db)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of --random and --optuna")
-    parser.add_argument(
-        "--fresh", action="store_true", help="start a new sweep instead of continuing this one"
-    )
+    _add_search_flags(parser)
     add_set_flag(parser, "training.epochs=5; every point gets it")
     parser.add_argument("--task", choices=sorted(RUN_KINDS), default="train")
     parser.add_argument("--launcher", choices=("local", "submitit"), default="local")
@@ -74,6 +52,33 @@ def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--summarize", type=Path, metavar="SWEEP_DIR", help="summarise a sweep")
     add_common_flags(parser)
+
+
+def _add_search_flags(parser: argparse.ArgumentParser) -> None:
+    """Random and Optuna search over ranges, and continuing a sweep (or not)."""
+    parser.add_argument(
+        "--range",
+        action="append",
+        default=[],
+        dest="ranges",
+        metavar="KEY=LOW:HIGH[:log|:linear|:int]",
+        help="a sampled interval (with --random or --optuna); *lr and weight_decay keys are "
+        "log-uniform unless a scale is given",
+    )
+    parser.add_argument(
+        "--random", type=int, metavar="N", help="N points drawn from the grid values and ranges"
+    )
+    parser.add_argument(
+        "--optuna",
+        type=int,
+        metavar="N",
+        help="an Optuna TPE search of N trials over the grid values and ranges, pruned on "
+        "val_select (study in <sweep>/optuna.db)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of --random and --optuna")
+    parser.add_argument(
+        "--fresh", action="store_true", help="start a new sweep instead of continuing this one"
+    )
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:

@@ -235,3 +235,26 @@ def test_bad_sample_message_survives_the_worker_boundary(tmp_path: Path) -> None
     with pytest.raises(BadSample) as caught:
         list(loader)
     assert str(caught.value).startswith("data.root") and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("size", [None, [12, 12]])
+def test_in_memory_batches_are_one_gather_equal_to_sample_by_sample(size) -> None:  # type: ignore[no-untyped-def]
+    """digits in memory: a loader batch is one gather (no per-sample items) with the same
+    values, dtype and strides as stacking samples; a resized reader reads sample by sample."""
+    from rigor.config import load_config
+    from rigor.data.dataset import Gathered
+    from rigor.data.loader import make_loader
+
+    sets = [] if size is None else [f"data.transforms.image_size={size}"]
+    cfg = load_config(SMOKE, sets=sets, environ={}).config
+    dataset = build_dataset(cfg.data, None)
+    rows = [5, 900, 3, 3, 1700, 42]
+    items = dataset.__getitems__(rows)
+    assert isinstance(items[0], Gathered) == (size is None)
+    gathered, single = dataset.collate(items), dataset.collate([dataset[r] for r in rows])
+    assert torch.equal(gathered.input, single.input) and gathered.input.dtype == torch.float32
+    assert gathered.input.stride() == single.input.stride()  # conv kernels depend on it
+    assert torch.equal(gathered.index, torch.tensor(rows)) and gathered.drawn == len(rows)
+    assert all(torch.equal(gathered.targets[t], single.targets[t]) for t in single.targets)
+    batch = next(iter(make_loader(dataset, rows, batch_size=4, num_workers=0)))
+    assert torch.equal(batch.input, single.input[:4])

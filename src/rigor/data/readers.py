@@ -168,7 +168,12 @@ class ArrayReader:
         when samples are resized (each is then read on its own)."""
         if self.size is not None:
             return None
-        return np.ascontiguousarray(self.images[np.asarray(rows, dtype=np.int64)])
+        # Into a fresh array: its strides are the plain C ones even on the size-1 channel
+        # axis (a gather keeps the source's, and a conv on a tensor whose channel stride is
+        # odd takes another kernel, which changes the last bits of the result).
+        out = np.empty((len(rows), *self.images.shape[1:]), dtype=self.images.dtype)
+        np.take(self.images, np.asarray(rows, dtype=np.int64), axis=0, out=out)
+        return out
 
     def describe(self, index: int) -> str:
         """Sample ``index``'s position in the embedded array."""

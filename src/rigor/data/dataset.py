@@ -2,10 +2,11 @@
 
 ``__getitem__`` decodes a single sample (in a DataLoader worker when ``num_workers > 0``);
 nothing holds the whole dataset's pixels. An in-memory reader (digits, generated tiles) is
-read a batch at a time instead (``__getitems__``: one gather, no per-sample items). Items are ``(index, image, error)``; the collate
-function stacks images into a uint8 (files) or float32 (embedded) tensor, gathers targets
-by index, and lists the samples it skipped. Conversion to float and normalisation happen
-later, on the batch, on the device (:mod:`rigor.data.loader`).
+read a batch at a time instead (``__getitems__``: one gather, no per-sample items). Items
+are ``(index, image, error)``; the collate function stacks images into a uint8 (files) or
+float32 (embedded) tensor, gathers targets by index, and lists the samples it skipped.
+Conversion to float and normalisation happen later, on the batch, on the device
+(:mod:`rigor.data.loader`).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import random
 import threading
@@ -74,27 +75,41 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write_with(path, lambda handle: torch.save(state, handle))
 
 
+def snapshot(value: Any) -> Any:
+    """A copy of a state dict that training can no longer change: every tensor cloned
+    (detached), containers rebuilt, plain values kept. Cloning costs a third of serialising
+    (ResNet-18 with AdamW: 52 against 146 ms), so the rest can happen in the background."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {key: snapshot(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(snapshot(item) for item in value)
+    return copy.deepcopy(value)
+
+
 class CheckpointWriter:
-    """Writes an epoch's serialised checkpoint in a background thread while training goes on:
-    the first name is written and fsynced (atomic rename), the others are published as hard
-    links to it. One write at a time, in order: :meth:`submit` and :meth:`wait` first finish
-    the previous one, and re-raise what it raised (a full disk stops the run)."""
+    """Serialises and writes an epoch's checkpoint in a background thread while training
+    goes on: the first name is written and fsynced (atomic rename), the others are published
+    as hard links to it. One write at a time, in order: :meth:`submit` and :meth:`wait` first
+    finish the previous one, and re-raise what it raised (a full disk stops the run)."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
     def submit(
-        self, run_dir: Path, payload: bytes, names: list[str], remove: Sequence[str] = ()
+        self, run_dir: Path, state: dict[str, Any], names: list[str], remove: Sequence[str] = ()
     ) -> None:
-        """Publish ``payload`` under ``names`` (relative to ``run_dir``), in that order, then
-        delete ``remove`` (top-k files that fell out: only once their successor exists)."""
+        """Serialise ``state`` (a :func:`snapshot`, which nothing else changes) once and
+        publish it under ``names`` (relative to ``run_dir``), in that order, then delete
+        ``remove`` (top-k files that fell out: only once their successor exists)."""
         self.wait()
 
         def write() -> None:
             try:
                 first = run_dir / names[0]
-                atomic_write_bytes(first, payload)
+                atomic_write_bytes(first, serialize_checkpoint(state))
                 for name in names[1:]:
                     atomic_link(first, run_dir / name)
                 for name in remove:

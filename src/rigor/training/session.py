@@ -17,8 +17,8 @@ from rigor.runs.checkpoint import (
     CheckpointWriter,
     rng_state,
     save_checkpoint,
-    serialize_checkpoint,
     set_rng_state,
+    snapshot,
 )
 from rigor.runs.device import peak_memory
 from rigor.runs.predict import predict
@@ -214,18 +214,18 @@ class Session:
     def _publish(
         self, state: dict[str, Any], improved: bool, entry: str | None, drop: list[str]
     ) -> None:
-        """Serialise the epoch's state once and publish it as best.pt (when improved), the
-        top-k file (when kept) and last.pt: one write and fsync, the other names hard links
-        to it, in a background thread while the next epoch trains (``CheckpointWriter``).
+        """Snapshot the epoch's state, then serialise it once and publish it as best.pt (when
+        improved), the top-k file (when kept) and last.pt: one write and fsync, the other
+        names hard links to it, in a background thread while the next epoch trains
+        (``CheckpointWriter``).
         best.pt is published before last.pt, so a kill in between (or before the write
         ends) resumes from the previous last.pt and redoes the epoch, bitwise as before."""
-        payload = serialize_checkpoint(state)
         names = [
             *(["checkpoints/best.pt"] if improved else []),
             *([entry] if entry else []),
             "checkpoints/last.pt",
         ]
-        self.writer.submit(self.run_dir, payload, names, drop)
+        self.writer.submit(self.run_dir, snapshot(state), names, drop)
 
     def _rank_top_k(self, epoch: int, value: float) -> tuple[str | None, list[dict[str, Any]]]:
         """Update the top-k list with this epoch; the file to write (when kept) and the

@@ -16,7 +16,7 @@ from rigor.io import read_json
 from rigor.manifest import load_manifest, verify_manifest
 
 PREDICTIONS = "predictions/val_test.npz"
-_IGNORED = ("run.seed", "run.name", "run.output_root", "model.init_from")
+_IGNORED = ("run.seed", "run.name", "run.output_root")
 
 
 @dataclass

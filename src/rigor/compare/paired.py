@@ -20,14 +20,9 @@ import numpy as np
 
 from rigor.compare.runs import Run, Variant
 from rigor.evaluation.bootstrap import CHUNK, draw, summarize
+from rigor.evaluation.scores import softmax
 
 MetricFn = Callable[[np.ndarray], np.ndarray]  # (B, n) sample indices -> (B,) values
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return np.asarray(exp / exp.sum(axis=1, keepdims=True))
 
 
 def _pearson_rows(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -63,7 +58,7 @@ def run_metrics(run: Run) -> dict[str, MetricFn]:
         if spec["kind"] != "classification":
             regression.append(task)
             continue
-        probs = _softmax(run.arrays[f"logits_{task}"].astype(np.float64))
+        probs = softmax(run.arrays[f"logits_{task}"])
         labels = run.arrays[f"targets_{task}"].astype(np.int64)
         pred, conf = probs.argmax(axis=1), probs.max(axis=1)
         correct = (pred == labels).astype(np.float64)

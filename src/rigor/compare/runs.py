@@ -14,6 +14,7 @@ import numpy as np
 from rigor.errors import ManifestError, UsageError
 from rigor.io import read_json
 from rigor.manifest import load_manifest, verify_manifest
+from rigor.manifest.report import flatten
 
 PREDICTIONS = "predictions/val_test.npz"
 _IGNORED = ("run.seed", "run.name", "run.output_root")
@@ -40,15 +41,6 @@ class Variant:
 
     label: str
     runs: list[Run] = field(default_factory=list)
-
-
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(data, dict):
-        return {prefix: data}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
 
 
 def _cost(manifest: dict[str, Any]) -> dict[str, float | None]:
@@ -115,7 +107,7 @@ def group_variants(runs: list[Run]) -> list[Variant]:
     each variant is labelled by the settings that tell it apart from the others."""
     keys, flats = [], []
     for run in runs:
-        flat = {k: v for k, v in _flat(run.config).items() if k not in _IGNORED}
+        flat = {k: v for k, v in flatten(run.config).items() if k not in _IGNORED}
         flats.append(flat)
         keys.append(hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest())
     order = list(dict.fromkeys(keys))

@@ -12,7 +12,7 @@ Conversion to float and normalisation happen later, on the batch, on the device
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -116,9 +116,9 @@ class ImageDataset(Dataset[Item]):
             rows = torch.tensor(gathered.rows, dtype=torch.long)
             targets = {task: values[rows] for task, values in self.targets.items()}
             return Batch(gathered.images, targets, rows, len(gathered.rows), [])
-        items = [item for item in items if not isinstance(item, Gathered)]
-        kept = [(index, image) for index, image, _ in items if image is not None]
-        skipped = [(index, error) for index, image, error in items if image is None and error]
+        samples = cast(list[Item], items)
+        kept = [(index, image) for index, image, _ in samples if image is not None]
+        skipped = [(index, error) for index, image, error in samples if image is None and error]
         rows = torch.tensor([index for index, _ in kept], dtype=torch.long)
         if kept:
             inputs = torch.stack([image for _, image in kept])
@@ -126,7 +126,7 @@ class ImageDataset(Dataset[Item]):
             dtype = torch.uint8 if self.reader.dtype == "uint8" else torch.float32
             inputs = torch.empty((0, *self.input_shape), dtype=dtype)
         targets = {task: values[rows] for task, values in self.targets.items()}
-        return Batch(inputs, targets, rows, len(items), skipped)
+        return Batch(inputs, targets, rows, len(samples), skipped)
 
     def stack(self, rows: list[int]) -> torch.Tensor:
         """Raw inputs of ``rows`` (a few samples, e.g. for XAI); a bad sample is an error."""

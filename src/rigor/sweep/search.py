@@ -91,12 +91,16 @@ def optuna_search(
     summarize(folder)
 
 
-def _run_dir(spec: dict[str, Any], started: float) -> Path | None:
-    """The run folder the point's job is writing (newest of its config, created after start)."""
+def _run_pattern(spec: dict[str, Any]) -> tuple[Path, str]:
+    """Where the point's job writes its run, and the glob of its run folders' names."""
     config = load_config(spec["config"], sets=spec["sets"], sweep=spec["overrides"])
     runs = Path(config.config.run.output_root) / "runs"
-    marker = f"-{config.config.run.name}-{config.hash[:8]}"
-    found = [p for p in runs.glob(f"*{marker}*") if p.stat().st_mtime >= started - 1]
+    return runs, f"*-{config.config.run.name}-{config.hash[:8]}*"
+
+
+def _run_dir(runs: Path, pattern: str, started: float) -> Path | None:
+    """The run folder the point's job is writing (newest of its config, created after start)."""
+    found = [p for p in runs.glob(pattern) if p.stat().st_mtime >= started - 1]
     return max(found, default=None, key=lambda p: p.name)
 
 
@@ -115,6 +119,7 @@ def _run_trial(
     ("pruned", None) after stopping it, or ("failed", None)."""
     log = open(folder / "logs" / f"{spec['index']}.log", "wb")  # noqa: SIM115
     spec_path = folder / "points" / f"{spec['index']}.spec.json"
+    runs, pattern = _run_pattern(spec)  # once, not on every poll
     started = time.time()
     proc = subprocess.Popen(
         [sys.executable, "-m", "rigor.sweep.job", str(spec_path)],
@@ -125,7 +130,7 @@ def _run_trial(
     try:
         while proc.poll() is None:
             time.sleep(0.3)
-            run_dir = run_dir or _run_dir(spec, started)
+            run_dir = run_dir or _run_dir(runs, pattern, started)
             values = _epoch_values(run_dir, column)
             for epoch in range(reported, len(values)):
                 trial.report(values[epoch], epoch)

@@ -33,6 +33,20 @@ def bad_lock(tmp_path: Path) -> Path:
     return path
 
 
+def test_installed_packages_match_the_full_metadata_parse() -> None:
+    """The header-only scan gives what importlib's e-mail parse of every METADATA gives."""
+    from importlib import metadata
+
+    from rigor.manifest.env import normalize
+
+    reference = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            reference[normalize(name)] = dist.version
+    assert installed_packages() == reference and len(reference) > 50
+
+
 def test_project_lock_matches_this_environment() -> None:
     lock = read_lock(ROOT / "locks" / "requirements.lock")
     assert (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -271,17 +273,69 @@ def test_exact_risk_bound_is_the_clopper_pearson_quantile() -> None:
         expected = beta.ppf(0.95, errors + 1, accepted - errors)
         assert clopper_pearson_upper(errors, accepted, 0.95) == pytest.approx(expected, rel=1e-12)
     assert clopper_pearson_upper(4, 4, 0.95) == 1.0
+    from scipy.special import betaincinv
+
+    for level in (0.8, 0.9, 0.95, 0.975, 0.99):  # the closed form of 0 errors, bit for bit
+        for accepted in range(1, 2000):
+            assert clopper_pearson_upper(0, accepted, level) == betaincinv(1, accepted, level)
     assert math.isnan(clopper_pearson_upper(0, 0, 0.95))
 
 
-def test_augrc_point_estimate_equals_the_compiled_kernel_bit_for_bit() -> None:
-    from rigor.evaluation.selective import _augrc_b, augrc
+def test_numpy_twin_equals_the_compiled_kernels_bit_for_bit() -> None:
+    """Point estimates and bootstrap draws (samples drawn 0, 1 or many times, tie groups,
+    fewer samples than bins) give the same bits from rigor.evaluation._exact as from the
+    numba kernels."""
+    from rigor.evaluation import _exact, _kernels
+    from rigor.evaluation.engine import MetricEngine
 
     rng = np.random.default_rng(5)
     for case in range(300):
-        n = int(rng.integers(1, 300))
-        confidence = rng.random(n)
+        n = int(rng.integers(1, 120))
+        k = int(rng.integers(2, 6))
+        probs = rng.dirichlet(np.full(k, rng.uniform(0.2, 3.0)), size=n)
         if case % 3 == 0:
-            confidence = np.round(confidence, 1)  # tie groups
-        correct = rng.random(n) < rng.random()
-        assert augrc(confidence, correct) == float(_augrc_b(None, confidence, correct)[0])
+            probs = np.round(probs, 1)  # tie groups
+            probs /= probs.sum(axis=1, keepdims=True)
+        labels = rng.integers(0, k, n)
+        engine = MetricEngine.build(
+            None,
+            probs=probs,
+            labels=labels,
+            coverages=(0.0, 0.3, 0.9, 1.0),
+            risks=(0.0, 0.05, 0.5),
+            n_bins=int(rng.integers(2, 20)),
+        )
+        rows = 1 if case % 4 == 0 else int(rng.integers(2, 30))
+        draws = rng.integers(0, n, size=(rows, n), dtype=np.int64)
+        if rows == 1:
+            draws[0] = np.arange(n)
+        args = (
+            draws,
+            engine.position,
+            engine.errors,
+            engine.starts,
+            engine.coverages,
+            engine.risks,
+            *engine.calib,  # type: ignore[misc]
+            engine.n_bins,
+            True,
+        )
+        fast, compiled = _exact.resample_stats(*args), _kernels.resample_stats(*args)
+        assert fast.shape == compiled.shape
+        assert fast.tobytes() == compiled.tobytes(), f"case {case}"
+
+
+def test_small_evaluations_never_import_numba() -> None:
+    code = (
+        "import sys, numpy as np\n"
+        "from rigor.evaluation.summary import score_replicates\n"
+        "rng = np.random.default_rng(0)\n"
+        "probs = rng.dirichlet(np.ones(4), size=300); labels = rng.integers(0, 4, 300)\n"
+        "est, reps = score_replicates(probs, labels, probs.max(axis=1), n_resamples=200)\n"
+        "assert len(reps['augrc']) == 200 and 0 < est['augrc'] < 1\n"
+        "print('numba' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+

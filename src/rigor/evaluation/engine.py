@@ -3,7 +3,8 @@
 Samples are sorted once by the selective confidence (ties grouped); calibration quantities
 are laid out in the same order. :meth:`MetricEngine.run` takes draws (B, d) of sample
 indices: the point estimate is the single draw 0..n-1, a bootstrap resample is a row of n
-indices drawn with replacement.
+indices drawn with replacement. Small inputs run the numpy twin of the kernels
+(:mod:`rigor.evaluation._exact`, equal bit for bit) and never import numba.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from rigor.evaluation import _kernels
-
 PROB_FLOOR = 1e-12
 SUM_TOLERANCE = 1e-4  # float32 softmax rows sum to 1 within ~1e-6
 CALIBRATION = ("ece", "adaptive_ece", "nll", "brier", "accuracy")
+# Draws up to this many cells (resamples x n) run in numpy: point estimates of any size and
+# bootstrap chunks of 40 resamples of up to 2,500 samples. Larger chunks run the kernels,
+# which need no (resamples, n) temporaries.
+NUMPY_CELLS = 100_000
 
 
 def bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
@@ -167,7 +170,15 @@ class MetricEngine:
             calib = (empty_i, empty_f, empty_f, empty_f, empty_f, np.arange(self.n, dtype=np.int64))
         else:
             calib = self.calib
-        kernel: Any = _kernels.resample_stats  # a numba dispatcher: typed by its arguments
+        kernel: Any  # a numba dispatcher (typed by its arguments) or its numpy twin
+        if draws.shape[0] == 1 or draws.size <= NUMPY_CELLS:
+            from rigor.evaluation import _exact
+
+            kernel = _exact.resample_stats
+        else:
+            from rigor.evaluation import _kernels
+
+            kernel = _kernels.resample_stats
         out = kernel(
             np.ascontiguousarray(draws),
             self.position,

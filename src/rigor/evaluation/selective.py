@@ -8,8 +8,9 @@ errors accepted / accepted; generalized risk is errors accepted / all samples. A
 trapezoid rule over coverage, unscaled. AURC closes the curve at (coverage 0, the last
 selective risk); AUGRC at (coverage 0, risk 0). See docs/metrics.md for the formulas.
 
-The values come from the compiled kernels in :mod:`rigor.evaluation._kernels` (shared with
-the bootstrap); :func:`risk_coverage_curve` computes the curve itself for plots.
+The values come from :class:`rigor.evaluation.engine.MetricEngine` (shared with the bootstrap:
+compiled kernels, or their numpy twin for small inputs); :func:`risk_coverage_curve` computes
+the curve itself for plots.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import math
 import numpy as np
 
 from rigor.evaluation.bootstrap import with_batched
-from rigor.evaluation.engine import MetricEngine, check_correct, tie_groups
+from rigor.evaluation.engine import MetricEngine, check_correct
 
 
 def _curve(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -95,23 +96,8 @@ def aurc(confidence: np.ndarray, correct: np.ndarray) -> float:
 
 @with_batched(_augrc_b)
 def augrc(confidence: np.ndarray, correct: np.ndarray) -> float:
-    """Area under the generalized risk-coverage curve.
-
-    The point estimate is computed in numpy with the compiled kernel's arithmetic, in the
-    same order (so the values are equal bit for bit): a single evaluation, such as the
-    per-epoch AUGRC of training, never waits for the kernels to compile or load. Bootstrap
-    replicates (``augrc.batched``) use the kernels.
-    """
-    _, correct, order, starts = tie_groups(confidence, correct)
-    weight = np.add.reduceat(np.ones(len(order)), starts)
-    wrong = np.add.reduceat((~correct[order]).astype(np.float64), starts)
-    errors = np.cumsum(wrong[::-1])[::-1]  # exact: sums of small integers
-    total = float(weight.sum())
-    generalized = errors / total
-    terms = weight[:-1] * (generalized[:-1] + generalized[1:])
-    area = float(np.cumsum(terms)[-1]) if len(terms) else 0.0  # sequential, as the kernel
-    area += weight[-1] * generalized[-1]  # close at (coverage 0, risk 0)
-    return float(area / (2 * total))
+    """Area under the generalized risk-coverage curve."""
+    return float(_augrc_b(None, confidence, correct)[0])  # type: ignore[arg-type]
 
 
 @with_batched(_rac_b)

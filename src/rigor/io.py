@@ -109,6 +109,11 @@ def read_json(path: Path, non_finite: str = "refuse") -> Any:
     Raises:
         ManifestError: (exit 3) naming the file and the problem.
     """
+    return parse_json(Path(path).read_bytes(), path, non_finite)
+
+
+def parse_json(raw: bytes, path: Path | str, non_finite: str = "refuse") -> Any:
+    """:func:`read_json` of bytes already read from ``path`` (named in errors)."""
     from rigor.errors import ManifestError
 
     def refuse(constant: str) -> Any:
@@ -117,7 +122,7 @@ def read_json(path: Path, non_finite: str = "refuse") -> Any:
         raise ManifestError(f"{path}: {constant} is not a JSON number (a non-finite value)")
 
     try:
-        return json.loads(Path(path).read_bytes().decode("utf-8"), parse_constant=refuse)
+        return json.loads(raw.decode("utf-8"), parse_constant=refuse)
     except UnicodeDecodeError as err:
         raise ManifestError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except json.JSONDecodeError as err:

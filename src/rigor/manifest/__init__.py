@@ -5,6 +5,7 @@ This package imports no torch, so ``scripts/manifest.py`` answers in well under 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -17,7 +18,7 @@ from rigor.io import (
     atomic_write_json,
     exclusive_lock,
     finite_json,
-    read_json,
+    parse_json,
     record_hash,
     sha256_file,
 )
@@ -36,15 +37,23 @@ __all__ = [
 ]
 
 _VALIDATOR = Draft202012Validator(MANIFEST_SCHEMA, format_checker=FormatChecker())
+# sha256 of the manifest texts this process has validated: a stage reads its manifest two or
+# three times (open, then again under the lock to append), and validation is the costly part
+_VALIDATED: set[str] = set()
 
 
 def load_manifest(path: str | Path) -> dict[str, Any]:
-    """Read and validate a manifest; raises ManifestError (exit 3) on any violation."""
+    """Read and validate a manifest; raises ManifestError (exit 3) on any violation. The same
+    bytes are validated once per process."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
-    manifest = read_json(path, non_finite="null")  # older runs may hold a NaN summary
-    validate_manifest(manifest, label=str(path))
+    raw = path.read_bytes()
+    manifest = parse_json(raw, path, non_finite="null")  # older runs may hold a NaN summary
+    key = hashlib.sha256(raw).hexdigest()
+    if key not in _VALIDATED:
+        validate_manifest(manifest, label=str(path))
+        _VALIDATED.add(key)
     return manifest
 
 

@@ -75,9 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     for item in args.sets:
         overrides = _nested(overrides, item)
-    from rigor.calibration.stage import calibrate
+    from rigor.evaluation.plotpool import PlotPool
 
-    print(calibrate(args.from_manifest, args.env_policy, args.force, overrides))
+    with PlotPool(most=1):  # one figure: one plot worker imports matplotlib meanwhile
+        from rigor.calibration.stage import calibrate
+
+        print(calibrate(args.from_manifest, args.env_policy, args.force, overrides))
     return 0
 
 

@@ -36,9 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for k, v in {"n_resamples": args.n_resamples, "seed": args.seed}.items()
         if v is not None
     }
-    from rigor.evaluation.stage import evaluate
+    from rigor.evaluation.plotpool import PlotPool
 
-    print(evaluate(args.from_manifest, args.env_policy, args.force, args.recompute, overrides))
+    with PlotPool():  # plot workers import matplotlib while this process imports the stage
+        from rigor.evaluation.stage import evaluate
+
+        print(evaluate(args.from_manifest, args.env_policy, args.force, args.recompute, overrides))
     return 0
 
 

@@ -249,7 +249,9 @@ def test_a_second_run_can_be_stage_b_of_the_cascade(
 
 
 def test_calibrate_and_eval_never_import_torch(calibrated: Path) -> None:
-    """They work on stored predictions: importing torch would cost seconds for nothing."""
+    """They work on stored predictions: importing torch would cost seconds for nothing. The
+    metrics of a few hundred samples run in numpy (no numba), and the figures are drawn by
+    plot workers (matplotlib is not imported by the stage's own process)."""
     import subprocess
     import sys
 
@@ -264,7 +266,8 @@ def test_calibrate_and_eval_never_import_torch(calibrated: Path) -> None:
             f"    runpy.run_path({str(ROOT / 'scripts' / f'{stage}.py')!r}, run_name='__main__')\n"
             "except SystemExit as exit:\n"
             "    assert not exit.code, exit.code\n"
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] == 'torch')\n"
+            "heavy = sorted(m for m in sys.modules\n"
+            "               if m.split('.')[0] in ('torch', 'numba', 'matplotlib'))\n"
             "print('HEAVY', heavy[:3])\n"
         )
         if stage == "calibrate":

@@ -18,8 +18,10 @@ from rigor.calibration.stage_b import resolve_stage_b
 from rigor.calibration.temperature import fit_temperature
 from rigor.config import apply_overrides
 from rigor.errors import UsageError
+from rigor.evaluation import figures
 from rigor.evaluation.bootstrap import bootstrap_ci
 from rigor.evaluation.calibration import ece, nll
+from rigor.evaluation.plotpool import PlotPool, draw
 from rigor.evaluation.scores import sigmoid, softmax
 from rigor.io import atomic_write_json, atomic_write_text, finite_json
 from rigor.stages import RunContext, finish_stage, open_run
@@ -57,21 +59,22 @@ def calibrate(
     kinds = {spec["kind"] for spec in ctx.manifest["dataset"]["tasks"].values()}
     writes: list[tuple[str, Any]] = []
     summary: dict[str, Any] = {}
-    if "classification" in kinds or options.task is not None:
-        record, writes = _calibrate_classifier(ctx, options)
-        summary |= _summary(record)
-    if "regression" in kinds:
-        intervals = _intervals(ctx, options.interval_alpha)
-        writes.append((INTERVALS, intervals))
-        summary["interval_alpha"] = intervals["alpha"]
-    (ctx.run_dir / "calibration").mkdir(exist_ok=True)
-    outputs = []
-    for rel, content in writes:
-        if callable(content):
-            content(ctx.path(rel))
-        else:
-            atomic_write_json(ctx.path(rel), content)
-        outputs.append(rel)
+    with PlotPool(most=1):  # the reliability diagram is drawn beside the fitting
+        if "classification" in kinds or options.task is not None:
+            record, writes = _calibrate_classifier(ctx, options)
+            summary |= _summary(record)
+        if "regression" in kinds:
+            intervals = _intervals(ctx, options.interval_alpha)
+            writes.append((INTERVALS, intervals))
+            summary["interval_alpha"] = intervals["alpha"]
+        (ctx.run_dir / "calibration").mkdir(exist_ok=True)
+        outputs = []
+        for rel, content in writes:
+            if callable(content):
+                content(ctx.path(rel))
+            else:
+                atomic_write_json(ctx.path(rel), content)
+            outputs.append(rel)
     finish_stage(ctx, "calibrate", {"reads": [READS], **options.model_dump()}, outputs, summary)
     return ctx.path(outputs[0])
 
@@ -194,8 +197,6 @@ def _threshold_writes(
     labels: np.ndarray,
 ) -> list[tuple[str, Any]]:
     """thresholds.json, the sweep table and a before/after reliability diagram."""
-    from rigor.evaluation.plots import reliability_before_after
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -206,6 +207,8 @@ def _threshold_writes(
         ("calibration/sweep.csv", lambda path: atomic_write_text(path, text)),
         (
             "calibration/reliability.png",
-            lambda path: reliability_before_after(before, after, labels, record, path),
+            lambda path: draw(
+                figures.reliability_before_after, before, after, labels, record, path
+            ),
         ),
     ]

@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 
 from rigor.config.models import EvaluationConfig
-from rigor.evaluation import plots
+from rigor.evaluation import figures
 from rigor.evaluation.bootstrap import replicates, summarize
+from rigor.evaluation.plotpool import draw
 from rigor.evaluation.policies import apply_policy, platt_gate
 from rigor.evaluation.scores import sigmoid, softmax
 from rigor.evaluation.sets import (
     APPLY,
-    SET_METHODS,
     label_scores,
     prediction_sets,
     randomization,
@@ -202,50 +202,15 @@ def guarantees_report(
         report["sets"] = _sets(conformal, probs, labels, options)
         report["crc"] = _crc(conformal, probs, labels, options)
         files.append(f"eval/{task}_sets_vs_alpha.png")
-        plots.sets_against_alpha(
-            _alpha_curve(conformal, probs, labels), f"{task}: val_test", ctx.path(files[-1])
-        )
+        path = ctx.path(files[-1])
+        draw(figures.sets_against_alpha, conformal, probs, labels, f"{task}: val_test", path)
     scrc = records.get("scrcparams")
     if scrc is not None:
         report["scrc"] = _scrc(scrc, outputs, labels, options)
         files.append(f"eval/{task}_fnr_vs_coverage.png")
-        plots.fnr_against_coverage(
-            _coverage_curve(scrc, outputs, labels),
-            scrc["alpha"],
-            f"{task}: val_test",
-            ctx.path(files[-1]),
-        )
+        path = ctx.path(files[-1])
+        draw(figures.fnr_against_coverage, scrc, _heads(outputs), labels, f"{task}: val_test", path)
     return report, files
-
-
-def _alpha_curve(conformal: dict[str, Any], probs: np.ndarray, labels: np.ndarray) -> Any:
-    """Per method: (alpha, test coverage, mean set size) at each q_hat of the alpha grid."""
-    curves: dict[str, list[tuple[float, float, float]]] = {}
-    rows = np.arange(len(labels))
-    for method in SET_METHODS:
-        fitted = conformal["sets"][method]
-        scores = label_scores(probs, method, k_reg=fitted["k_reg"], lam=fitted["lam"])
-        for point in conformal["alpha_curve"]:
-            q_hat = math.inf if point[method] is None else point[method]
-            sets = prediction_sets(scores, q_hat)
-            coverage, size = float(sets[rows, labels].mean()), float(sets.sum(axis=1).mean())
-            curves.setdefault(method, []).append((point["alpha"], coverage, size))
-    return curves
-
-
-def _coverage_curve(scrc: dict[str, Any], outputs: dict[str, Any], labels: np.ndarray) -> Any:
-    """(test selection rate, test FNR among accepted) at each point of SCRC's coverage grid."""
-    points = []
-    for point in scrc["coverage_curve"]:
-        if point["lambda"] is None:
-            continue
-        decisions = apply_policy({"kind": "scrc", **scrc, **point}, *_heads(outputs))
-        assert decisions.sets is not None
-        accepted = decisions.accepted
-        missed = ~decisions.sets[np.arange(len(labels)), labels]
-        fnr = float(missed[accepted].mean()) if accepted.any() else math.nan
-        points.append((point["coverage"], float(accepted.mean()), fnr))
-    return points
 
 
 def _cell(node: Any) -> str:

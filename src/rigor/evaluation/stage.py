@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from rigor.config import apply_overrides
+from rigor.evaluation.plotpool import PlotPool
 from rigor.evaluation.report_classification import classification_report
 from rigor.evaluation.report_guarantees import guarantees_report, policy_table
 from rigor.evaluation.report_regression import interval_report, regression_report
@@ -25,8 +26,6 @@ READS = "predictions/val_test.npz"
 POLICY = "calibration/thresholds.json"
 INTERVALS = "calibration/intervals.json"
 GUARANTEES = {name: f"calibration/{name}.json" for name in ("platt", "conformal", "scrcparams")}
-BAND_RESAMPLES = 200
-GRID = np.linspace(0.01, 1.0, 100)
 
 
 def evaluate(
@@ -47,32 +46,35 @@ def evaluate(
     reads += [manifest.get("best_checkpoint", BEST), "splits.json"] if recompute else [READS]
     ctx = open_run(manifest_path, reads, env_policy, force)
     options = apply_overrides(ctx.config.evaluation, overrides, "evaluation")
-    policy = read_json(ctx.path(POLICY)) if calibrated else None
-    intervals = read_json(ctx.path(INTERVALS)) if INTERVALS in reads else None
-    records = {name: read_json(ctx.path(rel)) for name, rel in GUARANTEES.items() if rel in reads}
-    predictions = (
-        _recomputed(ctx) if recompute else dict(np.load(ctx.path(READS), allow_pickle=False))
-    )
-    out = ctx.run_dir / "eval"
-    out.mkdir(exist_ok=True)
-    report: dict[str, Any] = {"split": "val_test", "recomputed": recompute, "tasks": {}}
-    outputs: list[str] = []
-    for task, spec in ctx.manifest["dataset"]["tasks"].items():
-        logits, targets = predictions[f"logits_{task}"], predictions[f"targets_{task}"]
-        if spec["kind"] == "classification":
-            task_policy = policy if policy and policy["task"] == task else None
-            result, files = _classification(
-                ctx, task, spec, predictions, task_policy, records, options
-            )
-        else:
-            groups = predictions.get("groups")
-            result, files = regression_report(task, logits, targets, groups, options), []
-            if intervals is not None and task in intervals["tasks"]:
-                result["interval"] = interval_report(
-                    logits, targets, groups, intervals, task, options
+    with PlotPool():  # figures are drawn in worker processes beside the metrics
+        policy = read_json(ctx.path(POLICY)) if calibrated else None
+        intervals = read_json(ctx.path(INTERVALS)) if INTERVALS in reads else None
+        records = {
+            name: read_json(ctx.path(rel)) for name, rel in GUARANTEES.items() if rel in reads
+        }
+        predictions = (
+            _recomputed(ctx) if recompute else dict(np.load(ctx.path(READS), allow_pickle=False))
+        )
+        out = ctx.run_dir / "eval"
+        out.mkdir(exist_ok=True)
+        report: dict[str, Any] = {"split": "val_test", "recomputed": recompute, "tasks": {}}
+        outputs: list[str] = []
+        for task, spec in ctx.manifest["dataset"]["tasks"].items():
+            logits, targets = predictions[f"logits_{task}"], predictions[f"targets_{task}"]
+            if spec["kind"] == "classification":
+                task_policy = policy if policy and policy["task"] == task else None
+                result, files = _classification(
+                    ctx, task, spec, predictions, task_policy, records, options
                 )
-        report["tasks"][task] = result
-        outputs += files
+            else:
+                groups = predictions.get("groups")
+                result, files = regression_report(task, logits, targets, groups, options), []
+                if intervals is not None and task in intervals["tasks"]:
+                    result["interval"] = interval_report(
+                        logits, targets, groups, intervals, task, options
+                    )
+            report["tasks"][task] = result
+            outputs += files
     atomic_write_json(out / "metrics.json", report)
     atomic_write_text(out / "metrics.csv", _csv(report))
     outputs = ["eval/metrics.json", "eval/metrics.csv", *outputs]

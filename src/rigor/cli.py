@@ -42,22 +42,42 @@ def add_set_flag(parser: argparse.ArgumentParser, example: str = "training.lr=3e
     )
 
 
-def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+def run_main(
+    main: Callable[[Sequence[str] | None], int],
+    argv: Sequence[str] | None = None,
+    *,
+    defer_gc: bool = False,
+) -> int:
     """Run a script's ``main`` and map errors to the documented exit codes.
 
     Known errors print one ``error:`` line; unexpected ones print one line and exit 1.
     With ``--debug`` in ``argv`` the traceback is shown as well.
 
-    Once ``main`` is done, the objects alive are frozen out of the garbage collector
-    (``gc.freeze``): the interpreter's shutdown then skips collecting them again, which
-    took about 0.45 s of every process that imported torch on two cores. Every output is
-    written, closed and fsynced before ``main`` returns; only cyclic garbage that would
-    have been collected at exit is left to the operating system.
+    Garbage collection (docs/performance.md):
+
+    - ``defer_gc``: the collector is off while the script imports torch and sets up, where
+      each full collection walks every object imported so far (six of them cost about 0.5 s
+      of a digits training run); the stage turns it back on with :func:`settle` once set up,
+      before its loops, and a script that never settles is short.
+    - Once ``main`` is done, the objects alive are frozen out of the collector
+      (``gc.freeze``): the interpreter's shutdown then skips collecting them again, which
+      took about 0.45 s of every process that imported torch. Every output is written,
+      closed and fsynced before ``main`` returns; only cyclic garbage that would have been
+      collected at exit is left to the operating system.
     """
+    if defer_gc:
+        gc.disable()
     try:
         return _run(main, argv)
     finally:
         gc.freeze()
+
+
+def settle() -> None:
+    """The end of a stage's start-up: what is alive now (modules, model, data) stays alive,
+    so freeze it out of the collector's sight and turn collection on for the work to come."""
+    gc.freeze()
+    gc.enable()
 
 
 def _run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rigor.cli import settle
 from rigor.config import apply_overrides, run_config
 from rigor.config.models import Config, TopVariableConfig
 from rigor.data.dataset import ImageDataset
@@ -123,6 +124,7 @@ def predict_with_bundle(
         dataset, rows = _file_rows(bundle, config, inputs)
     else:
         raise UsageError("give --input PATH... or --split NAME")
+    settle()  # set up: collection back on for the batches
     outputs, ids, truth = _outputs(bundle, config, dataset, rows)
     labels = truth if split is not None else None
     columns: dict[str, list[str]] = {"id": list(ids)}

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from rigor.cli import settle
 from rigor.config import ResolvedConfig
 from rigor.data.loader import augment_generator
 from rigor.errors import ConfigError, UsageError
@@ -171,6 +172,7 @@ def _fit(
     tracker.truncate_steps(step)
     loop = _Loop(mae=mae, plan=plan, prepared=prepared, tracker=tracker, masks=masks, step=step)
     loop.samples = samples
+    settle()  # set up: collection back on for the epochs
     epoch, last = first - 1, first if plan.early.should_stop else cfg.training.epochs
     started = time.perf_counter()
     for epoch in range(first, last):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rigor.cli import settle
 from rigor.config import ResolvedConfig
 from rigor.errors import RunBusyError
 from rigor.io import atomic_write_json
@@ -57,6 +58,7 @@ def train(
                 remove_temporaries(run_dir)
             write_run_inputs(run_dir, prepared)
         session = Session(run_dir, prepared, state)
+        settle()  # collection back on for the epochs, without the set-up's million objects
         summary = session.run()
         if info.main:  # rank 0 writes predictions and the manifest
             if checkpoint is not None:

@@ -277,3 +277,90 @@ def test_calibrate_and_eval_never_import_torch(calibrated: Path) -> None:
         )
         assert result.returncode == 0, result.stderr[-2000:]
         assert "HEAVY []" in result.stdout, (stage, result.stdout[-500:])
+
+
+_PROBE = (
+    "import runpy, sys\n"
+    "sys.argv = {argv!r}\n"
+    "try:\n"
+    "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    "except SystemExit as exit:\n"
+    "    assert not exit.code, exit.code\n"
+    "names = ('torch', 'torchvision', 'tensorboard', 'numba', 'matplotlib', 'pandas',\n"
+    "         'sklearn', 'scipy', 'peft', 'transformers', 'captum', 'h5py', 'optuna')\n"
+    "print('HEAVY', sorted(n for n in names if n in sys.modules))\n"
+)
+
+
+@pytest.mark.slow
+def test_train_export_and_predict_import_only_what_they_use(
+    calibrated: Path, tmp_path: Path
+) -> None:
+    """The start-up diet: a digits CNN run with TensorBoard off, export and predict import
+    torch alone of the heavy modules: nothing of the other stages or of other datasets."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, SMOKE, short_run
+
+    sets = [arg for item in short_run(tmp_path) for arg in ("--set", item)]
+    bundle = calibrated.parent / "bundle"
+    runs = {
+        "train": ["train.py", "--config", str(SMOKE), *sets, "--env-policy", "ignore"],
+        "export": ["export.py", "--from-manifest", str(calibrated), "--env-policy", "ignore"],
+        "predict": [
+            "predict.py",
+            *("--bundle", str(bundle), "--split", "val_test"),
+            *("--output", str(tmp_path / "predict.csv")),
+        ],
+    }
+    expected = {
+        "train": ["torch"],
+        "export": ["torch"],
+        "predict": ["torch"],
+    }
+    for stage, argv in runs.items():
+        argv = [str(ROOT / "scripts" / argv[0]), *argv[1:]]
+        result = subprocess.run(
+            [sys.executable, "-c", _PROBE.format(argv=argv)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=ROOT,
+        )
+        assert result.returncode == 0, (stage, result.stderr[-2000:])
+        assert f"HEAVY {expected[stage]}" in result.stdout, (stage, result.stdout[-500:])
+
+
+def test_scripts_defer_collection_until_the_stage_settles() -> None:
+    """run_main(defer_gc=True) as a script: the collector is off during start-up, back on
+    after settle(), and the survivors are frozen at the end; a caller passing argv (tests,
+    notebooks) keeps its collector untouched."""
+    import gc
+    import subprocess
+    import sys
+
+    from rigor.cli import run_main, settle
+
+    def main(argv: object) -> int:
+        assert gc.isenabled()  # argv given: nothing deferred
+        settle()
+        return 0
+
+    frozen = gc.get_freeze_count()
+    assert run_main(main, [], defer_gc=True) == 0
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
+    code = (
+        "import gc, sys\n"
+        "from rigor.cli import run_main, settle\n"
+        "def main(argv):\n"
+        "    assert not gc.isenabled()\n"
+        "    settle()\n"
+        "    assert gc.isenabled() and gc.get_freeze_count() > 0\n"
+        "    return 0\n"
+        "sys.argv = ['probe']\n"
+        "assert run_main(main, defer_gc=True) == 0\n"
+        "print('OK', gc.isenabled())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "OK True"

@@ -53,7 +53,9 @@ def run_main(
     Known errors print one ``error:`` line; unexpected ones print one line and exit 1.
     With ``--debug`` in ``argv`` the traceback is shown as well.
 
-    Garbage collection (docs/performance.md):
+    Garbage collection, when run as a script (``argv`` None: the command line's; README,
+    "Performance"); a caller that passes ``argv`` (tests, notebooks) keeps its collector as
+    it is:
 
     - ``defer_gc``: the collector is off while the script imports torch and sets up, where
       each full collection walks every object imported so far (six of them cost about 0.5 s
@@ -65,19 +67,30 @@ def run_main(
       closed and fsynced before ``main`` returns; only cyclic garbage that would have been
       collected at exit is left to the operating system.
     """
-    if defer_gc:
+    global _DEFERRED
+    script = argv is None
+    if defer_gc and script and gc.isenabled():
         gc.disable()
+        _DEFERRED = True
     try:
         return _run(main, argv)
     finally:
-        gc.freeze()
+        if script:
+            gc.freeze()
+
+
+_DEFERRED = False  # run_main turned the collector off until the stage settles
 
 
 def settle() -> None:
-    """The end of a stage's start-up: what is alive now (modules, model, data) stays alive,
-    so freeze it out of the collector's sight and turn collection on for the work to come."""
-    gc.freeze()
-    gc.enable()
+    """The end of a stage's start-up, in a script run with ``defer_gc``: what is alive now
+    (modules, model, data) stays alive, so freeze it out of the collector's sight and turn
+    collection back on for the work to come. Elsewhere it does nothing."""
+    global _DEFERRED
+    if _DEFERRED:
+        _DEFERRED = False
+        gc.freeze()
+        gc.enable()
 
 
 def _run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:

@@ -4,9 +4,9 @@ Importing matplotlib (about 0.45 s on two cores) and drawing a figure (about 0.1
 more than the metrics of a few hundred samples. Inside ``with PlotPool():`` every
 :func:`draw` call (a figure job of :mod:`rigor.evaluation.figures` and its arguments) is sent
 to worker processes forked when the pool opens: they import matplotlib while the stage
-computes, then compute each figure's curves and draw it beside the stage. Leaving the block waits
-for every figure and re-raises the first error, so a stage hashes its outputs only once they
-are all written (each figure is written atomically by :func:`rigor.evaluation.plots.save`).
+computes, then compute each figure's curves and draw it beside the stage. Leaving the block
+waits for every figure and re-raises the first error, so a stage hashes its outputs only once
+they are all written (each figure is written atomically by :func:`rigor.evaluation.plots.save`).
 
 Outside a pool, on a single core, where ``fork`` is not available, or with
 ``RIGOR_PLOT_WORKERS=0``, :func:`draw` draws in the calling process.
@@ -25,14 +25,15 @@ _ACTIVE: list[PlotPool] = []
 
 
 def _workers(most: int) -> int:
-    """``RIGOR_PLOT_WORKERS`` if set, else up to ``most`` where there are cores to spare."""
+    """Up to ``most`` where ``fork`` exists and there are cores to spare, or at most
+    ``RIGOR_PLOT_WORKERS`` (0: draw in the stage's process)."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 0
     configured = os.environ.get("RIGOR_PLOT_WORKERS")
     if configured is not None:
         return min(most, max(0, int(configured)))
     cores = os.cpu_count() or 1
-    if cores < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return 0
-    return min(most, cores)
+    return min(most, cores) if cores > 1 else 0
 
 
 def _warm() -> None:

@@ -89,6 +89,7 @@ def classification_report(
             options.coverages,
             options.risks,
             options.n_bins,
+            calibration=name in ("msp", "msp_calibrated"),  # the others' are not reported
         )
         summary = {key: summarize(samples[key], estimates[key], options.level) for key in estimates}
         selective = {

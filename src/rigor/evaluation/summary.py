@@ -42,10 +42,16 @@ def score_replicates(
     coverages: Sequence[float] = COVERAGES,
     risks: Sequence[float] = RISKS,
     n_bins: int = 15,
+    calibration: bool = True,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Point estimates and the raw bootstrap replicates behind :func:`score_metrics`."""
+    """Point estimates and the raw bootstrap replicates behind :func:`score_metrics`; with
+    ``calibration`` False, the selective metrics only (the calibration metrics of ``probs``
+    do not depend on the score, and a caller that compares scores needs them once)."""
     probs, labels = np.asarray(probs), np.asarray(labels)
     correct = probs.argmax(axis=1) == labels
-    engine = MetricEngine.build(confidence, correct, probs, labels, coverages, risks, n_bins)
+    if calibration:
+        engine = MetricEngine.build(confidence, correct, probs, labels, coverages, risks, n_bins)
+    else:
+        engine = MetricEngine.build(confidence, correct, coverages=coverages, risks=risks)
     estimates = {name: float(values[0]) for name, values in engine.run().items()}
     return estimates, replicates(engine.run, engine.n, n_resamples, seed)

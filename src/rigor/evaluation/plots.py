@@ -142,7 +142,9 @@ def histogram(
 ) -> None:
     """Bootstrap distribution with the estimate and the CI marked."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.hist(values[np.isfinite(values)], bins=40, color="tab:blue", alpha=0.7)
+    ax.hist(
+        values[np.isfinite(values)], bins=40, histtype="stepfilled", color="tab:blue", alpha=0.7
+    )
     ax.axvline(estimate, color="black", label=f"estimate {estimate:.4g}")
     for bound in ci:
         ax.axvline(bound, color="tab:red", linestyle="--")

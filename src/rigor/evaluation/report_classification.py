@@ -76,8 +76,35 @@ def classification_report(
         "macro_f1": bootstrap_ci(macro_f1, predicted, labels, **ci_options(options)),
         "scores": {},
     }
-    augrc_samples: dict[str, np.ndarray] = {}
     scores = confidence_scores(logits, temperature, gate)
+    # figures that need no bootstrap go to the plot workers first, to draw beside it
+    files = _figures(ctx, task, spec, logits, labels, scores, temperature, options)
+    augrc_samples = _score_metrics(result, logits, labels, probs, scores, temperature, options)
+    if policy is not None:
+        result["policy"] = _policy(
+            logits, labels, policy_confidence(logits, gate, policy), policy, options
+        )
+    best = "msp_calibrated" if temperature else "msp"
+    augrc = result["scores"][best]["augrc"]
+    title = f"{task}: AUGRC ({best}) over {options.n_resamples} resamples"
+    files.append(f"eval/{task}_augrc_bootstrap.png")
+    ci = (augrc["ci_lower"], augrc["ci_upper"])
+    draw(figures.histogram, augrc_samples[best], augrc["estimate"], ci, title, ctx.path(files[-1]))
+    return result, files
+
+
+def _score_metrics(
+    result: dict[str, Any],
+    logits: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    scores: dict[str, np.ndarray],
+    temperature: float | None,
+    options: EvaluationConfig,
+) -> dict[str, np.ndarray]:
+    """Selective metrics of every score (and calibration of the MSPs) into ``result``, with
+    CIs on shared resamples; returns each score's AUGRC replicates."""
+    augrc_samples: dict[str, np.ndarray] = {}
     for name, confidence in scores.items():
         scored = softmax(logits, temperature or 1.0) if name == "msp_calibrated" else probs
         estimates, samples = score_replicates(
@@ -104,14 +131,7 @@ def classification_report(
                 k: summary[k] for k in ("accuracy", "nll", "brier", "ece", "adaptive_ece")
             }
         augrc_samples[name] = samples["augrc"]
-    if policy is not None:
-        result["policy"] = _policy(
-            logits, labels, policy_confidence(logits, gate, policy), policy, options
-        )
-    files = _classification_plots(
-        ctx, task, spec, logits, labels, scores, temperature, result, augrc_samples, options
-    )
-    return result, files
+    return augrc_samples
 
 
 def _policy(
@@ -178,7 +198,7 @@ def clopper_pearson_upper(errors: int, accepted: int, level: float) -> float:
     return float(betaincinv(errors + 1, accepted - errors, level))
 
 
-def _classification_plots(
+def _figures(
     ctx: RunContext,
     task: str,
     spec: dict[str, Any],
@@ -186,13 +206,11 @@ def _classification_plots(
     labels: np.ndarray,
     scores: dict[str, np.ndarray],
     temperature: float | None,
-    result: dict[str, Any],
-    augrc_samples: dict[str, np.ndarray],
     options: EvaluationConfig,
 ) -> list[str]:
-    """Send the task's five figures to the plot workers; returns their paths."""
-    names = ("rc_curve", "generalized_rc_curve", "reliability", "augrc_bootstrap")
-    files = {name: f"eval/{task}_{name}.png" for name in (*names, "confusion_matrix")}
+    """Send the task's figures that need no bootstrap to the plot workers (risk-coverage
+    curves with their bands, reliability, confusion); returns their paths."""
+    files = {name: f"eval/{task}_{name}.png" for name in ("rc_curve", "generalized_rc_curve")}
     predicted = softmax(logits).argmax(axis=1)
     for key, generalized, label in (
         ("rc_curve", False, "selective risk"),
@@ -204,6 +222,7 @@ def _classification_plots(
             *(scores, predicted == labels, options.seed, generalized, title),
             ctx.path(files[key]),
         )
+    files["reliability"] = f"eval/{task}_reliability.png"
     scaled = softmax(logits, temperature or 1.0)
     title = f"{task}: val_test, T={temperature or 1.0:.3f}"
     draw(
@@ -212,20 +231,9 @@ def _classification_plots(
         labels,
         title,
         options.n_bins,
-        ctx.path(files[names[2]]),
+        ctx.path(files["reliability"]),
     )
-    best = "msp_calibrated" if temperature else "msp"
-    augrc = result["scores"][best]["augrc"]
-    title = f"{task}: AUGRC ({best}) over {options.n_resamples} resamples"
-    ci = (augrc["ci_lower"], augrc["ci_upper"])
-    draw(
-        figures.histogram,
-        augrc_samples[best],
-        augrc["estimate"],
-        ci,
-        title,
-        ctx.path(files[names[3]]),
-    )
+    files["confusion_matrix"] = f"eval/{task}_confusion_matrix.png"
     k = int(spec["num_classes"])
     matrix = confusions(None, predicted, labels, k)[0]
     classes = list(spec.get("classes") or [str(i) for i in range(k)])

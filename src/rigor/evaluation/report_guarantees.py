@@ -178,15 +178,13 @@ def _scrc(
 
 
 def guarantees_report(
-    ctx: Any,
     task: str,
     records: dict[str, Any],
     outputs: dict[str, Any],
     labels: np.ndarray,
     options: EvaluationConfig,
-) -> tuple[dict[str, Any], list[str]]:
-    """Each fitted policy of ``records`` (platt, conformal, scrcparams) on val_test, and the
-    plots of set size and coverage against alpha, and of FNR against coverage."""
+) -> dict[str, Any]:
+    """Each fitted policy of ``records`` (platt, conformal, scrcparams) on val_test."""
     probs = softmax(outputs["logits"])
     correct = probs.argmax(axis=1) == labels
     report: dict[str, Any] = {}
@@ -196,21 +194,34 @@ def guarantees_report(
         stage_b = _stage_b_logits(platt, task, outputs)
         if stage_b is not None and platt["threshold"] is not None:
             report["cascade"] = _cascade(platt, outputs | {"aux": stage_b}, labels, options)
-    files = []
     conformal = records.get("conformal")
     if conformal is not None:
         report["sets"] = _sets(conformal, probs, labels, options)
         report["crc"] = _crc(conformal, probs, labels, options)
+    scrc = records.get("scrcparams")
+    if scrc is not None:
+        report["scrc"] = _scrc(scrc, outputs, labels, options)
+    return report
+
+
+def guarantees_figures(
+    ctx: Any, task: str, records: dict[str, Any], outputs: dict[str, Any], labels: np.ndarray
+) -> list[str]:
+    """Send the plots of set size and coverage against alpha, and of FNR against coverage,
+    to the plot workers; returns their paths."""
+    files = []
+    conformal = records.get("conformal")
+    if conformal is not None:
         files.append(f"eval/{task}_sets_vs_alpha.png")
+        probs = softmax(outputs["logits"])
         path = ctx.path(files[-1])
         draw(figures.sets_against_alpha, conformal, probs, labels, f"{task}: val_test", path)
     scrc = records.get("scrcparams")
     if scrc is not None:
-        report["scrc"] = _scrc(scrc, outputs, labels, options)
         files.append(f"eval/{task}_fnr_vs_coverage.png")
         path = ctx.path(files[-1])
         draw(figures.fnr_against_coverage, scrc, _heads(outputs), labels, f"{task}: val_test", path)
-    return report, files
+    return files
 
 
 def _cell(node: Any) -> str:

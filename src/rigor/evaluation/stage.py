@@ -17,7 +17,11 @@ import numpy as np
 from rigor.config import apply_overrides
 from rigor.evaluation.plotpool import PlotPool
 from rigor.evaluation.report_classification import classification_report
-from rigor.evaluation.report_guarantees import guarantees_report, policy_table
+from rigor.evaluation.report_guarantees import (
+    guarantees_figures,
+    guarantees_report,
+    policy_table,
+)
 from rigor.evaluation.report_regression import interval_report, regression_report
 from rigor.io import atomic_write_json, atomic_write_text, read_json
 from rigor.stages import BEST, RunContext, finish_stage, open_run
@@ -96,17 +100,18 @@ def _classification(
     calibrate side by side (``guarantees``, and ``eval/<task>_policies.md``)."""
     logits, labels = predictions[f"logits_{task}"], predictions[f"targets_{task}"].astype(np.int64)
     gate = predictions.get(f"gate_{task}")
+    guaranteed = policy is not None and bool(records)
+    outputs_of = {
+        "logits": logits,
+        "gate": gate,
+        "aux": predictions.get(f"aux_{task}"),
+        "ids": predictions.get("ids"),
+    }
+    # these figures need no bootstrap: the plot workers draw them while the metrics run
+    more = guarantees_figures(ctx, task, records, outputs_of, labels) if guaranteed else []
     result, files = classification_report(ctx, task, spec, logits, labels, gate, policy, options)
-    if policy is not None and records:
-        outputs_of = {
-            "logits": logits,
-            "gate": gate,
-            "aux": predictions.get(f"aux_{task}"),
-            "ids": predictions.get("ids"),
-        }
-        result["guarantees"], more = guarantees_report(
-            ctx, task, records, outputs_of, labels, options
-        )
+    if guaranteed:
+        result["guarantees"] = guarantees_report(task, records, outputs_of, labels, options)
         atomic_write_text(ctx.path(f"eval/{task}_policies.md"), policy_table(result))
         files += [*more, f"eval/{task}_policies.md"]
     return result, files

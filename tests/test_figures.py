@@ -58,7 +58,7 @@ def test_plot_workers_write_the_same_figure_before_the_pool_closes(
     with PlotPool() as outer:
         assert outer.workers == 2
         with PlotPool() as inner:  # a stage's pool inside a script's: the same workers
-            assert inner._pool is outer._pool
+            assert inner._owner is outer
             _histogram(tmp_path / "worker.png")
         assert (tmp_path / "worker.png").is_file()  # the inner pool waited for it
     inline, worker = ((tmp_path / name).read_bytes() for name in ("inline.png", "worker.png"))
@@ -74,3 +74,14 @@ def test_a_failing_figure_fails_the_pool_and_writes_nothing(
     with pytest.raises(OSError), PlotPool():  # raised in the worker, re-raised at the exit
         _histogram(blocker / "figure.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder"]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_plot_worker_that_dies_is_an_error_not_a_wait(
+    workers: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    monkeypatch.setenv("RIGOR_PLOT_WORKERS", workers)
+    with pytest.raises(RuntimeError, match="plot worker died"), PlotPool():
+        draw(os._exit, 3)  # the worker that takes this job exits at once

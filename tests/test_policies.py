@@ -252,44 +252,42 @@ def test_calibrate_and_eval_never_import_torch(calibrated: Path) -> None:
     """They work on stored predictions: importing torch would cost seconds for nothing. The
     metrics of a few hundred samples run in numpy (no numba), and the figures are drawn by
     plot workers (matplotlib is not imported by the stage's own process)."""
+    common = ["--from-manifest", str(calibrated), "--force", "--env-policy", "ignore"]
+    for stage, extra in (("calibrate", ["--target-risk", "0.2"]), ("eval", [])):
+        heavy = _heavy_imports([f"{stage}.py", *common, *extra])
+        assert not {"torch", "numba", "matplotlib"} & set(heavy), (stage, heavy)
+
+
+_HEAVY = (
+    *("torch", "torchvision", "tensorboard", "numba", "matplotlib", "pandas", "sklearn"),
+    *("scipy", "peft", "transformers", "captum", "h5py", "optuna"),
+)
+
+
+def _heavy_imports(argv: list[str]) -> list[str]:
+    """The heavy packages a script (``argv[0]`` under scripts/) has imported when it ends,
+    run in a fresh interpreter; a nonzero exit fails the test."""
     import subprocess
     import sys
 
     from conftest import ROOT
 
-    for stage in ("calibrate", "eval"):
-        probe = (
-            "import runpy, sys\n"
-            f"sys.argv = ['{stage}', '--from-manifest', {str(calibrated)!r}, '--force',"
-            " '--env-policy', 'ignore']\n"
-            "try:\n"
-            f"    runpy.run_path({str(ROOT / 'scripts' / f'{stage}.py')!r}, run_name='__main__')\n"
-            "except SystemExit as exit:\n"
-            "    assert not exit.code, exit.code\n"
-            "heavy = sorted(m for m in sys.modules\n"
-            "               if m.split('.')[0] in ('torch', 'numba', 'matplotlib'))\n"
-            "print('HEAVY', heavy[:3])\n"
-        )
-        if stage == "calibrate":
-            probe = probe.replace("'--force',", "'--force', '--target-risk', '0.2',")
-        result = subprocess.run(
-            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
-        )
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert "HEAVY []" in result.stdout, (stage, result.stdout[-500:])
-
-
-_PROBE = (
-    "import runpy, sys\n"
-    "sys.argv = {argv!r}\n"
-    "try:\n"
-    "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-    "except SystemExit as exit:\n"
-    "    assert not exit.code, exit.code\n"
-    "names = ('torch', 'torchvision', 'tensorboard', 'numba', 'matplotlib', 'pandas',\n"
-    "         'sklearn', 'scipy', 'peft', 'transformers', 'captum', 'h5py', 'optuna')\n"
-    "print('HEAVY', sorted(n for n in names if n in sys.modules))\n"
-)
+    argv = [str(ROOT / "scripts" / argv[0]), *argv[1:]]
+    probe = (
+        "import json, runpy, sys\n"
+        f"sys.argv = {argv!r}\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+        f"print('HEAVY', json.dumps(sorted(n for n in {_HEAVY!r} if n in sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert result.returncode == 0, (argv[0], result.stderr[-2000:])
+    line = [row for row in result.stdout.splitlines() if row.startswith("HEAVY ")][-1]
+    return list(json.loads(line[len("HEAVY ") :]))
 
 
 @pytest.mark.slow
@@ -298,38 +296,20 @@ def test_train_export_and_predict_import_only_what_they_use(
 ) -> None:
     """The start-up diet: a digits CNN run with TensorBoard off, export and predict import
     torch alone of the heavy modules: nothing of the other stages or of other datasets."""
-    import subprocess
-    import sys
-
-    from conftest import ROOT, SMOKE, short_run
+    from conftest import SMOKE, short_run
 
     sets = [arg for item in short_run(tmp_path) for arg in ("--set", item)]
-    bundle = calibrated.parent / "bundle"
     runs = {
         "train": ["train.py", "--config", str(SMOKE), *sets, "--env-policy", "ignore"],
         "export": ["export.py", "--from-manifest", str(calibrated), "--env-policy", "ignore"],
         "predict": [
             "predict.py",
-            *("--bundle", str(bundle), "--split", "val_test"),
+            *("--bundle", str(calibrated.parent / "bundle"), "--split", "val_test"),
             *("--output", str(tmp_path / "predict.csv")),
         ],
     }
-    expected = {
-        "train": ["torch"],
-        "export": ["torch"],
-        "predict": ["torch"],
-    }
     for stage, argv in runs.items():
-        argv = [str(ROOT / "scripts" / argv[0]), *argv[1:]]
-        result = subprocess.run(
-            [sys.executable, "-c", _PROBE.format(argv=argv)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=ROOT,
-        )
-        assert result.returncode == 0, (stage, result.stderr[-2000:])
-        assert f"HEAVY {expected[stage]}" in result.stdout, (stage, result.stdout[-500:])
+        assert _heavy_imports(argv) == ["torch"], stage
 
 
 def test_scripts_defer_collection_until_the_stage_settles() -> None:

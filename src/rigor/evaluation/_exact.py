@@ -62,7 +62,7 @@ def _selective(
 
 
 def _calibration(
-    counts: np.ndarray,
+    weights: np.ndarray,
     bins: np.ndarray,
     gap: np.ndarray,
     nll: np.ndarray,
@@ -71,9 +71,10 @@ def _calibration(
     conf_order: np.ndarray,
     n_bins: int,
 ) -> np.ndarray:
-    weights = counts.astype(np.float64)
+    """ECE, adaptive ECE, NLL, Brier and accuracy of each row of ``weights`` (draw counts
+    as floats, samples in confidence order)."""
     total = weights.sum(axis=1)  # integers: exact
-    ece = np.zeros(len(counts))
+    ece = np.zeros(len(weights))
     for b in range(n_bins):
         members = np.flatnonzero(bins == b)
         ece = ece + np.abs(_last(weights[:, members] * gap[members]))
@@ -83,14 +84,14 @@ def _calibration(
     after = np.cumsum(ordered, axis=1)
     before = after - ordered
     gap_ordered = gap[conf_order]
-    adaptive = np.zeros(len(counts))
-    low = np.zeros(len(counts))
+    adaptive = np.zeros(len(weights))
+    low = np.zeros(len(weights))
     for b in range(n_bins):
         high = np.floor((b + 1) * total / n_bins)
         take = np.clip(np.minimum(after, high[:, None]) - np.maximum(before, low[:, None]), 0, None)
         adaptive = adaptive + np.abs(_last(take * gap_ordered))
         low = high
-    out = np.empty((len(counts), 5))
+    out = np.empty((len(weights), 5))
     out[:, 0] = ece / total
     out[:, 1] = adaptive / total
     out[:, 2] = _last(weights * nll) / total
@@ -125,6 +126,6 @@ def resample_stats(  # noqa: PLR0913  (the kernel's signature)
     wrong = np.add.reduceat(weights * errors, starts, axis=1)
     out = _selective(weight, wrong, coverages, risks)
     if calib:
-        extra = _calibration(counts, bins, gap, nll, brier, correct, conf_order, n_bins)
+        extra = _calibration(weights, bins, gap, nll, brier, correct, conf_order, n_bins)
         out = np.concatenate([out, extra], axis=1)
     return out

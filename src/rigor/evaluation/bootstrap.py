@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from rigor.evaluation.engine import NUMPY_CELLS
+
 CHUNK = 40
-PIECE_CELLS = 100_000  # as rigor.evaluation.engine.NUMPY_CELLS: a piece stays in numpy
 Batched = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
@@ -46,13 +47,13 @@ def replicates(
 ) -> dict[str, np.ndarray]:
     """Every named statistic of ``batched(draws)`` on ``n_resamples`` resamples, in order.
 
-    Consecutive chunks are evaluated together while they hold at most ``PIECE_CELLS`` draws
-    (nine chunks of 270 samples): one numpy pass instead of nine. Rows are independent, so
-    the values do not depend on how chunks are grouped.
+    Consecutive chunks are evaluated together while they hold at most ``NUMPY_CELLS`` draws
+    (the metric engine's numpy limit: nine chunks of 270 samples), in one numpy pass. Rows
+    are independent, so the values do not depend on how chunks are grouped.
     """
     sizes = [min(CHUNK, n_resamples - start) for start in range(0, n_resamples, CHUNK)]
     seeds = np.random.SeedSequence(seed).spawn(len(sizes))
-    per_piece = max(1, PIECE_CELLS // max(1, n * CHUNK))
+    per_piece = max(1, NUMPY_CELLS // max(1, n * CHUNK))
     pieces = [range(k, min(k + per_piece, len(sizes))) for k in range(0, len(sizes), per_piece)]
 
     def piece(chunks: range) -> dict[str, np.ndarray]:

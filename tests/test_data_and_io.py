@@ -105,6 +105,74 @@ def test_bytes_written_once_are_hashed_from_memory_and_links_stay_independent(
     assert sha256_recorded(first) == hashlib.sha256(b"EPOCH 3 STATE").hexdigest()
 
 
+def test_a_hashed_write_streams_the_bytes_it_hashes(tmp_path: Path) -> None:
+    """torch.save straight into the file: the same bytes as through memory, hashed on the way
+    (the digest is recorded, the file is never re-read), and a failed writer leaves nothing."""
+    import hashlib
+    import io
+
+    import torch
+
+    from rigor.io import _WRITTEN, _identity, atomic_write_with, sha256_file
+
+    state = {"w": torch.arange(100_000, dtype=torch.float32), "epoch": 3}
+    path = tmp_path / "last.pt"
+    digest = atomic_write_with(path, lambda handle: torch.save(state, handle), hashed=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    assert path.read_bytes() == buffer.getvalue()
+    assert digest == hashlib.sha256(buffer.getvalue()).hexdigest() == sha256_file(path)
+    assert _WRITTEN[_identity(path)] == digest
+    assert atomic_write_with(tmp_path / "plain.bin", lambda h: h.write(b"x")) is None
+
+    def broken(handle) -> None:  # type: ignore[no-untyped-def]
+        handle.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_with(path, broken, hashed=True)
+    assert path.read_bytes() == buffer.getvalue()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "plain.bin"]
+
+
+def test_the_run_writer_keeps_order_and_stops_at_the_first_error(tmp_path: Path) -> None:
+    """Jobs run in submission order off the caller's thread; a checkpoint waits for the one
+    before it only; the first failure drops the later jobs and is raised to the caller."""
+    import threading
+    import time
+
+    import torch
+
+    from rigor.runs.checkpoint import BackgroundWriter
+
+    writer, order, caller = BackgroundWriter(), [], threading.get_ident()
+    gate = threading.Event()
+    writer.submit(lambda: (gate.wait(5), order.append(("slow", threading.get_ident()))))
+    writer.submit(lambda: order.append(("fast", threading.get_ident())))
+    assert order == []  # submit does not wait for the job
+    gate.set()
+    writer.checkpoint(tmp_path, {"w": torch.ones(3)}, ["checkpoints/last.pt", "best.pt"])
+    writer.wait()
+    assert [name for name, _ in order] == ["slow", "fast"]
+    assert all(ident != caller for _, ident in order)
+    last, best = tmp_path / "checkpoints" / "last.pt", tmp_path / "best.pt"
+    assert last.stat().st_ino == best.stat().st_ino
+    assert torch.equal(torch.load(last, weights_only=True)["w"], torch.ones(3))
+
+    def fail() -> None:
+        raise OSError("no space left on device")
+
+    writer.submit(fail)
+    writer.submit(lambda: order.append(("after", 0)))
+    time.sleep(0.05)
+    with pytest.raises(OSError, match="no space"):
+        writer.wait()
+    assert [name for name, _ in order] == ["slow", "fast"]  # the job after the failure: dropped
+    writer.submit(lambda: order.append(("recovered", 0)))  # the error was reported once
+    writer.close()
+    assert order[-1][0] == "recovered"
+
+
 def test_an_epoch_checkpoint_is_serialised_once_and_linked(smoke_manifest: Path) -> None:
     import json
     import os

@@ -258,3 +258,29 @@ def test_in_memory_batches_are_one_gather_equal_to_sample_by_sample(size) -> Non
     assert all(torch.equal(gathered.targets[t], single.targets[t]) for t in single.targets)
     batch = next(iter(make_loader(dataset, rows, batch_size=4, num_workers=0)))
     assert torch.equal(batch.input, single.input[:4])
+
+
+def test_a_loader_without_workers_yields_what_dataloader_yields() -> None:
+    """The in-process path (no DataLoader iterator) gives the same batches, in the same
+    order, as DataLoader's own single-process iterator, for the seeded train sampler too."""
+    from torch.utils.data import DataLoader
+
+    from rigor.config import load_config
+    from rigor.data.loader import SafeLoader, make_loader
+    from rigor.training.policy import EpochSampler
+
+    cfg = load_config(SMOKE, environ={}).config
+    dataset = build_dataset(cfg.data, None)
+    rows = list(range(0, 300, 3))
+    sampler = EpochSampler(len(rows), 7, 0, 1)
+    sampler.set_epoch(2)
+    loader = make_loader(dataset, rows, batch_size=16, num_workers=0, sampler=sampler)
+    assert isinstance(loader, SafeLoader)
+    ours, theirs = list(loader), list(DataLoader.__iter__(loader))
+    assert len(ours) == len(theirs) == 7
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a.index, b.index) and a.drawn == b.drawn
+        assert torch.equal(a.input, b.input) and a.input.stride() == b.input.stride()
+        assert all(torch.equal(a.targets[t], b.targets[t]) for t in a.targets)
+    assert sorted(torch.cat([a.index for a in ours]).tolist()) == sorted(rows)
+    assert torch.cat([a.index for a in ours]).tolist() != rows  # shuffled by the sampler

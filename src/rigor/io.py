@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 _CHUNK = 1 << 20
 
@@ -94,10 +94,36 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def atomic_write_with(path: Path, writer: Callable[[IO[bytes]], None]) -> None:
-    """Let ``writer`` fill a binary handle, then publish the file atomically."""
+def atomic_write_with(
+    path: Path, writer: Callable[[IO[bytes]], None], hashed: bool = False
+) -> str | None:
+    """Let ``writer`` fill a binary handle, then publish the file atomically. With
+    ``hashed``, the sha256 of what ``writer`` wrote is computed on the way to the file (no
+    copy in memory, no re-reading), remembered for :func:`sha256_recorded` and returned."""
     with atomic_open(path, "wb") as handle:
-        writer(handle)
+        if not hashed:
+            writer(handle)
+            return None
+        sink = _HashingSink(handle)
+        writer(cast(IO[bytes], sink))
+    digest = sink.digest.hexdigest()
+    _WRITTEN[_identity(path)] = digest
+    return digest
+
+
+class _HashingSink:
+    """A write-only binary stream: every write goes to ``handle`` and into a sha256."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def read_json(path: Path, non_finite: str = "refuse") -> Any:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
-import io
+import queue
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from rigor.errors import ArtifactError, UsageError
-from rigor.io import atomic_link, atomic_write_bytes, atomic_write_with
+from rigor.io import atomic_link, atomic_write_with
 
 REQUIRED_KEYS = (
     "model",
@@ -88,54 +88,90 @@ def snapshot(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
-class CheckpointWriter:
-    """Serialises and writes an epoch's checkpoint in a background thread while training
-    goes on: the first name is written and fsynced (atomic rename), the others are published
-    as hard links to it. One write at a time, in order: :meth:`submit` and :meth:`wait` first
-    finish the previous one, and re-raise what it raised (a full disk stops the run)."""
+class BackgroundWriter:
+    """One thread that runs a training session's writes in order while training goes on:
+    log rows, TensorBoard scalars, and each epoch's checkpoint (serialised once, written and
+    fsynced under its first name, published under the others as hard links).
+
+    Jobs run first in, first out, so a checkpoint is on disk only after every log row
+    submitted before it: a kill leaves logs that reach at least the last checkpoint, as
+    when they were written in place. The first job that raises stops the rest (they are
+    dropped), and :meth:`submit`, :meth:`checkpoint` and :meth:`wait` re-raise its error in
+    the training thread (a full disk stops the run). At most one checkpoint is in flight
+    (each holds a snapshot of the weights): :meth:`checkpoint` first waits for the previous
+    one, not for the log rows queued since."""
 
     def __init__(self) -> None:
+        self._jobs: queue.Queue[tuple[Callable[[], None], threading.Event | None] | None]
+        self._jobs = queue.Queue()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._last_checkpoint: threading.Event | None = None
 
-    def submit(
+    def submit(self, job: Callable[[], None], done: threading.Event | None = None) -> None:
+        """Run ``job`` after every job submitted before it, then set ``done`` (also when the
+        job is dropped after an earlier failure); raise an earlier job's error."""
+        self._raise()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="run-writer", daemon=True)
+            self._thread.start()
+        self._jobs.put((job, done))
+
+    def checkpoint(
         self, run_dir: Path, state: dict[str, Any], names: list[str], remove: Sequence[str] = ()
     ) -> None:
         """Serialise ``state`` (a :func:`snapshot`, which nothing else changes) once and
         publish it under ``names`` (relative to ``run_dir``), in that order, then delete
         ``remove`` (top-k files that fell out: only once their successor exists)."""
-        self.wait()
+        if self._last_checkpoint is not None:
+            self._last_checkpoint.wait()
 
         def write() -> None:
-            try:
-                first = run_dir / names[0]
-                atomic_write_bytes(first, serialize_checkpoint(state))
-                for name in names[1:]:
-                    atomic_link(first, run_dir / name)
-                for name in remove:
-                    (run_dir / name).unlink(missing_ok=True)
-            except BaseException as err:  # noqa: BLE001 - re-raised in the training thread
-                self._error = err
+            first = run_dir / names[0]
+            atomic_write_with(first, lambda handle: torch.save(state, handle), hashed=True)
+            for name in names[1:]:
+                atomic_link(first, run_dir / name)
+            for name in remove:
+                (run_dir / name).unlink(missing_ok=True)
 
-        self._thread = threading.Thread(target=write, name="checkpoint-writer")
-        self._thread.start()
+        self._last_checkpoint = threading.Event()
+        self.submit(write, self._last_checkpoint)
 
     def wait(self) -> None:
-        """Block until the last submitted write is on disk; re-raise its error."""
+        """Block until every submitted job has run; re-raise the first error."""
         if self._thread is not None:
+            self._jobs.join()
+        self._raise()
+
+    def close(self) -> None:
+        """Run what is queued, then end the thread; re-raise the first error."""
+        if self._thread is not None:
+            self._jobs.put(None)
             self._thread.join()
             self._thread = None
+        self._raise()
+
+    def _raise(self) -> None:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
 
-
-def serialize_checkpoint(state: dict[str, Any]) -> bytes:
-    """``state`` as the bytes ``torch.save`` writes: serialise once, write it under several
-    names (last.pt, best.pt, a top-k file) with ``rigor.io.atomic_write_bytes`` and links."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
+    def _work(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                self._jobs.task_done()
+                return
+            job, done = item
+            try:
+                if self._error is None:  # after a failure the rest is dropped
+                    job()
+            except BaseException as err:  # noqa: BLE001 - re-raised in the training thread
+                self._error = err
+            finally:
+                if done is not None:
+                    done.set()
+                self._jobs.task_done()
 
 
 def load_checkpoint(

@@ -113,6 +113,8 @@ def total_loss(
             per_task[name] = task_loss(outputs[name], targets[name], spec)
     if weighting is not None:
         return weighting(per_task), per_task
+    if len(per_task) == 1:  # the sum of one term is the term: no stack, no extra graph node
+        return next(iter(per_task.values())), per_task
     return torch.stack(list(per_task.values())).sum(), per_task
 
 
@@ -164,6 +166,13 @@ class Stepper:
     world_size: int = 1
     events: list[dict[str, int]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # What is clipped, listed once: walking the module tree every step costs as much as
+        # a small layer's forward.
+        self._params = [*self.model.parameters()]
+        if self.weighting is not None:
+            self._params += list(self.weighting.parameters())
+
     def step(self, batches: list[Batch], step_index: int) -> StepResult:
         """One optimizer step over ``batches`` (the accumulation group)."""
         while True:
@@ -195,10 +204,7 @@ class Stepper:
                     param.grad /= self.world_size
         scaler = self.precision.scaler
         scaler.unscale_(self.optimizer)
-        params = [*self.model.parameters()]
-        if self.weighting is not None:
-            params += list(self.weighting.parameters())
-        norm = nn.utils.clip_grad_norm_(params, self.grad_clip or float("inf"))
+        norm = nn.utils.clip_grad_norm_(self._params, self.grad_clip or float("inf"))
         lr = float(self.optimizer.param_groups[-1]["lr"])  # the heads' rate, used by this step
         scaler.step(self.optimizer)
         scaler.update()
@@ -226,8 +232,8 @@ class Stepper:
             with self.precision.autocast():
                 outputs = (self.forward_model or self.model)(inputs)
             loss, per_task = total_loss(outputs, targets, self.tasks, self.weighting, self.gate)
-            weight = len(inputs) / total
-            self.precision.scaler.scale(loss * weight).backward()
+            weight = len(inputs) / total  # 1 when the step is one micro-batch: x * 1 is x
+            self.precision.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
             named = {metric_key("loss", "train"): loss}
             named |= {metric_key("loss", "train", name): value for name, value in per_task.items()}
             if self.weighting is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from rigor.data.dataset import Batch
 from rigor.data.loader import augment_generator
 from rigor.errors import UsageError
 from rigor.runs.checkpoint import (
-    CheckpointWriter,
+    BackgroundWriter,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -78,7 +79,8 @@ class Session:
         self.epoch_sums: dict[str, float] = {}  # sample-weighted train losses of this epoch
         self.skipped: dict[int, str] = {}  # unreadable samples left out (data.on_bad_sample)
         self.main = prepared.dist.main
-        self.writer = CheckpointWriter()
+        self.writer = BackgroundWriter()  # logs and checkpoints, in order, off this thread
+        self.config_hash = prepared.resolved.hash
         if state is not None:
             self._restore(state)
         self.first_epoch = self.epoch  # for the time per epoch of this session
@@ -113,7 +115,7 @@ class Session:
                 self._train_epoch()
                 self._end_epoch()
         finally:
-            self.writer.wait()  # every checkpoint is on disk before anything reads one
+            self.writer.close()  # every log row and checkpoint is on disk before anything reads
         self.tracker.close()
         wall = max(time.perf_counter() - started, 1e-9)
         samples = self.samples * self.prepared.dist.world_size  # every rank sees as many
@@ -166,7 +168,7 @@ class Session:
             if self.tracker.should_log_step(self.step):
                 speed = result.samples / max(time.perf_counter() - started, 1e-9)
                 extra = {"lr": result.lr, "grad_norm": result.grad_norm, "samples_per_s": speed}
-                self.tracker.log_step(self.step, {**result.losses, **extra})
+                self.writer.submit(partial(self.tracker.log_step, self.step, result.losses | extra))
             every = cfg.checkpoint_every_n_steps
             if every and self.step % every == 0 and self.epoch_step < self.steps_per_epoch:
                 self._save("checkpoints/last.pt", self._state())
@@ -198,7 +200,7 @@ class Session:
         values["lr"] = float(self.scheduler.get_last_lr()[-1])
         self.epoch_sums = {}
         improved = self.early.update(values[self.monitor])
-        self.tracker.log_epoch(self.epoch, self.step, values)
+        self.writer.submit(partial(self.tracker.log_epoch, self.epoch, self.step, values))
         if self.main:
             print(f"epoch {self.epoch}: {self.monitor}={values[self.monitor]:.4f}", file=sys.stderr)
         finished = self.epoch
@@ -217,7 +219,7 @@ class Session:
         """Snapshot the epoch's state, then serialise it once and publish it as best.pt (when
         improved), the top-k file (when kept) and last.pt: one write and fsync, the other
         names hard links to it, in a background thread while the next epoch trains
-        (``CheckpointWriter``).
+        (``BackgroundWriter``).
         best.pt is published before last.pt, so a kill in between (or before the write
         ends) resumes from the previous last.pt and redoes the epoch, bitwise as before."""
         names = [
@@ -225,7 +227,7 @@ class Session:
             *([entry] if entry else []),
             "checkpoints/last.pt",
         ]
-        self.writer.submit(self.run_dir, snapshot(state), names, drop)
+        self.writer.checkpoint(self.run_dir, snapshot(state), names, drop)
 
     def _rank_top_k(self, epoch: int, value: float) -> tuple[str | None, list[dict[str, Any]]]:
         """Update the top-k list with this epoch; the file to write (when kept) and the
@@ -264,7 +266,7 @@ class Session:
             "oom_events": self.stepper.events,
             "top_k": self.top_k,
             "epoch_sums": dict(self.epoch_sums),
-            "config_hash": self.prepared.resolved.hash,
+            "config_hash": self.config_hash,
             "loss_weights": self.weighting.state_dict() if self.weighting is not None else None,
             "world_size": self.prepared.dist.world_size,
             "skipped": {str(row): error for row, error in sorted(self.skipped.items())},

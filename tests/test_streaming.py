@@ -237,20 +237,32 @@ def test_bad_sample_message_survives_the_worker_boundary(tmp_path: Path) -> None
     assert str(caught.value).startswith("data.root") and "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("size", [None, [12, 12]])
-def test_in_memory_batches_are_one_gather_equal_to_sample_by_sample(size) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("size", "resident"), [(None, 256 << 20), ([12, 12], 256 << 20), ([12, 12], 0)]
+)
+def test_in_memory_batches_are_one_gather_equal_to_sample_by_sample(  # type: ignore[no-untyped-def]
+    size, resident, monkeypatch
+) -> None:
     """digits in memory: a loader batch is one gather (no per-sample items) with the same
-    values, dtype and strides as stacking samples; a resized reader reads sample by sample."""
+    values, dtype and strides as stacking samples. Resized, it is resized once up front
+    (the same values as a resize per read); beyond the resident budget, per read."""
     from rigor.config import load_config
+    from rigor.data import readers
     from rigor.data.dataset import Gathered
     from rigor.data.loader import make_loader
 
+    monkeypatch.setattr(readers, "RESIDENT_BYTES", resident)
     sets = [] if size is None else [f"data.transforms.image_size={size}"]
     cfg = load_config(SMOKE, sets=sets, environ={}).config
     dataset = build_dataset(cfg.data, None)
     rows = [5, 900, 3, 3, 1700, 42]
     items = dataset.__getitems__(rows)
-    assert isinstance(items[0], Gathered) == (size is None)
+    assert isinstance(items[0], Gathered) == (resident > 0)
+    if size is not None:
+        monkeypatch.setattr(readers, "RESIDENT_BYTES", 0)
+        per_read = build_dataset(cfg.data, None)
+        assert per_read.reader.size == (12, 12) and dataset.input_shape == (1, 12, 12)
+        assert all(np.array_equal(dataset.reader.load(r), per_read.reader.load(r)) for r in rows)
     gathered, single = dataset.collate(items), dataset.collate([dataset[r] for r in rows])
     assert torch.equal(gathered.input, single.input) and gathered.input.dtype == torch.float32
     assert gathered.input.stride() == single.input.stride()  # conv kernels depend on it
@@ -284,3 +296,29 @@ def test_a_loader_without_workers_yields_what_dataloader_yields() -> None:
         assert all(torch.equal(a.targets[t], b.targets[t]) for t in a.targets)
     assert sorted(torch.cat([a.index for a in ours]).tolist()) == sorted(rows)
     assert torch.cat([a.index for a in ours]).tolist() != rows  # shuffled by the sampler
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_predictions_are_the_best_checkpoints_in_memory_or_read_back(
+    tmp_path: Path, mode: str
+) -> None:
+    """The last epoch best (loss falling, mode min): predictions come from the weights in
+    memory while best.pt is written; an earlier best (mode max): best.pt is read back.
+    Either way they equal a fresh model loaded from best.pt (eval --recompute's path)."""
+    from rigor.config import load_config
+    from rigor.runs.restore import predict_split
+    from rigor.stages import open_run
+    from rigor.training.run import train
+
+    sets = [
+        *short_run(tmp_path),
+        "training.monitor=val_select/loss",
+        f"training.monitor_mode={mode}",
+    ]
+    path = train(load_config(SMOKE, sets=sets, environ={}), env_policy="ignore")
+    summary = json.loads((path.parent / "metrics.json").read_text())["training"]
+    assert summary["best_epoch"] == (1 if mode == "min" else 0)
+    context = open_run(path, [], "ignore", False)
+    for split in ("val_select", "val_test"):
+        stored = np.load(path.parent / "predictions" / f"{split}.npz")
+        assert np.array_equal(predict_split(context, split)["logits_digit"], stored["logits_digit"])

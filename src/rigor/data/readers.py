@@ -139,9 +139,15 @@ class FileReader:
         return str(self.refs[index].path)
 
 
+RESIDENT_BYTES = 256 << 20  # resized in-memory datasets up to this size are resized once
+
+
 class ArrayReader:
     """An embedded dataset already in memory as float32 (N, C, H, W) in [0, 1] (digits,
-    generated tiles): the same reader interface, each sample resized when it is read."""
+    generated tiles): the same reader interface. With a configured size, every sample is
+    resized once up front when the resized array takes at most ``RESIDENT_BYTES`` (each
+    sample through the same call as a per-read resize: the same values), else each time it
+    is read; the original array is kept either way."""
 
     dtype = "float32"
 
@@ -152,6 +158,9 @@ class ArrayReader:
         self.size = size if size is not None and size != native else None
         height, width = self.size or native
         self.shape = (int(images.shape[1]), height, width)
+        if self.size is not None and len(images) * int(np.prod(self.shape)) * 4 <= RESIDENT_BYTES:
+            self.images = np.stack([self.load(index) for index in range(len(images))])
+            self.size = None
 
     def __len__(self) -> int:
         return len(self.images)

@@ -79,6 +79,8 @@ def snapshot(value: Any) -> Any:
     """A copy of a state dict that training can no longer change: every tensor cloned
     (detached), containers rebuilt, plain values kept. Cloning costs a third of serialising
     (ResNet-18 with AdamW: 52 against 146 ms), so the rest can happen in the background."""
+    if isinstance(value, int | float | str | bool | None):  # immutable: nothing to copy
+        return value
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
     if isinstance(value, dict):

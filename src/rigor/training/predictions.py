@@ -19,10 +19,15 @@ EVAL_SPLITS = ("val_select", "val_calib", "val_test")
 
 
 def write_predictions(run_dir: Path, prepared: Prepared, session: Session) -> dict[str, Any]:
-    """Predictions of the best checkpoint on val_select, val_calib and val_test."""
-    best = load_checkpoint(run_dir / "checkpoints" / "best.pt", prepared.resolved.hash, force=True)
+    """Predictions of the best checkpoint on val_select, val_calib and val_test. When the
+    last epoch was the best, the weights in memory are best.pt's, and the predictions run
+    while that checkpoint is still being written; otherwise best.pt is read back (an earlier
+    epoch's, on disk since a later checkpoint started)."""
     model = session.eval_model()
-    model.load_state_dict(best["ema"] if session.ema is not None else best["model"])
+    if not session.holds_best():
+        path = run_dir / "checkpoints" / "best.pt"
+        best = load_checkpoint(path, prepared.resolved.hash, force=True)
+        model.load_state_dict(best["ema"] if session.ema is not None else best["model"])
     metrics: dict[str, float] = {}
     paths = []
     skipped = dict(session.skipped)

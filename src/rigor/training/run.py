@@ -59,12 +59,15 @@ def train(
             write_run_inputs(run_dir, prepared)
         session = Session(run_dir, prepared, state)
         settle()  # collection back on for the epochs, without the set-up's million objects
-        summary = session.run()
-        if info.main:  # rank 0 writes predictions and the manifest
-            if checkpoint is not None:
-                step = int(state["step"]) if state else 0
-                summary["resumed_from"] = {"checkpoint": str(checkpoint), "step": step}
-            _finish(run_dir, prepared, session, summary)
+        try:
+            summary = session.run()
+            if info.main:  # rank 0 writes predictions and the manifest
+                if checkpoint is not None:
+                    step = int(state["step"]) if state else 0
+                    summary["resumed_from"] = {"checkpoint": str(checkpoint), "step": step}
+                _finish(run_dir, prepared, session, summary)
+        finally:
+            session.flush()  # nothing is still being written when the lock is released
         completed = True
     finally:
         lock.release(completed)
@@ -88,8 +91,10 @@ def _lock(run_dir: Path, info: DistInfo) -> RunLock:
 
 
 def _finish(run_dir: Path, prepared: Prepared, session: Session, summary: dict[str, Any]) -> None:
-    """Predictions of the best checkpoint, metrics.json, then the manifest, written last."""
+    """Predictions of the best checkpoint (while the last checkpoint is written), then, with
+    every checkpoint on disk, metrics.json and the manifest, written last."""
     outputs = write_predictions(run_dir, prepared, session)
+    session.flush()
     extra = {}
     if prepared.resolved.config.model.peft.method != "none":
         summary["adapter"] = _write_adapter(run_dir, prepared, session)

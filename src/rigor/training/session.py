@@ -89,6 +89,14 @@ class Session:
         )
         self.tracker.truncate_steps(self.step)
 
+    def flush(self) -> None:
+        """Block until every log row and checkpoint is on disk; raise a write's error."""
+        self.writer.close()
+
+    def holds_best(self) -> bool:
+        """Whether the weights in memory are best.pt's: the last epoch run was the best."""
+        return self.best_epoch >= 0 and self.best_epoch == self.epoch - 1
+
     def _ddp(self, model: torch.nn.Module) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -108,15 +116,18 @@ class Session:
         return self.ema.model if self.ema is not None else self.prepared.model
 
     def run(self) -> dict[str, Any]:
-        """Train the remaining epochs; returns the training summary."""
+        """Train the remaining epochs; returns the training summary. The last checkpoint may
+        still be on its way to disk: :meth:`flush` before reading a checkpoint or writing
+        the manifest (a failure waits for every write before it propagates)."""
         started = time.perf_counter()
         try:
             while self.epoch < self.cfg.training.epochs and not self.stopped_early:
                 self._train_epoch()
                 self._end_epoch()
-        finally:
-            self.writer.close()  # every log row and checkpoint is on disk before anything reads
-        self.tracker.close()
+        except BaseException:
+            self.flush()
+            raise
+        self.writer.submit(self.tracker.close)  # after every log row
         wall = max(time.perf_counter() - started, 1e-9)
         samples = self.samples * self.prepared.dist.world_size  # every rank sees as many
         return {

@@ -9,7 +9,7 @@ Reported per workload: whole-process wall time (start to exit) and loop time (ri
 twin's epochs with their validation), each as the median of the paired ratios rigor/twin
 with their range.
 
-    make bench                                     # digits_baseline, digits_resnet18 (3 epochs)
+    make bench               # digits_baseline, digits_resnet18 (3 epochs), 7 pairs each
     python benchmarks/bench_overhead.py --pairs 3 --workloads digits_baseline
 """
 
@@ -138,7 +138,7 @@ def table(reports: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
     parser.add_argument("--report", type=Path, default=ROOT / "results/bench/overhead.json")
     args = parser.parse_args()

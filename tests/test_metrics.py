@@ -171,6 +171,42 @@ def test_bootstrap_interval_properties() -> None:
     assert narrow["ci_upper"] - narrow["ci_lower"] < ci["ci_upper"] - ci["ci_lower"]
 
 
+def test_resamples_are_drawn_once_read_only_and_a_forked_child_gets_its_own_pool() -> None:
+    """The draws of (n, n_resamples, seed) are made once and cannot be changed by a metric;
+    the same as drawing them afresh; a forked child (a plot worker) bootstraps on its own
+    thread pool instead of waiting forever on the parent's threads."""
+    import multiprocessing
+
+    from rigor.evaluation import bootstrap
+
+    first = bootstrap._pieces(270, 1000, 5)
+    assert bootstrap._pieces(270, 1000, 5) is first
+    assert all(not piece.flags.writeable for piece in first)
+    sizes = [bootstrap.CHUNK] * 25
+    seeds = np.random.SeedSequence(5).spawn(len(sizes))
+    fresh = [bootstrap.draw(270, s, np.random.default_rng(q)) for s, q in zip(sizes, seeds)]
+    assert np.array_equal(np.concatenate(first), np.concatenate(fresh))
+
+    def count(draws: np.ndarray) -> dict[str, np.ndarray]:
+        return {"total": draws.sum(axis=1)}
+
+    here = bootstrap.replicates(count, 270, 1000, 5, workers=2)["total"]
+    context = multiprocessing.get_context("fork")
+    reader, writer = context.Pipe(duplex=False)
+
+    def child() -> None:
+        writer.send(bootstrap.replicates(count, 270, 1000, 5, workers=2)["total"])
+
+    process = context.Process(target=child)
+    process.start()
+    try:
+        assert reader.poll(30), "the forked child's bootstrap hung"
+        assert np.array_equal(reader.recv(), here)
+    finally:
+        process.kill()
+        process.join(10)
+
+
 def test_infeasible_resamples_are_counted_not_averaged() -> None:
     conf = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     correct = np.array([1, 0, 1, 0, 1, 0], bool)

@@ -49,24 +49,42 @@ def replicates(
 
     Consecutive chunks are evaluated together while they hold at most ``NUMPY_CELLS`` draws
     (the metric engine's numpy limit: nine chunks of 270 samples), in one numpy pass. Rows
-    are independent, so the values do not depend on how chunks are grouped.
+    are independent, so the values do not depend on how chunks are grouped. The draws of
+    (n, n_resamples, seed) are made once per process (a stage bootstraps dozens of
+    statistics on the same resamples); pieces run on a thread pool kept for the process.
     """
+    pieces = _pieces(n, n_resamples, seed)
+    workers = workers or min(len(pieces), os.cpu_count() or 1)
+    if workers == 1:
+        parts = [batched(draws) for draws in pieces]
+    else:
+        parts = list(_pool(workers).map(batched, pieces))
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+@functools.lru_cache(maxsize=8)
+def _pieces(n: int, n_resamples: int, seed: int) -> tuple[np.ndarray, ...]:
+    """The resamples of (n, n_resamples, seed) in pieces of consecutive chunks (read-only)."""
     sizes = [min(CHUNK, n_resamples - start) for start in range(0, n_resamples, CHUNK)]
     seeds = np.random.SeedSequence(seed).spawn(len(sizes))
     per_piece = max(1, NUMPY_CELLS // max(1, n * CHUNK))
-    pieces = [range(k, min(k + per_piece, len(sizes))) for k in range(0, len(sizes), per_piece)]
-
-    def piece(chunks: range) -> dict[str, np.ndarray]:
+    out = []
+    for first in range(0, len(sizes), per_piece):
+        chunks = range(first, min(first + per_piece, len(sizes)))
         draws = [draw(n, sizes[k], np.random.default_rng(seeds[k])) for k in chunks]
-        return batched(draws[0] if len(draws) == 1 else np.concatenate(draws))
+        piece = draws[0] if len(draws) == 1 else np.concatenate(draws)
+        piece.setflags(write=False)
+        out.append(piece)
+    return tuple(out)
 
-    workers = workers or min(len(pieces), os.cpu_count() or 1)
-    if workers == 1:
-        parts = [piece(chunks) for chunks in pieces]
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            parts = list(pool.map(piece, pieces))
-    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bootstrap")
+
+
+# A forked child (a plot worker) has the pool object but none of its threads: its own.
+os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
 def summarize(values: np.ndarray, estimate: float, level: float = 0.95) -> dict[str, Any]:

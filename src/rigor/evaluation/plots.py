@@ -22,10 +22,18 @@ from rigor.io import atomic_write_with  # noqa: E402
 
 def save(fig: Any, path: Path, tight: bool = True) -> None:
     """Write a figure atomically and close it; ``tight`` crops to the drawn content (one
-    more draw of the figure), else the figure's own margins are kept."""
+    more draw of the figure), else the figure's own margins are kept. PNG compression level
+    3 instead of Pillow's 6: a third of a figure's time went to zlib, for files about a
+    fifth smaller."""
 
     def write(handle: IO[bytes]) -> None:
-        fig.savefig(handle, format="png", dpi=120, bbox_inches="tight" if tight else None)
+        fig.savefig(
+            handle,
+            format="png",
+            dpi=120,
+            bbox_inches="tight" if tight else None,
+            pil_kwargs={"compress_level": 3},
+        )
 
     atomic_write_with(path, write)
     plt.close(fig)

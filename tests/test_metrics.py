@@ -184,7 +184,9 @@ def test_resamples_are_drawn_once_read_only_and_a_forked_child_gets_its_own_pool
     assert all(not piece.flags.writeable for piece in first)
     sizes = [bootstrap.CHUNK] * 25
     seeds = np.random.SeedSequence(5).spawn(len(sizes))
-    fresh = [bootstrap.draw(270, s, np.random.default_rng(q)) for s, q in zip(sizes, seeds)]
+    fresh = [
+        bootstrap.draw(270, s, np.random.default_rng(q)) for s, q in zip(sizes, seeds, strict=True)
+    ]
     assert np.array_equal(np.concatenate(first), np.concatenate(fresh))
 
     def count(draws: np.ndarray) -> dict[str, np.ndarray]:

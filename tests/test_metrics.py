@@ -171,16 +171,19 @@ def test_bootstrap_interval_properties() -> None:
     assert narrow["ci_upper"] - narrow["ci_lower"] < ci["ci_upper"] - ci["ci_lower"]
 
 
-def test_resamples_are_drawn_once_read_only_and_a_forked_child_gets_its_own_pool() -> None:
-    """The draws of (n, n_resamples, seed) are made once and cannot be changed by a metric;
-    the same as drawing them afresh; a forked child (a plot worker) bootstraps on its own
-    thread pool instead of waiting forever on the parent's threads."""
+def test_resamples_are_kept_when_small_drawn_per_piece_when_large_and_fork_safe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Small resamples are drawn once and read-only; large ones are drawn piece by piece and
+    not kept; both give the same replicates as drawing every chunk afresh. A forked child (a
+    plot worker) bootstraps on its own thread pool instead of waiting forever on the
+    parent's threads."""
     import multiprocessing
 
     from rigor.evaluation import bootstrap
 
-    first = bootstrap._pieces(270, 1000, 5)
-    assert bootstrap._pieces(270, 1000, 5) is first
+    first = bootstrap._kept(270, 1000, 5)
+    assert bootstrap._kept(270, 1000, 5) is first
     assert all(not piece.flags.writeable for piece in first)
     sizes = [bootstrap.CHUNK] * 25
     seeds = np.random.SeedSequence(5).spawn(len(sizes))
@@ -193,6 +196,12 @@ def test_resamples_are_drawn_once_read_only_and_a_forked_child_gets_its_own_pool
         return {"total": draws.sum(axis=1)}
 
     here = bootstrap.replicates(count, 270, 1000, 5, workers=2)["total"]
+    assert np.array_equal(here, np.concatenate(fresh).sum(axis=1))
+    monkeypatch.setattr(bootstrap, "KEPT_CELLS", 1000)
+    bootstrap._kept.cache_clear()
+    assert np.array_equal(bootstrap.replicates(count, 270, 1000, 5, workers=2)["total"], here)
+    assert bootstrap._kept.cache_info().currsize == 0  # large: drawn per piece, nothing kept
+    monkeypatch.setattr(bootstrap, "KEPT_CELLS", 2_000_000)
     context = multiprocessing.get_context("fork")
     reader, writer = context.Pipe(duplex=False)
 

@@ -94,16 +94,17 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def atomic_write_with(
-    path: Path, writer: Callable[[IO[bytes]], None], hashed: bool = False
-) -> str | None:
-    """Let ``writer`` fill a binary handle, then publish the file atomically. With
-    ``hashed``, the sha256 of what ``writer`` wrote is computed on the way to the file (no
-    copy in memory, no re-reading), remembered for :func:`sha256_recorded` and returned."""
+def atomic_write_with(path: Path, writer: Callable[[IO[bytes]], None]) -> None:
+    """Let ``writer`` fill a binary handle, then publish the file atomically."""
     with atomic_open(path, "wb") as handle:
-        if not hashed:
-            writer(handle)
-            return None
+        writer(handle)
+
+
+def atomic_write_hashed(path: Path, writer: Callable[[IO[bytes]], object]) -> str:
+    """:func:`atomic_write_with`, with the sha256 of what ``writer`` wrote computed on the
+    way to the file (no copy in memory, no re-reading), remembered so that
+    :func:`sha256_recorded` need not re-read it, and returned."""
+    with atomic_open(path, "wb") as handle:
         sink = _HashingSink(handle)
         writer(cast(IO[bytes], sink))
     digest = sink.digest.hexdigest()
@@ -155,8 +156,9 @@ def parse_json(raw: bytes, path: Path | str, non_finite: str = "refuse") -> Any:
         raise ManifestError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
 
 
-# sha256 of files this process wrote with atomic_write_bytes, keyed by what identifies one
-# version of a file: (device, inode, size, mtime_ns). A hard link shares the inode.
+# sha256 of files this process wrote with atomic_write_hashed (or atomic_write_bytes), keyed
+# by what identifies one version of a file: (device, inode, size, mtime_ns). A hard link
+# shares the inode.
 _WRITTEN: dict[tuple[int, int, int, int], str] = {}
 
 
@@ -166,13 +168,9 @@ def _identity(path: Path) -> tuple[int, int, int, int]:
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> str:
-    """Write ``payload`` atomically (fsync, rename) and return its sha256, computed from the
-    bytes in memory and remembered so that :func:`sha256_recorded` need not re-read them."""
-    digest = hashlib.sha256(payload).hexdigest()
-    with atomic_open(path, "wb") as handle:
-        handle.write(payload)
-    _WRITTEN[_identity(path)] = digest
-    return digest
+    """Write ``payload`` atomically (fsync, rename) and return its sha256, remembered so
+    that :func:`sha256_recorded` need not re-read it."""
+    return atomic_write_hashed(path, lambda handle: handle.write(payload))
 
 
 def atomic_link(source: Path, path: Path) -> None:
@@ -201,7 +199,7 @@ def atomic_link(source: Path, path: Path) -> None:
 
 def sha256_recorded(path: Path) -> str:
     """sha256 of a file, without re-reading one this process just wrote with
-    :func:`atomic_write_bytes` (same inode, size and mtime); verification always re-reads
+    :func:`atomic_write_hashed` (same inode, size and mtime); verification always re-reads
     (:func:`sha256_file`)."""
     known = _WRITTEN.get(_identity(path))
     return known if known is not None else sha256_file(path)

@@ -22,6 +22,7 @@ import numpy as np
 from rigor.evaluation.engine import NUMPY_CELLS
 
 CHUNK = 40
+KEPT_CELLS = 2_000_000  # resamples up to this many draws (16 MB) are kept for reuse
 Batched = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
@@ -49,33 +50,57 @@ def replicates(
 
     Consecutive chunks are evaluated together while they hold at most ``NUMPY_CELLS`` draws
     (the metric engine's numpy limit: nine chunks of 270 samples), in one numpy pass. Rows
-    are independent, so the values do not depend on how chunks are grouped. The draws of
-    (n, n_resamples, seed) are made once per process (a stage bootstraps dozens of
-    statistics on the same resamples); pieces run on a thread pool kept for the process.
+    are independent, so the values do not depend on how chunks are grouped. Resamples of
+    at most ``KEPT_CELLS`` draws are made once per process and kept (a stage bootstraps
+    dozens of statistics on the same resamples); larger ones are drawn piece by piece in the
+    pool's threads, so at most one piece per thread is in memory. Pieces run on a thread
+    pool kept for the process.
     """
-    pieces = _pieces(n, n_resamples, seed)
-    workers = workers or min(len(pieces), os.cpu_count() or 1)
-    if workers == 1:
-        parts = [batched(draws) for draws in pieces]
+    plan = _plan(n, n_resamples, seed)
+    if n * n_resamples <= KEPT_CELLS:
+        kept = _kept(n, n_resamples, seed)
+
+        def piece(k: int) -> dict[str, np.ndarray]:
+            return batched(kept[k])
+
     else:
-        parts = list(_pool(workers).map(batched, pieces))
+
+        def piece(k: int) -> dict[str, np.ndarray]:
+            return batched(_drawn(n, plan[k]))
+
+    workers = workers or min(len(plan), os.cpu_count() or 1)
+    indices = range(len(plan))
+    if workers == 1:
+        parts = [piece(k) for k in indices]
+    else:
+        parts = list(_pool(workers).map(piece, indices))
     return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
-@functools.lru_cache(maxsize=8)
-def _pieces(n: int, n_resamples: int, seed: int) -> tuple[np.ndarray, ...]:
-    """The resamples of (n, n_resamples, seed) in pieces of consecutive chunks (read-only)."""
+Piece = list[tuple[int, np.random.SeedSequence]]
+
+
+def _plan(n: int, n_resamples: int, seed: int) -> list[Piece]:
+    """(size, seed) of each chunk, grouped into pieces of consecutive chunks."""
     sizes = [min(CHUNK, n_resamples - start) for start in range(0, n_resamples, CHUNK)]
-    seeds = np.random.SeedSequence(seed).spawn(len(sizes))
+    chunks = list(zip(sizes, np.random.SeedSequence(seed).spawn(len(sizes)), strict=True))
     per_piece = max(1, NUMPY_CELLS // max(1, n * CHUNK))
-    out = []
-    for first in range(0, len(sizes), per_piece):
-        chunks = range(first, min(first + per_piece, len(sizes)))
-        draws = [draw(n, sizes[k], np.random.default_rng(seeds[k])) for k in chunks]
-        piece = draws[0] if len(draws) == 1 else np.concatenate(draws)
+    return [chunks[k : k + per_piece] for k in range(0, len(chunks), per_piece)]
+
+
+def _drawn(n: int, piece: Piece) -> np.ndarray:
+    """The draws of one piece: its chunks' resamples, each from the chunk's own seed."""
+    draws = [draw(n, size, np.random.default_rng(child)) for size, child in piece]
+    return draws[0] if len(draws) == 1 else np.concatenate(draws)
+
+
+@functools.lru_cache(maxsize=4)
+def _kept(n: int, n_resamples: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Every piece's draws, made once and read-only (a metric cannot change them)."""
+    pieces = tuple(_drawn(n, piece) for piece in _plan(n, n_resamples, seed))
+    for piece in pieces:
         piece.setflags(write=False)
-        out.append(piece)
-    return tuple(out)
+    return pieces
 
 
 @functools.cache

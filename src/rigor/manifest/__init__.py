@@ -131,7 +131,7 @@ def verify_manifest(
 
 def hash_files(run_dir: Path, rels: Iterable[str]) -> dict[str, str]:
     """sha256 of each relative path under ``run_dir`` (files this process just wrote with
-    ``atomic_write_bytes`` are not re-read: their hash was taken from the bytes written)."""
+    ``atomic_write_hashed`` are not re-read: their hash was taken on the way to the file)."""
     from rigor.io import sha256_recorded
 
     return {rel: sha256_recorded(resolve_inside(run_dir, rel)) for rel in rels}

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from rigor.errors import ArtifactError, UsageError
-from rigor.io import atomic_link, atomic_write_with
+from rigor.io import atomic_link, atomic_write_hashed
 
 REQUIRED_KEYS = (
     "model",
@@ -71,8 +71,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically: a kill leaves the old file or the new one, never a torn one."""
-    atomic_write_with(path, lambda handle: torch.save(state, handle))
+    """Write ``state`` atomically: a kill leaves the old file or the new one, never a torn one.
+    ``torch.save`` writes straight into the file, its sha256 taken on the way (the manifest
+    does not read the file again)."""
+    atomic_write_hashed(path, lambda handle: torch.save(state, handle))
 
 
 def snapshot(value: Any) -> Any:
@@ -130,7 +132,7 @@ class BackgroundWriter:
 
         def write() -> None:
             first = run_dir / names[0]
-            atomic_write_with(first, lambda handle: torch.save(state, handle), hashed=True)
+            save_checkpoint(first, state)
             for name in names[1:]:
                 atomic_link(first, run_dir / name)
             for name in remove:

@@ -246,6 +246,61 @@ def test_tensorboard_has_the_scalars(smoke_manifest: Path) -> None:
     assert [e.step for e in events.Scalars("acc/val_select")] == [5, 10]
 
 
+def test_epochs_csv_appends_rows_and_rewrites_on_replay_or_new_columns(tmp_path: Path) -> None:
+    """Rows that continue the file are appended; the file is always what a rewrite of every
+    row would give (a resumed run's replayed epoch replaces the old row, a new column
+    rewrites the header)."""
+    from rigor.config.models import LoggingConfig
+    from rigor.tracking import Tracker
+
+    cfg = LoggingConfig(log_every_n_steps=1, tensorboard=False, progress="never")
+    path = tmp_path / "logs" / "epochs.csv"
+    tracker = Tracker(tmp_path, cfg)
+    tracker.log_epoch(0, 5, {"loss/train": 0.5, "acc/val_select": 0.25})
+    first = path.stat().st_ino
+    tracker.log_epoch(1, 10, {"loss/train": 0.25, "acc/val_select": 0.5})
+    assert path.stat().st_ino == first  # appended in place, not replaced
+    assert path.read_bytes() == (
+        b"epoch,step,loss/train,acc/val_select\r\n0,5,0.5,0.25\r\n1,10,0.25,0.5\r\n"
+    )
+    resumed = Tracker(tmp_path, cfg, start_step=5)  # killed after epoch 0's checkpoint
+    resumed.log_epoch(1, 10, {"loss/train": 0.375, "acc/val_select": 0.75})
+    assert path.read_bytes() == (
+        b"epoch,step,loss/train,acc/val_select\r\n0,5,0.5,0.25\r\n1,10,0.375,0.75\r\n"
+    )
+    resumed.log_epoch(2, 15, {"loss/train": 0.125, "acc/val_select": 1.0, "lr": 0.001})
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["epoch", "step", "loss/train", "acc/val_select", "lr"]
+    assert [(r["epoch"], r["lr"]) for r in rows] == [("0", ""), ("1", ""), ("2", "0.001")]
+
+
+def test_tensorboard_restart_drops_the_killed_runs_later_steps(tmp_path: Path) -> None:
+    """A resumed run's event file marks a restart at its first step: TensorBoard shows each
+    step once, with the resumed run's values; a step's values share one event."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rigor.config.models import LoggingConfig
+    from rigor.tracking import Tracker
+
+    cfg = LoggingConfig(log_every_n_steps=1, tensorboard=True, progress="never")
+    killed = Tracker(tmp_path, cfg)
+    for step in range(1, 9):
+        killed.log_step(step, {"loss/train": float(step), "lr": math.nan})
+    killed.close()
+    resumed = Tracker(tmp_path, cfg, start_step=4)
+    for step in range(5, 11):
+        resumed.log_step(step, {"loss/train": 100.0 + step, "grad_norm": 1.0})
+    resumed.log_epoch(0, 10, {"acc/val_select": 0.5})
+    events = EventAccumulator(str(tmp_path / "logs" / "tb")).Reload()
+    loss = [(e.step, e.value) for e in events.Scalars("loss/train")]
+    assert loss == [(s, float(s)) for s in range(1, 5)] + [(s, 100.0 + s) for s in range(5, 11)]
+    assert "lr" not in events.Tags()["scalars"]  # NaN is left out
+    assert [e.step for e in events.Scalars("grad_norm")] == list(range(5, 11))
+    assert [(e.step, e.value) for e in events.Scalars("acc/val_select")] == [(10, 0.5)]
+    resumed.close()
+
+
 def test_progress_bars_off_in_ci_and_pipes(monkeypatch: pytest.MonkeyPatch) -> None:
     from rigor.tracking import progress_enabled
 

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,13 +49,11 @@ class Tracker:
         self.steps_path = self.logs / "steps.jsonl"
         self.epochs_path = self.logs / "epochs.csv"
         self.epoch_rows: list[dict[str, Any]] = _read_csv(self.epochs_path)
-        self.writer: Any = None
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(
-                log_dir=str(self.logs / "tb"), purge_step=start_step or None
-            )
+        self.columns = list(self.epoch_rows[0]) if self.epoch_rows else []  # the file's header
+        # A resumed run logs from start_step + 1 on: the killed run's rows up to start_step
+        # (the checkpoint's step, with its epoch's validation row) stay, later ones go.
+        restart = start_step + 1 if start_step else 0
+        self.events = Events(self.logs / "tb", purge_step=restart) if cfg.tensorboard else None
 
     def should_log_step(self, step: int) -> bool:
         """True every ``log_every_n_steps`` optimizer steps."""
@@ -68,16 +67,29 @@ class Tracker:
         self._scalars(step, values)
 
     def log_epoch(self, epoch: int, step: int, values: dict[str, float]) -> None:
-        """Record one per-epoch row in ``epochs.csv`` (rewritten atomically) and TensorBoard."""
-        self.epoch_rows = [row for row in self.epoch_rows if int(row["epoch"]) < epoch]
-        self.epoch_rows.append({"epoch": epoch, "step": step, **values})
-        columns = list(dict.fromkeys(key for row in self.epoch_rows for key in row))
+        """Record one per-epoch row in ``epochs.csv`` and TensorBoard, then flush TensorBoard
+        (every row logged so far is on disk). The row is appended when it continues the file
+        with the same columns; otherwise (a resumed run replaying an epoch, a new column) the
+        file is rewritten atomically."""
+        kept = [row for row in self.epoch_rows if int(row["epoch"]) < epoch]
+        row = {"epoch": epoch, "step": step, **values}
+        columns = list(dict.fromkeys(key for line in [*kept, row] for key in line))
+        appending = bool(kept) and len(kept) == len(self.epoch_rows) and columns == self.columns
+        self.epoch_rows = [*kept, row]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(self.epoch_rows)
-        atomic_write_text(self.epochs_path, buffer.getvalue())
+        if appending:
+            writer.writerow(row)
+            with open(self.epochs_path, "a", newline="") as handle:
+                handle.write(buffer.getvalue())
+        else:
+            writer.writeheader()
+            writer.writerows(self.epoch_rows)
+            atomic_write_text(self.epochs_path, buffer.getvalue())
+            self.columns = columns
         self._scalars(step, values)
+        if self.events is not None:
+            self.events.flush()
 
     def truncate_steps(self, last_step: int) -> None:
         """Drop step rows after ``last_step`` (a resumed run replays them)."""
@@ -100,17 +112,50 @@ class Tracker:
         yield from tqdm(items, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
     def _scalars(self, step: int, values: dict[str, float]) -> None:
-        if self.writer is None:
-            return
-        for key, value in values.items():
-            if isinstance(value, int | float) and math.isfinite(value):
-                self.writer.add_scalar(key, value, global_step=step)
-        self.writer.flush()
+        if self.events is not None:
+            self.events.scalars(step, values)
 
     def close(self) -> None:
         """Flush and close TensorBoard files."""
-        if self.writer is not None:
-            self.writer.close()
+        if self.events is not None:
+            self.events.close()
+
+
+class Events:
+    """A TensorBoard event file (tensorboard's own ``EventFileWriter``) of scalars: one event
+    per step holding that step's values, as ``simple_value`` summaries, like
+    ``SummaryWriter.add_scalar`` writes them one event each. ``purge_step`` (a resumed run's
+    first step) marks a restart there, so TensorBoard drops the earlier run's later events."""
+
+    def __init__(self, logdir: Path, purge_step: int = 0) -> None:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+        self.file = EventFileWriter(str(logdir))
+        if purge_step:
+            restart = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            self.file.add_event(self._event(step=purge_step, file_version="brain.Event:2"))
+            self.file.add_event(self._event(step=purge_step, session_log=restart))
+
+    def scalars(self, step: int, values: dict[str, Any]) -> None:
+        """The finite numbers among ``values`` at ``step``, as one event."""
+        kept = [
+            self._summary.Value(tag=key, simple_value=float(value))
+            for key, value in values.items()
+            if isinstance(value, int | float) and math.isfinite(value)
+        ]
+        if kept:
+            summary = self._summary(value=kept)
+            self.file.add_event(self._event(wall_time=time.time(), step=step, summary=summary))
+
+    def flush(self) -> None:
+        """Every event added so far, on disk."""
+        self.file.flush()
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        self.file.close()
 
 
 def _clean(value: Any) -> Any:

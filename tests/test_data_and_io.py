@@ -134,6 +134,36 @@ def test_a_hashed_write_streams_the_bytes_it_hashes(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
+def test_checkpoints_hash_on_the_way_when_large_and_carry_no_zip_crc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint of HASH_WHILE_WRITING bytes of tensors or more is hashed while written;
+    a smaller one is hashed when recorded. Either way the recorded digest is the file's, the
+    file loads with weights_only, its zip records carry no CRC32 and torch's process-wide
+    CRC option is left as it was."""
+    import zipfile
+
+    import torch
+
+    from rigor.io import _WRITTEN, _identity, sha256_file, sha256_recorded
+    from rigor.runs import checkpoint
+
+    state = {"model": {"w": torch.arange(1000, dtype=torch.float32)}, "epoch": 3, "top_k": []}
+    assert checkpoint.tensor_bytes(state) == 4000
+    small, large = tmp_path / "small.pt", tmp_path / "large.pt"
+    checkpoint.save_checkpoint(small, state)
+    assert _identity(small) not in _WRITTEN
+    monkeypatch.setattr(checkpoint, "HASH_WHILE_WRITING", 4000)
+    checkpoint.save_checkpoint(large, state)
+    assert _WRITTEN[_identity(large)] == sha256_file(large)
+    assert small.read_bytes() == large.read_bytes()
+    assert sha256_recorded(small) == sha256_file(small)
+    loaded = torch.load(small, weights_only=True)
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"]) and loaded["epoch"] == 3
+    assert {info.CRC for info in zipfile.ZipFile(small).infolist()} == {0}
+    assert torch.serialization.get_crc32_options() is True
+
+
 def test_the_run_writer_keeps_order_and_stops_at_the_first_error(tmp_path: Path) -> None:
     """Jobs run in submission order off the caller's thread; a checkpoint waits for the one
     before it only; the first failure drops the later jobs and is raised to the caller."""

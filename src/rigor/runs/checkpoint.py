@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from rigor.errors import ArtifactError, UsageError
-from rigor.io import atomic_link, atomic_write_hashed
+from rigor.io import atomic_link, atomic_write_hashed, atomic_write_with
 
 REQUIRED_KEYS = (
     "model",
@@ -43,7 +43,7 @@ def rng_state() -> dict[str, Any]:
     return {
         "python": {
             "version": version,
-            "state": torch.tensor(internal, dtype=torch.int64),
+            "state": torch.from_numpy(np.array(internal, dtype=np.int64)),  # 3x tensor()
             "gauss": gauss,
         },
         "numpy": {
@@ -70,11 +70,48 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# Checkpoints holding at least this many bytes of tensors are hashed while they are written;
+# smaller ones when a manifest records them (a re-read of about 1 ms per MB, done for the
+# two or three files a run keeps instead of for every epoch's).
+HASH_WHILE_WRITING = 64 << 20
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` atomically: a kill leaves the old file or the new one, never a torn one.
-    ``torch.save`` writes straight into the file, its sha256 taken on the way (the manifest
-    does not read the file again)."""
-    atomic_write_hashed(path, lambda handle: torch.save(state, handle))
+    ``torch.save`` writes straight into the file, a large state's sha256 taken on the way
+    (the manifest does not read the file again), without the zip records' CRC32s:
+    ``torch.load`` does not check them, the manifest's sha256 covers the whole file, and
+    they cost a pass over every byte (measured: ResNet-18 with AdamW, 133 MB, 145-180 ms of
+    CPU with them, 84 without; digits 3.9 ms, 3.3 without). ``unzip -t`` reports them as
+    bad."""
+    if tensor_bytes(state) >= HASH_WHILE_WRITING:
+        atomic_write_hashed(path, lambda handle: _save_without_crc(state, handle))
+    else:
+        atomic_write_with(path, lambda handle: _save_without_crc(state, handle))
+
+
+def tensor_bytes(value: Any) -> int:
+    """The bytes of the tensors in a (nested) state."""
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(tensor_bytes(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return sum(tensor_bytes(item) for item in value)
+    return 0
+
+
+_CRC_OPTION = threading.Lock()  # torch's CRC32 switch is process-wide
+
+
+def _save_without_crc(state: dict[str, Any], handle: Any) -> None:
+    with _CRC_OPTION:
+        before = torch.serialization.get_crc32_options()
+        torch.serialization.set_crc32_options(False)
+        try:
+            torch.save(state, handle)
+        finally:
+            torch.serialization.set_crc32_options(before)
 
 
 def snapshot(value: Any) -> Any:

@@ -52,7 +52,7 @@ class Batch:
 class Gathered:
     """A batch read in one gather (:meth:`ImageDataset.__getitems__`): rows and images."""
 
-    rows: list[int]
+    rows: torch.Tensor  # int64, the dataset rows of ``images`` in order
     images: torch.Tensor
 
 
@@ -104,18 +104,20 @@ class ImageDataset(Dataset[Item]):
         """A whole batch (the DataLoader asks for one this way): one gather from an in-memory
         reader that offers ``load_many``, else sample by sample."""
         load_many = getattr(self.reader, "load_many", None)
-        stacked = load_many(indices) if load_many is not None else None
+        if load_many is None:
+            return [self[index] for index in indices]
+        rows = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        stacked = load_many(rows)
         if stacked is None:
             return [self[index] for index in indices]
-        return [Gathered(list(indices), torch.from_numpy(stacked))]
+        return [Gathered(rows, stacked)]
 
     def collate(self, items: list[Item] | list[Gathered]) -> Batch:
         """Stack the readable samples; targets by index; skipped rows with their errors."""
         if len(items) == 1 and isinstance(items[0], Gathered):
-            gathered = items[0]
-            rows = torch.tensor(gathered.rows, dtype=torch.long)
-            targets = {task: values[rows] for task, values in self.targets.items()}
-            return Batch(gathered.images, targets, rows, len(gathered.rows), [])
+            rows, images = items[0].rows, items[0].images
+            targets = {task: values.index_select(0, rows) for task, values in self.targets.items()}
+            return Batch(images, targets, rows, len(rows), [])
         samples = cast(list[Item], items)
         kept = [(index, image) for index, image, _ in samples if image is not None]
         skipped = [(index, error) for index, image, error in samples if image is None and error]

@@ -172,17 +172,15 @@ class ArrayReader:
             return image
         return np.asarray(resize_tensor(torch.from_numpy(image), self.size, self.version).numpy())
 
-    def load_many(self, rows: list[int]) -> np.ndarray | None:
-        """The stored samples of ``rows`` as one (N, C, H, W) array in a single gather; None
-        when samples are resized (each is then read on its own)."""
+    def load_many(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """The stored samples of ``rows`` (int64) as one (N, C, H, W) tensor in a single
+        gather; None when samples are resized (each is then read on its own)."""
         if self.size is not None:
             return None
-        # Into a fresh array: its strides are the plain C ones even on the size-1 channel
-        # axis (a gather keeps the source's, and a conv on a tensor whose channel stride is
-        # odd takes another kernel, which changes the last bits of the result).
-        out = np.empty((len(rows), *self.images.shape[1:]), dtype=self.images.dtype)
-        np.take(self.images, np.asarray(rows, dtype=np.int64), axis=0, out=out)
-        return out
+        # index_select writes a fresh tensor with the plain contiguous strides, even on the
+        # size-1 channel axis (a view keeps the source's, which can be 0 there, and a conv
+        # on such a tensor takes another kernel whose results differ in the last bits).
+        return torch.from_numpy(self.images).index_select(0, rows)
 
     def describe(self, index: int) -> str:
         """Sample ``index``'s position in the embedded array."""

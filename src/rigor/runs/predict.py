@@ -44,9 +44,11 @@ def predict(
     device: torch.device,
     pipeline: InputPipeline,
     autocast: Callable[[], Any] | None = None,
+    with_ids: bool = True,
 ) -> dict[str, Any]:
-    """Outputs and targets per task, ids and groups, over a whole loader (eval mode, never
-    augmented); ``skipped`` maps unreadable rows (left out) to their errors."""
+    """Outputs and targets per task, ids and groups (unless ``with_ids`` is false: the
+    per-epoch validation needs neither), over a whole loader (eval mode, never augmented);
+    ``skipped`` maps unreadable rows (left out) to their errors."""
     model.eval()
     dataset = base_dataset(loader)
     outputs: dict[str, list[np.ndarray]] = {}
@@ -65,14 +67,17 @@ def predict(
             outputs.setdefault(name, []).append(value.float().cpu().numpy())
         for name, value in batch.targets.items():
             targets.setdefault(name, []).append(value.numpy())
-        rows.extend(batch.index.tolist())
-    return {
+        if with_ids:
+            rows.extend(batch.index.tolist())
+    predicted: dict[str, Any] = {
         "outputs": {name: np.concatenate(parts) for name, parts in outputs.items()},
         "targets": {name: np.concatenate(parts) for name, parts in targets.items()},
-        "ids": np.asarray([dataset.ids[row] for row in rows]),
-        "groups": np.asarray([dataset.groups[row] for row in rows]),
         "skipped": skipped,
     }
+    if with_ids:
+        predicted["ids"] = np.asarray([dataset.ids[row] for row in rows])
+        predicted["groups"] = np.asarray([dataset.groups[row] for row in rows])
+    return predicted
 
 
 def prediction_arrays(preds: dict[str, Any]) -> dict[str, np.ndarray]:

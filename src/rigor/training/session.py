@@ -202,6 +202,7 @@ class Session:
             self.prepared.device,
             self.prepared.eval_pipeline,
             self.precision.autocast,
+            with_ids=False,
         )
         self.skipped |= preds["skipped"]
         sums = sum_over_ranks(self.epoch_sums, self.prepared.dist)

@@ -70,6 +70,7 @@ bench: setup
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_hest.py
 	$(PY) benchmarks/bench_overhead.py
+	$(PY) benchmarks/bench_epoch.py
 	$(PY) benchmarks/bench_stages.py
 
 # Regenerate the pip lock from pyproject.toml in a throw-away environment.

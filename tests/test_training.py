@@ -301,6 +301,51 @@ def test_tensorboard_restart_drops_the_killed_runs_later_steps(tmp_path: Path) -
     resumed.close()
 
 
+def test_a_mid_epoch_checkpoint_follows_every_tensorboard_row_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TensorBoard is flushed once per epoch, and before each mid-epoch checkpoint: a kill
+    right after one leaves the rows up to its step on disk, however far behind
+    TensorBoard's own writer thread is (slowed down here)."""
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    write = RecordWriter.write
+
+    def slow(self, data):  # type: ignore[no-untyped-def]
+        time.sleep(0.05)
+        write(self, data)
+
+    monkeypatch.setattr(RecordWriter, "write", slow)
+
+    from rigor.manifest.rundir import create_run_dir
+    from rigor.runs.checkpoint import load_checkpoint
+    from rigor.training.prepare import prepare, write_run_inputs
+    from rigor.training.session import Session
+
+    sets = [
+        f"run.output_root={tmp_path}",
+        "training.checkpoint_every_n_steps=2",
+        "logging.log_every_n_steps=1",
+        "logging.tensorboard=true",
+    ]
+    resolved = load_config(SMOKE, sets=sets, environ={})
+    prepared = prepare(resolved, "warn", False)
+    _, run_dir = create_run_dir(tmp_path, resolved.config.run.name, resolved.hash)
+    write_run_inputs(run_dir, prepared)
+    session = Session(run_dir, prepared, None)
+    session._train_epoch()  # no epoch end: only the mid-epoch checkpoints flushed
+    saved = load_checkpoint(run_dir / "checkpoints" / "last.pt", resolved.hash)
+    assert 2 <= saved["step"] < session.step
+    events = EventAccumulator(str(run_dir / "logs" / "tb")).Reload()
+    steps = [event.step for event in events.Scalars("loss/train")]
+    assert steps[: saved["step"]] == list(range(1, saved["step"] + 1))
+    session.flush()
+    session.tracker.close()
+
+
 def test_progress_bars_off_in_ci_and_pipes(monkeypatch: pytest.MonkeyPatch) -> None:
     from rigor.tracking import progress_enabled
 

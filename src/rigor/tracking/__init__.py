@@ -115,6 +115,11 @@ class Tracker:
         if self.events is not None:
             self.events.scalars(step, values)
 
+    def flush(self) -> None:
+        """Every TensorBoard event logged so far, on disk."""
+        if self.events is not None:
+            self.events.flush()
+
     def close(self) -> None:
         """Flush and close TensorBoard files."""
         if self.events is not None:
@@ -185,6 +190,9 @@ class NullTracker:
         """Nothing."""
 
     def truncate_steps(self, last_step: int) -> None:
+        """Nothing."""
+
+    def flush(self) -> None:
         """Nothing."""
 
     def progress(self, items: Iterable[T], total: int, desc: str) -> Iterator[T]:

@@ -107,7 +107,10 @@ class Session:
         return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
     def _save(self, rel: str, state: dict[str, Any]) -> None:
+        """A mid-epoch checkpoint, written here once every row logged before it is on disk
+        (TensorBoard is flushed at each epoch's row, so here too)."""
         if self.main:
+            self.writer.submit(self.tracker.flush)
             self.writer.wait()  # files appear in the order they were saved
             save_checkpoint(self.run_dir / rel, state)
 

@@ -48,8 +48,7 @@ class Tracker:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.steps_path = self.logs / "steps.jsonl"
         self.epochs_path = self.logs / "epochs.csv"
-        self.epoch_rows: list[dict[str, Any]] = _read_csv(self.epochs_path)
-        self.columns = list(self.epoch_rows[0]) if self.epoch_rows else []  # the file's header
+        self.epoch_rows: list[dict[str, Any]] = _read_csv(self.epochs_path)  # the file's rows
         # A resumed run logs from start_step + 1 on: the killed run's rows up to start_step
         # (the checkpoint's step, with its epoch's validation row) stay, later ones go.
         restart = start_step + 1 if start_step else 0
@@ -73,8 +72,9 @@ class Tracker:
         file is rewritten atomically."""
         kept = [row for row in self.epoch_rows if int(row["epoch"]) < epoch]
         row = {"epoch": epoch, "step": step, **values}
-        columns = list(dict.fromkeys(key for line in [*kept, row] for key in line))
-        appending = bool(kept) and len(kept) == len(self.epoch_rows) and columns == self.columns
+        header = dict.fromkeys(key for line in kept for key in line)  # the file's, if kept
+        appending = bool(kept) and len(kept) == len(self.epoch_rows) and header.keys() >= row.keys()
+        columns = list(header | dict.fromkeys(row))
         self.epoch_rows = [*kept, row]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns)
@@ -86,7 +86,6 @@ class Tracker:
             writer.writeheader()
             writer.writerows(self.epoch_rows)
             atomic_write_text(self.epochs_path, buffer.getvalue())
-            self.columns = columns
         self._scalars(step, values)
         if self.events is not None:
             self.events.flush()

@@ -242,12 +242,10 @@ class Stepper:
                 task = self.gate.task
                 selection = torch.sigmoid(outputs[GATE + task].detach().float())
                 named[metric_key("gate_coverage", "train", task)] = selection.mean()
-            numbers: dict[int, float] = {}  # one .item() per tensor (the single task's loss
-            for key, value in named.items():  # is also the total)
-                number = numbers.get(id(value))
-                if number is None:
-                    number = numbers[id(value)] = value.item()
-                sums[key] = sums.get(key, 0.0) + number * weight
+            # One .item() per tensor: a single task's loss is also the total.
+            numbers = {id(value): value.item() for value in named.values()}
+            for key, value in named.items():
+                sums[key] = sums.get(key, 0.0) + numbers[id(value)] * weight
         return sums, total
 
     def _chunks(

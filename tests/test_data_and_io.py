@@ -200,6 +200,48 @@ def test_the_run_writer_keeps_order_and_stops_at_the_first_error(tmp_path: Path)
     assert order[-1][0] == "recovered"
 
 
+def test_checkpoints_snapshot_into_the_previous_ones_tensors_only_once_it_is_written(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint's file holds the state as it was when :meth:`checkpoint` was called,
+    whatever training does afterwards; the next checkpoint waits until that file is written,
+    then copies its state into the same tensors (a tensor whose layout changed is copied
+    anew)."""
+    import threading
+
+    import torch
+
+    from rigor.runs.checkpoint import BackgroundWriter, snapshot
+
+    writer, state = BackgroundWriter(), {"w": torch.zeros(4), "epoch": 0, "rows": [torch.ones(2)]}
+    gate = threading.Event()
+    writer.submit(lambda: gate.wait(5))  # the writer is busy: this checkpoint is queued
+    writer.checkpoint(tmp_path, state, ["a.pt"])
+    copy = writer._snapshot["w"]
+    state["w"] += 1  # training goes on
+    state["epoch"] = 1
+    later = threading.Thread(target=writer.checkpoint, args=(tmp_path, state, ["b.pt"]))
+    later.start()
+    later.join(0.3)
+    assert later.is_alive()  # a.pt is not written yet, so its copy is still needed
+    gate.set()
+    later.join(5)
+    writer.wait()
+    first = torch.load(tmp_path / "a.pt", weights_only=True)
+    second = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert torch.equal(first["w"], torch.zeros(4)) and first["epoch"] == 0
+    assert torch.equal(second["w"], torch.ones(4)) and second["epoch"] == 1
+    assert writer._snapshot["w"] is copy and writer._snapshot["w"] is not state["w"]
+    writer.close()
+    assert writer._snapshot is None  # nothing held once the session's writes are done
+
+    earlier = snapshot(state)
+    state["w"] = torch.zeros(2, 2).t()  # another shape and stride: a new copy
+    again = snapshot(state, earlier)
+    assert again["rows"][0] is earlier["rows"][0] and again["w"] is not earlier["w"]
+    assert again["w"].stride() == (1, 2) and torch.equal(again["w"], state["w"])
+
+
 def test_an_epoch_checkpoint_is_serialised_once_and_linked(smoke_manifest: Path) -> None:
     import json
     import os

@@ -114,19 +114,38 @@ def _save_without_crc(state: dict[str, Any], handle: Any) -> None:
             torch.serialization.set_crc32_options(before)
 
 
-def snapshot(value: Any) -> Any:
-    """A copy of a state dict that training can no longer change: every tensor cloned
+def snapshot(value: Any, reuse: Any = None) -> Any:
+    """A copy of a state dict that training can no longer change: every tensor copied
     (detached), containers rebuilt, plain values kept. Cloning costs a third of serialising
-    (ResNet-18 with AdamW: 52 against 146 ms), so the rest can happen in the background."""
+    (ResNet-18 with AdamW: 52 against 146 ms), so the rest can happen in the background.
+    ``reuse``, an earlier snapshot of a state of the same shape that nothing reads any more,
+    lends its tensors: each one with the same shape, stride, dtype and device is overwritten
+    instead of allocating a new one (ResNet-18 with AdamW: 10 ms against 37-62 ms, most of
+    it the page faults of 134 MB of fresh memory)."""
     if isinstance(value, int | float | str | bool | None):  # immutable: nothing to copy
         return value
     if isinstance(value, torch.Tensor):
+        if isinstance(reuse, torch.Tensor) and _same_layout(reuse, value):
+            return reuse.copy_(value.detach())
         return value.detach().clone()
     if isinstance(value, dict):
-        return {key: snapshot(item) for key, item in value.items()}
+        kept = reuse if isinstance(reuse, dict) else {}
+        return {key: snapshot(item, kept.get(key)) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(snapshot(item) for item in value)
+        same = isinstance(reuse, list | tuple) and len(reuse) == len(value)
+        return type(value)(
+            snapshot(item, reuse[index] if same else None) for index, item in enumerate(value)
+        )
     return copy.deepcopy(value)
+
+
+def _same_layout(buffer: torch.Tensor, value: torch.Tensor) -> bool:
+    return (
+        buffer.shape == value.shape
+        and buffer.stride() == value.stride()
+        and buffer.dtype == value.dtype
+        and buffer.device == value.device
+    )
 
 
 class BackgroundWriter:
@@ -138,9 +157,10 @@ class BackgroundWriter:
     submitted before it: a kill leaves logs that reach at least the last checkpoint, as
     when they were written in place. The first job that raises stops the rest (they are
     dropped), and :meth:`submit`, :meth:`checkpoint` and :meth:`wait` re-raise its error in
-    the training thread (a full disk stops the run). At most one checkpoint is in flight
-    (each holds a snapshot of the weights): :meth:`checkpoint` first waits for the previous
-    one, not for the log rows queued since."""
+    the training thread (a full disk stops the run). At most one checkpoint is in flight:
+    :meth:`checkpoint` first waits for the previous one (not for the log rows queued since),
+    then takes its snapshot of the state into the previous one's tensors, which that write no
+    longer reads."""
 
     def __init__(self) -> None:
         self._jobs: queue.Queue[tuple[Callable[[], None], threading.Event | None] | None]
@@ -148,6 +168,7 @@ class BackgroundWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._last_checkpoint: threading.Event | None = None
+        self._snapshot: Any = None  # the last checkpoint's copy of the state
 
     def submit(self, job: Callable[[], None], done: threading.Event | None = None) -> None:
         """Run ``job`` after every job submitted before it, then set ``done`` (also when the
@@ -161,11 +182,13 @@ class BackgroundWriter:
     def checkpoint(
         self, run_dir: Path, state: dict[str, Any], names: list[str], remove: Sequence[str] = ()
     ) -> None:
-        """Serialise ``state`` (a :func:`snapshot`, which nothing else changes) once and
-        publish it under ``names`` (relative to ``run_dir``), in that order, then delete
-        ``remove`` (top-k files that fell out: only once their successor exists)."""
+        """Take a :func:`snapshot` of ``state`` (training may change it once this returns),
+        serialise it once and publish it under ``names`` (relative to ``run_dir``), in that
+        order, then delete ``remove`` (top-k files that fell out: only once their successor
+        exists)."""
         if self._last_checkpoint is not None:
             self._last_checkpoint.wait()
+        state = self._snapshot = snapshot(state, self._snapshot)
 
         def write() -> None:
             first = run_dir / names[0]
@@ -190,6 +213,7 @@ class BackgroundWriter:
             self._jobs.put(None)
             self._thread.join()
             self._thread = None
+        self._snapshot = None
         self._raise()
 
     def _raise(self) -> None:

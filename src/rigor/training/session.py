@@ -19,7 +19,6 @@ from rigor.runs.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
-    snapshot,
 )
 from rigor.runs.device import peak_memory
 from rigor.runs.predict import predict
@@ -242,7 +241,7 @@ class Session:
             *([entry] if entry else []),
             "checkpoints/last.pt",
         ]
-        self.writer.checkpoint(self.run_dir, snapshot(state), names, drop)
+        self.writer.checkpoint(self.run_dir, state, names, drop)
 
     def _rank_top_k(self, epoch: int, value: float) -> tuple[str | None, list[dict[str, Any]]]:
         """Update the top-k list with this epoch; the file to write (when kept) and the

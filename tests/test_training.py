@@ -7,6 +7,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -376,3 +377,34 @@ def test_resume_drops_a_top_k_file_its_state_never_recorded(tmp_path: Path) -> N
     manifest = json.loads(resumed.read_text())
     assert not any("0099" in c or c.endswith(".tmp") for c in manifest["checkpoints"])
     assert not (run / "checkpoints" / ".last.pt.x1y2.tmp").exists()
+
+
+def test_only_checkpoints_a_manifest_may_record_are_hashed_while_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every checkpoint large enough to be hashed on the way, an epoch that neither
+    improves nor ends the run writes its last.pt unhashed (the next epoch replaces it); the
+    new best and the final last.pt are hashed on the way, and the manifest's digests are the
+    files' own."""
+    from rigor.io import sha256_file
+    from rigor.runs import checkpoint
+
+    written: list[tuple[str, bool]] = []
+    hashed, plain = checkpoint.atomic_write_hashed, checkpoint.atomic_write_with
+
+    def spy(hashing: bool, write: Any) -> Any:
+        def call(path: Path, writer: Any) -> Any:
+            written.append((path.name, hashing))
+            return write(path, writer)
+
+        return call
+
+    monkeypatch.setattr(checkpoint, "HASH_WHILE_WRITING", 0)
+    monkeypatch.setattr(checkpoint, "atomic_write_hashed", spy(True, hashed))
+    monkeypatch.setattr(checkpoint, "atomic_write_with", spy(False, plain))
+    # Only epoch 0 improves (by more than 1.0 in accuracy: never again); no early stop.
+    path = smoke(tmp_path, "training.epochs=4", "training.min_delta=1.0", "training.patience=9")
+    assert written == [("best.pt", True), ("last.pt", False), ("last.pt", False), ("last.pt", True)]
+    manifest = json.loads(path.read_text())
+    for rel in ("checkpoints/best.pt", "checkpoints/last.pt"):
+        assert manifest["sha256"][rel] == sha256_file(path.parent / rel)

@@ -111,7 +111,7 @@ class Session:
         if self.main:
             self.writer.submit(self.tracker.flush)
             self.writer.wait()  # files appear in the order they were saved
-            save_checkpoint(self.run_dir / rel, state)
+            save_checkpoint(self.run_dir / rel, state, kept=False)  # the epoch's replaces it
 
     def eval_model(self) -> torch.nn.Module:
         """The weights that are evaluated and saved as predictions: EMA when enabled."""
@@ -235,13 +235,17 @@ class Session:
         names hard links to it, in a background thread while the next epoch trains
         (``BackgroundWriter``).
         best.pt is published before last.pt, so a kill in between (or before the write
-        ends) resumes from the previous last.pt and redoes the epoch, bitwise as before."""
+        ends) resumes from the previous last.pt and redoes the epoch, bitwise as before.
+        A file that only the next epoch's last.pt replaces is never recorded, so it is not
+        hashed on the way (:func:`save_checkpoint`)."""
         names = [
             *(["checkpoints/best.pt"] if improved else []),
             *([entry] if entry else []),
             "checkpoints/last.pt",
         ]
-        self.writer.checkpoint(self.run_dir, state, names, drop)
+        final = self.epoch >= self.cfg.training.epochs or self.stopped_early
+        kept = improved or entry is not None or final
+        self.writer.checkpoint(self.run_dir, state, names, drop, kept)
 
     def _rank_top_k(self, epoch: int, value: float) -> tuple[str | None, list[dict[str, Any]]]:
         """Update the top-k list with this epoch; the file to write (when kept) and the

@@ -7,9 +7,10 @@ run's ``last.pt`` bitwise, or the benchmark stops: the two did exactly the same 
 Reported per workload: whole-process wall time (start to exit) and loop time (rigor's
 ``training.wall_time_s``: epochs with their validation, logging and checkpoints; the
 twin's epochs with their validation), each as the median of the paired ratios rigor/twin
-with their range.
+with their range and a 95% bootstrap interval of that median (one run's median can lie
+that far from the machine's).
 
-    make bench               # digits_baseline (15 pairs), digits_resnet18 (3 epochs, 7 pairs)
+    make bench               # digits_baseline (25 pairs), digits_resnet18 (3 epochs, 7 pairs)
     python benchmarks/bench_overhead.py --pairs 3 --workloads digits_baseline
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -32,7 +34,7 @@ WORKLOADS: dict[str, tuple[str, list[str]]] = {
 }
 # Pairs per workload by default: the digits loop is short (about 1.5 s), so its pair ratios
 # scatter more (0.8-1.3 for the twin against itself); its pairs are cheap, so there are more.
-PAIRS = {"digits_baseline": 15, "digits_resnet18": 7}
+PAIRS = {"digits_baseline": 25, "digits_resnet18": 7}
 
 
 def _run(command: list[str]) -> tuple[float, str]:
@@ -79,6 +81,18 @@ def _spread(values: list[float]) -> dict[str, float]:
     }
 
 
+def _ratio(values: list[float], draws: int = 4000) -> dict[str, float]:
+    """:func:`_spread` of paired ratios, with a 95% bootstrap interval of their median (pairs
+    drawn with replacement, seeded): how far one run's median can be from the machine's."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    return {
+        **_spread(values),
+        "median_ci95_low": medians[int(0.025 * draws)],
+        "median_ci95_high": medians[int(0.975 * draws) - 1],
+    }
+
+
 def measure(name: str, pairs: int, scratch: Path) -> dict[str, Any]:
     """``pairs`` alternating rigor/twin pairs of one workload (after one warm-up run each)."""
     config, sets = WORKLOADS[name]
@@ -110,8 +124,8 @@ def measure(name: str, pairs: int, scratch: Path) -> dict[str, Any]:
         "sets": sets,
         "pairs": rows,
         "weights_bitwise_equal": True,
-        "whole_ratio": _spread([r["rigor_wall_s"] / r["twin_wall_s"] for r in rows]),
-        "loop_ratio": _spread([r["rigor_loop_s"] / r["twin_loop_s"] for r in rows]),
+        "whole_ratio": _ratio([r["rigor_wall_s"] / r["twin_wall_s"] for r in rows]),
+        "loop_ratio": _ratio([r["rigor_loop_s"] / r["twin_loop_s"] for r in rows]),
         "rigor_wall_s": _spread([r["rigor_wall_s"] for r in rows]),
         "twin_wall_s": _spread([r["twin_wall_s"] for r in rows]),
         "rigor_loop_s": _spread([r["rigor_loop_s"] for r in rows]),
@@ -120,21 +134,26 @@ def measure(name: str, pairs: int, scratch: Path) -> dict[str, Any]:
 
 
 def table(reports: list[dict[str, Any]]) -> str:
-    """Markdown: medians (range) of times and paired ratios per workload."""
+    """Markdown: medians (range) of times and paired ratios per workload, and the 95%
+    bootstrap interval of each median ratio."""
 
     def cell(node: dict[str, float], digits: int = 2) -> str:
         return f"{node['median']:.{digits}f} ({node['min']:.{digits}f}-{node['max']:.{digits}f})"
 
+    def interval(node: dict[str, float]) -> str:
+        return f"{node['median_ci95_low']:.2f}-{node['median_ci95_high']:.2f}"
+
     lines = [
-        "| workload | rigor whole s | twin whole s | whole ratio | rigor loop s | twin loop s "
-        "| loop ratio | weights |",
-        "|---|---|---|---|---|---|---|---|",
+        "| workload | rigor whole s | twin whole s | whole ratio | its 95% CI | rigor loop s "
+        "| twin loop s | loop ratio | its 95% CI | weights |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         lines.append(
             f"| {r['workload']} | {cell(r['rigor_wall_s'])} | {cell(r['twin_wall_s'])} | "
-            f"{cell(r['whole_ratio'])} | {cell(r['rigor_loop_s'])} | {cell(r['twin_loop_s'])} | "
-            f"{cell(r['loop_ratio'])} | bitwise equal |"
+            f"{cell(r['whole_ratio'])} | {interval(r['whole_ratio'])} | "
+            f"{cell(r['rigor_loop_s'])} | {cell(r['twin_loop_s'])} | "
+            f"{cell(r['loop_ratio'])} | {interval(r['loop_ratio'])} | bitwise equal |"
         )
     return "\n".join(lines)
 

@@ -134,8 +134,8 @@ def snapshot(value: Any, reuse: Any = None) -> Any:
             return reuse.copy_(value.detach())
         return value.detach().clone()
     if isinstance(value, dict):
-        kept = reuse if isinstance(reuse, dict) else {}
-        return {key: snapshot(item, kept.get(key)) for key, item in value.items()}
+        earlier = reuse if isinstance(reuse, dict) else {}
+        return {key: snapshot(item, earlier.get(key)) for key, item in value.items()}
     if isinstance(value, list | tuple):
         same = isinstance(reuse, list | tuple) and len(reuse) == len(value)
         return type(value)(

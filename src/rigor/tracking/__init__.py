@@ -87,8 +87,7 @@ class Tracker:
             writer.writerows(self.epoch_rows)
             atomic_write_text(self.epochs_path, buffer.getvalue())
         self._scalars(step, values)
-        if self.events is not None:
-            self.events.flush()
+        self.flush()
 
     def truncate_steps(self, last_step: int) -> None:
         """Drop step rows after ``last_step`` (a resumed run replays them)."""

@@ -92,6 +92,10 @@ class Session:
         """Block until every log row and checkpoint is on disk; raise a write's error."""
         self.writer.close()
 
+    def finished(self) -> bool:
+        """Whether no epoch is left to run: all were run, or training stopped early."""
+        return self.epoch >= self.cfg.training.epochs or self.stopped_early
+
     def holds_best(self) -> bool:
         """Whether the weights in memory are best.pt's: the last epoch run was the best."""
         return self.best_epoch >= 0 and self.best_epoch == self.epoch - 1
@@ -123,7 +127,7 @@ class Session:
         the manifest (a failure waits for every write before it propagates)."""
         started = time.perf_counter()
         try:
-            while self.epoch < self.cfg.training.epochs and not self.stopped_early:
+            while not self.finished():
                 self._train_epoch()
                 self._end_epoch()
         except BaseException:
@@ -243,8 +247,7 @@ class Session:
             *([entry] if entry else []),
             "checkpoints/last.pt",
         ]
-        final = self.epoch >= self.cfg.training.epochs or self.stopped_early
-        kept = improved or entry is not None or final
+        kept = improved or entry is not None or self.finished()
         self.writer.checkpoint(self.run_dir, state, names, drop, kept)
 
     def _rank_top_k(self, epoch: int, value: float) -> tuple[str | None, list[dict[str, Any]]]:

@@ -134,6 +134,69 @@ def test_a_hashed_write_streams_the_bytes_it_hashes(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
+def test_checkpoints_are_torch_saves_bytes_pickled_without_its_hook() -> None:
+    """save_state writes what torch.save writes, byte for byte, with CRC32s on and off: a
+    model and AdamW state, views that share a storage, every dtype of the classic storages,
+    0-d and empty tensors, strings that torch's own persistent ids hold. The tensors torch
+    reduces another way go to torch.save itself (same bytes) and leave its CRC switch as it
+    was."""
+    import io
+
+    import torch
+    from torch import nn
+
+    from rigor.runs import serialize
+    from rigor.runs.checkpoint import rng_state
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 3))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 1, 8, 8)).sum().backward()
+    optimizer.step()
+    base = torch.arange(12, dtype=torch.float32)
+    dtypes = [torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+              torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64]  # fmt: skip
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(),
+        "views": [base[2:5], base.view(3, 4).t(), (base, base[0])],
+        "dtypes": {str(d): torch.ones(3, dtype=d) for d in dtypes},
+        "scalars": [torch.tensor(1.5), torch.zeros(0, 4), 2, 0.5, None, True],
+        "strings": {"0": "storage", "cpu": "1", "top_k": [{"path": "cpu", "epoch": 0}]},
+    }
+
+    def bytes_of(save, value, crc32: bool) -> bytes:  # type: ignore[no-untyped-def]
+        buffer = io.BytesIO()
+        save(value, buffer, crc32)
+        return buffer.getvalue()
+
+    def torch_save(value, handle, crc32: bool) -> None:  # type: ignore[no-untyped-def]
+        before = torch.serialization.get_crc32_options()
+        torch.serialization.set_crc32_options(crc32)
+        torch.save(value, handle)
+        torch.serialization.set_crc32_options(before)
+
+    assert serialize._pickled(state, {})  # the fast path takes this state
+    for crc32 in (False, True):
+        assert bytes_of(serialize.save_state, state, crc32) == bytes_of(torch_save, state, crc32)
+    loaded = torch.load(io.BytesIO(bytes_of(serialize.save_state, state, False)), weights_only=True)
+    assert torch.equal(loaded["views"][1], base.view(3, 4).t())
+    shared = {view.untyped_storage()._cdata for view in (loaded["views"][0], *loaded["views"][2])}
+    assert len(shared) == 1  # one storage, as saved
+    for other in (
+        nn.Parameter(torch.ones(2)),
+        torch.ones(2, requires_grad=True),
+        torch.ones(2, dtype=torch.complex64).conj(),
+        torch.ones(2, dtype=torch.uint16),
+    ):
+        with pytest.raises(serialize._Unsupported):
+            serialize._pickled({"x": other}, {})
+        value = {"x": other, "model": model.state_dict()}
+        assert bytes_of(serialize.save_state, value, False) == bytes_of(torch_save, value, False)
+        assert torch.serialization.get_crc32_options() is True
+
+
 def test_checkpoints_hash_on_the_way_when_large_and_carry_no_zip_crc(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,25 +8,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, cast
 
 _CHUNK = 1 << 20
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux allows (/proc), else by
-    setting and restoring it."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def is_temporary(name: str) -> bool:
@@ -42,9 +30,8 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = _create_temporary(path)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -55,6 +42,20 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
             os.unlink(tmp_name)
         raise
     _fsync_dir(path.parent)
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new hidden file beside ``path``, open for writing, with the mode ``open()`` would
+    give it (0666 less the umask, applied by the kernel: mkstemp's 0600 would need the umask
+    read back, a /proc read per write)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        name = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 @contextmanager

@@ -29,10 +29,11 @@ import torch
 
 try:  # torch internals that torch.save uses; without them, torch.save does the work
     from torch._C import PyTorchFileWriter
-    from torch._C import _get_tensor_metadata  # type: ignore[attr-defined]
     from torch._utils import _rebuild_tensor_v2
     from torch.serialization import _get_storage_alignment
     from torch.storage import _dtype_to_storage_type_map, _new_dtypes
+
+    _get_tensor_metadata = torch._C._get_tensor_metadata  # type: ignore[attr-defined]
 
     _STORAGE_TYPES: dict[torch.dtype, Any] = {
         dtype: getattr(torch, name)

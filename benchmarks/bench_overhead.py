@@ -10,7 +10,7 @@ twin's epochs with their validation), each as the median of the paired ratios ri
 with their range and a 95% bootstrap interval of that median (one run's median can lie
 that far from the machine's).
 
-    make bench               # digits_baseline (25 pairs), digits_resnet18 (3 epochs, 7 pairs)
+    make bench               # digits_baseline (41 pairs), digits_resnet18 (3 epochs, 7 pairs)
     python benchmarks/bench_overhead.py --pairs 3 --workloads digits_baseline
 """
 
@@ -34,7 +34,7 @@ WORKLOADS: dict[str, tuple[str, list[str]]] = {
 }
 # Pairs per workload by default: the digits loop is short (about 1.5 s), so its pair ratios
 # scatter more (0.8-1.3 for the twin against itself); its pairs are cheap, so there are more.
-PAIRS = {"digits_baseline": 25, "digits_resnet18": 7}
+PAIRS = {"digits_baseline": 41, "digits_resnet18": 7}
 
 
 def _run(command: list[str]) -> tuple[float, str]:

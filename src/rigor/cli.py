@@ -112,8 +112,8 @@ def keep_freed_memory() -> bool:
     gave it back at every free, and a digits run took 55,000-165,000 page faults in its
     12 epochs instead of 3,500 (0.2-0.4 s of kernel time in a 1.7-2.6 s loop). The process
     keeps up to 256 MiB more than it uses (ResNet-18 on digits: a peak RSS of 1.34 against
-    1.31 GB). Linux with glibc only; the environment's
-    ``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_MMAP_THRESHOLD_`` wins. Returns whether it applied."""
+    1.31 GB). Linux with glibc only; ``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_MMAP_THRESHOLD_``
+    in the environment wins. Returns whether it applied."""
     if sys.platform != "linux" or os.environ.keys() & {
         "MALLOC_TRIM_THRESHOLD_",
         "MALLOC_MMAP_THRESHOLD_",

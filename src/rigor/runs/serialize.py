@@ -4,15 +4,16 @@
 object it meets (1,350 times for a digits checkpoint: every dict, string, number and each
 tensor's size tuple), and each call asks whether the object is a storage. That is most of
 the 3.1-3.4 ms of CPU a digits checkpoint costs (1.4 ms here), on the run writer's
-thread, while the next epoch trains on the same two cores. :func:`save_state` writes the same archive, byte for
-byte: the same records in the same order through torch's own zip writer, and a pickle whose
-opcodes are torch's. Tensors are reduced (by ``reducer_override``, which the pickler does not
-call for builtin types) to what ``Tensor.__reduce_ex__`` returns for a plain dense CPU
-tensor, with a marker in place of the storage, and the persistent-id hook only recognises
-that marker. Anything else (a tensor subclass, a GPU, sparse, quantized or
-conjugated tensor, a dtype of the newer storage format, a tensor that requires grad, or a
-torch without these internals) is written by ``torch.save`` itself. The test suite checks
-the bytes against ``torch.save``'s, so a torch release that changes its format is noticed.
+thread, while the next epoch trains on the same two cores. :func:`save_state` writes the
+same archive, byte for byte: the same records in the same order through torch's own zip
+writer, and a pickle whose opcodes are torch's. Tensors are reduced (by
+``reducer_override``, which the pickler does not call for builtin types) to what
+``Tensor.__reduce_ex__`` returns for a plain dense CPU tensor, with a marker in place of
+the storage, and the persistent-id hook only recognises that marker. Anything else (a
+tensor subclass, a GPU, sparse, quantized or conjugated tensor, a dtype of the newer
+storage format, a tensor that requires grad, or a torch without these internals) is
+written by ``torch.save`` itself. The test suite checks the bytes against
+``torch.save``'s, so a torch release that changes its format is noticed.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ val_select and its metrics, log rows and checkpoints handed to the run writer, w
 each epoch's files while the next one trains) with blocks of twin epochs (steps and
 validation accuracy) on the twin's copy of the model. The run writer finishes a block's last
 files outside both timings; its CPU time per epoch (Linux) is reported beside them.
-``--no-writes`` drops rigor's log rows and checkpoints, which shows their share.
+``--no-writes`` drops rigor's log rows and checkpoints, which shows their share. Both sides
+share one process, so what a process's own state costs its loop (the page faults of its
+heap's layout, see ``rigor.cli.keep_freed_memory``) shows only in ``bench_overhead.py``.
 
     python benchmarks/bench_epoch.py                       # digits_baseline, 15 pairs
     python benchmarks/bench_epoch.py --pairs 30 --profile  # and where the time differs

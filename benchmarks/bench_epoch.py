@@ -11,7 +11,7 @@ validation accuracy) on the twin's copy of the model. The run writer finishes a 
 files outside both timings; its CPU time per epoch (Linux) is reported beside them.
 ``--no-writes`` drops rigor's log rows and checkpoints, which shows their share. Both sides
 share one process, so what a process's own state costs its loop (the page faults of its
-heap's layout, see ``rigor.cli.keep_freed_memory``) shows only in ``bench_overhead.py``.
+heap's layout, see ``rigor.allocator``) shows only in ``bench_overhead.py``.
 
     python benchmarks/bench_epoch.py                       # digits_baseline, 15 pairs
     python benchmarks/bench_epoch.py --pairs 30 --profile  # and where the time differs

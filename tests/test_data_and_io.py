@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -350,3 +351,66 @@ def test_digits_read_as_scikit_learn_reads_them_without_importing_it() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("[]")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_settled_loops_keep_freed_memory_and_streamed_passes_keep_their_threshold() -> None:
+    """A loop that allocates, touches and frees three 900 KiB blocks 20 times (glibc's moving
+    thresholds set by a 1 MiB block freed first) faults their pages in every round with
+    glibc's defaults, once after keep_freed_memory() or a script's settle(), and every round
+    again in a process that streams files: its fixed 1 MiB threshold wins over a later
+    keep_freed_memory(), which then does nothing, and undoes an earlier one's trim."""
+    import subprocess
+
+    loop = (
+        "import ctypes, resource, sys\n"
+        "from rigor.allocator import fix_mmap_threshold, keep_freed_memory\n"
+        "from rigor.cli import run_main, settle\n"
+        "libc = ctypes.CDLL(None)\n"
+        "libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]\n"
+        "libc.free.argtypes = [ctypes.c_void_p]\n"
+        "libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]\n"
+        "def faults():\n"
+        "    libc.free(libc.malloc(1 << 20))\n"
+        "    size, before = 900 << 10, resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "    for _ in range(20):\n"
+        "        blocks = [libc.malloc(size) for _ in range(3)]\n"
+        "        for block in blocks:\n"
+        "            libc.memset(block, 1, size)\n"
+        "        for block in reversed(blocks):\n"
+        "            libc.free(block)\n"
+        "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before\n"
+    )
+    setups = {
+        "default": "print(faults())\n",
+        "kept": "assert keep_freed_memory()\nprint(faults())\n",
+        "settled": (
+            "def main(argv):\n"
+            "    settle()\n"
+            "    print(faults())\n"
+            "    return 0\n"
+            "sys.argv = ['probe']\n"
+            "run_main(main, defer_gc=True)\n"
+        ),
+        "streamed": "assert fix_mmap_threshold() and not keep_freed_memory()\nprint(faults())\n",
+        "kept, then streamed": (
+            "assert keep_freed_memory() and fix_mmap_threshold()\nprint(faults())\n"
+        ),
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    faults = {
+        name: int(
+            subprocess.run(
+                [sys.executable, "-c", loop + setup],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+            ).stdout
+        )
+        for name, setup in setups.items()
+    }
+    page_ins = 3 * (900 << 10) // 4096  # the three blocks' pages, faulted in once
+    assert faults["kept"] < 2 * page_ins and faults["settled"] < 2 * page_ins, faults
+    for name in ("default", "streamed", "kept, then streamed"):
+        assert faults[name] > 10 * page_ins, faults

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -345,54 +344,3 @@ def test_scripts_defer_collection_until_the_stage_settles() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "OK True"
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
-def test_settled_loops_reuse_freed_memory_instead_of_faulting_it_in() -> None:
-    """After settle() (or keep_freed_memory()), memory freed at the top of the heap stays for
-    the next allocation: a loop that allocates, touches and frees three 900 KiB blocks 20
-    times faults their pages in once, where glibc's defaults hand them back at every free
-    and fault them in again (its moving thresholds sit at the 1 MiB block freed first)."""
-    import subprocess
-
-    loop = (
-        "import ctypes, resource, sys\n"
-        "libc = ctypes.CDLL(None)\n"
-        "libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]\n"
-        "libc.free.argtypes = [ctypes.c_void_p]\n"
-        "libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]\n"
-        "def faults():\n"
-        "    libc.free(libc.malloc(1 << 20))\n"
-        "    size, before = 900 << 10, resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-        "    for _ in range(20):\n"
-        "        blocks = [libc.malloc(size) for _ in range(3)]\n"
-        "        for block in blocks:\n"
-        "            libc.memset(block, 1, size)\n"
-        "        for block in reversed(blocks):\n"
-        "            libc.free(block)\n"
-        "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before\n"
-        "from rigor.cli import keep_freed_memory, run_main, settle\n"
-    )
-    setups = {
-        "default": "print(faults())\n",
-        "kept": "assert keep_freed_memory()\nprint(faults())\n",
-        "settled": (
-            "def main(argv):\n"
-            "    settle()\n"
-            "    print(faults())\n"
-            "    return 0\n"
-            "sys.argv = ['probe']\n"
-            "run_main(main, defer_gc=True)\n"
-        ),
-    }
-    faults = {
-        name: int(
-            subprocess.run(
-                [sys.executable, "-c", loop + setup], capture_output=True, text=True, check=True
-            ).stdout
-        )
-        for name, setup in setups.items()
-    }
-    page_ins = 3 * (900 << 10) // 4096  # the three blocks' pages, faulted in once
-    assert faults["default"] > 10 * page_ins
-    assert faults["kept"] < 2 * page_ins and faults["settled"] < 2 * page_ins

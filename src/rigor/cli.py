@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
-import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 
+from rigor.allocator import keep_freed_memory
 from rigor.errors import RigorError
 
 ENV_POLICIES = ("strict", "warn", "ignore")
@@ -88,45 +87,13 @@ def settle() -> None:
     """The end of a stage's start-up, in a script run with ``defer_gc``: what is alive now
     (modules, model, data) stays alive, so freeze it out of the collector's sight and turn
     collection back on for the work to come, and let freed memory be reused
-    (:func:`keep_freed_memory`). Elsewhere it does nothing."""
+    (:func:`rigor.allocator.keep_freed_memory`). Elsewhere it does nothing."""
     global _DEFERRED
     if _DEFERRED:
         _DEFERRED = False
         gc.freeze()
         gc.enable()
         keep_freed_memory()
-
-
-# glibc's mallopt parameters (malloc.h) and what the loops ask of them
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its moving threshold
-TRIM_THRESHOLD = 256 << 20
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep memory that is freed for the next allocation, instead of
-    handing it back to the kernel and faulting it in again: blocks under 32 MiB come from
-    the heap (not a fresh mmap each), and the heap shrinks only when 256 MiB at its top are
-    free. A training loop frees and allocates the same activations every step; where the
-    heap's free space lands at its top (it depends on what the process did before), glibc
-    gave it back at every free, and a digits run took 55,000-165,000 page faults in its
-    12 epochs instead of 3,500 (0.2-0.4 s of kernel time in a 1.7-2.6 s loop). The process
-    keeps up to 256 MiB more than it uses (ResNet-18 on digits: a peak RSS of 1.34 against
-    1.31 GB). Linux with glibc only; ``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_MMAP_THRESHOLD_``
-    in the environment wins. Returns whether it applied."""
-    if sys.platform != "linux" or os.environ.keys() & {
-        "MALLOC_TRIM_THRESHOLD_",
-        "MALLOC_MMAP_THRESHOLD_",
-    }:
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # this process's C library
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    )
 
 
 def _run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:

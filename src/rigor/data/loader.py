@@ -7,10 +7,7 @@ float in [0, 1], train-only augmentation, then normalisation, all on the whole b
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import os
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 
+from rigor.allocator import fix_mmap_threshold
 from rigor.data.augment import BatchAugment
 from rigor.data.dataset import Batch, ImageDataset
 from rigor.errors import RigorError
@@ -88,32 +86,6 @@ def seed_worker(worker_id: int) -> None:
     torch.set_num_threads(1)  # decoding is per sample: threads would only contend
 
 
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
-MMAP_THRESHOLD = 1 << 20
-
-
-@functools.cache
-def fix_mmap_threshold() -> bool:
-    """Serve allocations of 1 MiB and more with mmap for the rest of the process (glibc).
-
-    glibc raises its mmap threshold every time a large mmapped block is freed, so from the
-    first freed batch on, batch-sized tensors come from the heap instead, and a long
-    streamed pass fragments it: a 100,000-patch feature extraction grew to 5 GB of RSS
-    that way, and stays flat at 1 GB with a fixed threshold. Setting the threshold turns
-    that adjustment off. ``MALLOC_MMAP_THRESHOLD_`` in the environment wins; elsewhere than
-    glibc nothing is done. Returns whether the threshold was set here.
-    """
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None or not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    except (OSError, AttributeError):
-        return False
-
-
 def make_loader(
     dataset: ImageDataset,
     rows: Sequence[int],
@@ -129,9 +101,10 @@ def make_loader(
     drawn from); workers persist across epochs and prefetch ``prefetch_factor`` batches.
 
     A loader that streams files (uint8 samples: image folders, CSV, HEST) fixes glibc's mmap
-    threshold (:func:`fix_mmap_threshold`); one over an in-memory dataset (digits, tiles)
-    does not: every large tensor would then be a fresh mmap, which slowed ResNet-18 training
-    on digits by 40% (benchmarks/bench_overhead.py) and saves nothing there."""
+    threshold (:func:`rigor.allocator.fix_mmap_threshold`); one over an in-memory dataset
+    (digits, tiles) does not: every large tensor would then be a fresh mmap, which slowed
+    ResNet-18 training on digits by 40% (benchmarks/bench_overhead.py) and saves nothing
+    there (a settled loop keeps freed memory instead: :mod:`rigor.allocator`)."""
     if getattr(dataset.reader, "dtype", "uint8") == "uint8":
         fix_mmap_threshold()
     workers = num_workers if len(rows) > 0 else 0

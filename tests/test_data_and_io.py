@@ -277,7 +277,8 @@ def test_checkpoints_snapshot_into_the_previous_ones_tensors_only_once_it_is_wri
 
     from rigor.runs.checkpoint import BackgroundWriter, snapshot
 
-    writer, state = BackgroundWriter(), {"w": torch.zeros(4), "epoch": 0, "rows": [torch.ones(2)]}
+    state = {"w": torch.zeros(4), "epoch": 0, "rows": [torch.ones(2)]}
+    writer = BackgroundWriter(serialise_inline=0)  # every state copied and serialised there
     gate = threading.Event()
     writer.submit(lambda: gate.wait(5))  # the writer is busy: this checkpoint is queued
     writer.checkpoint(tmp_path, state, ["a.pt"])
@@ -304,6 +305,41 @@ def test_checkpoints_snapshot_into_the_previous_ones_tensors_only_once_it_is_wri
     again = snapshot(state, earlier)
     assert again["rows"][0] is earlier["rows"][0] and again["w"] is not earlier["w"]
     assert again["w"].stride() == (1, 2) and torch.equal(again["w"], state["w"])
+
+
+def test_a_small_checkpoint_is_serialised_at_the_call_and_written_in_order(
+    tmp_path: Path,
+) -> None:
+    """Under the inline threshold the state is serialised when :meth:`checkpoint` is called
+    (it returns while the writer is still busy), into the bytes a checkpoint of a copy of
+    the state has always had; the files are written in the order they were submitted."""
+    import threading
+
+    import torch
+
+    from rigor.runs.checkpoint import BackgroundWriter, save_checkpoint, snapshot
+
+    model = torch.nn.Linear(3, 2)
+    state = {"model": model.state_dict(), "epoch": 0, "rows": [torch.ones(2)]}
+    save_checkpoint(tmp_path / "expected.pt", snapshot(state))
+    writer, gate, order = BackgroundWriter(), threading.Event(), []
+    writer.submit(lambda: (gate.wait(5), order.append("before")))
+    writer.checkpoint(tmp_path, state, ["a.pt", "b.pt"])  # returns at once
+    with torch.no_grad():
+        model.weight += 1  # training goes on
+    state["epoch"] = 1
+    writer.checkpoint(tmp_path, state, ["c.pt"])
+    writer.submit(lambda: order.append(sorted(p.name for p in tmp_path.glob("?.pt"))))
+    assert not (tmp_path / "a.pt").exists()
+    gate.set()
+    writer.close()
+    assert order == ["before", ["a.pt", "b.pt", "c.pt"]]
+    expected = (tmp_path / "expected.pt").read_bytes()
+    assert (tmp_path / "a.pt").read_bytes() == expected  # as it was at the call
+    assert (tmp_path / "a.pt").stat().st_ino == (tmp_path / "b.pt").stat().st_ino
+    later = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert later["epoch"] == 1 and torch.equal(later["model"]["weight"], model.weight)
+    assert writer._copy is None
 
 
 def test_an_epoch_checkpoint_is_serialised_once_and_linked(smoke_manifest: Path) -> None:

@@ -306,8 +306,8 @@ def test_a_mid_epoch_checkpoint_follows_every_tensorboard_row_before_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """TensorBoard is flushed once per epoch, and before each mid-epoch checkpoint: a kill
-    right after one leaves the rows up to its step on disk, however far behind
-    TensorBoard's own writer thread is (slowed down here)."""
+    right after one leaves the rows up to its step on disk, though the events in between
+    are buffered (and their writes slowed down here)."""
     import time
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -379,13 +379,14 @@ def test_resume_drops_a_top_k_file_its_state_never_recorded(tmp_path: Path) -> N
     assert not (run / "checkpoints" / ".last.pt.x1y2.tmp").exists()
 
 
+@pytest.mark.parametrize("inline", [0, 1 << 40], ids=["copied", "serialised-inline"])
 def test_only_checkpoints_a_manifest_may_record_are_hashed_while_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inline: int
 ) -> None:
     """With every checkpoint large enough to be hashed on the way, an epoch that neither
     improves nor ends the run writes its last.pt unhashed (the next epoch replaces it); the
     new best and the final last.pt are hashed on the way, and the manifest's digests are the
-    files' own."""
+    files' own: states serialised on the writer's thread or on the training thread."""
     from rigor.io import sha256_file
     from rigor.runs import checkpoint
 
@@ -393,13 +394,14 @@ def test_only_checkpoints_a_manifest_may_record_are_hashed_while_written(
     hashed, plain = checkpoint.atomic_write_hashed, checkpoint.atomic_write_with
 
     def spy(hashing: bool, write: Any) -> Any:
-        def call(path: Path, writer: Any) -> Any:
+        def call(path: Path, *args: Any) -> Any:
             written.append((path.name, hashing))
-            return write(path, writer)
+            return write(path, *args)
 
         return call
 
     monkeypatch.setattr(checkpoint, "HASH_WHILE_WRITING", 0)
+    monkeypatch.setattr(checkpoint, "SERIALISE_INLINE", inline)
     monkeypatch.setattr(checkpoint, "atomic_write_hashed", spy(True, hashed))
     monkeypatch.setattr(checkpoint, "atomic_write_with", spy(False, plain))
     # Only epoch 0 improves (by more than 1.0 in accuracy: never again); no early stop.

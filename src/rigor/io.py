@@ -23,8 +23,9 @@ def is_temporary(name: str) -> bool:
 
 
 @contextmanager
-def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temp file beside ``path``; on success fsync it and rename it over ``path``.
+def atomic_open(path: Path, mode: str = "w", buffering: int = -1) -> Iterator[IO[Any]]:
+    """Open a temp file beside ``path`` (``buffering`` as for ``open``); on success fsync it
+    and rename it over ``path``.
 
     A crash at any moment leaves either the old file or the new one, never a torn one.
     """
@@ -32,7 +33,7 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = _create_temporary(path)
     try:
-        with os.fdopen(fd, mode) as handle:
+        with os.fdopen(fd, mode, buffering) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -95,17 +96,22 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def atomic_write_with(path: Path, writer: Callable[[IO[bytes]], None]) -> None:
-    """Let ``writer`` fill a binary handle, then publish the file atomically."""
-    with atomic_open(path, "wb") as handle:
+def atomic_write_with(
+    path: Path, writer: Callable[[IO[bytes]], object], buffering: int = -1
+) -> None:
+    """Let ``writer`` fill a binary handle (``buffering`` as for ``open``), then publish the
+    file atomically."""
+    with atomic_open(path, "wb", buffering) as handle:
         writer(handle)
 
 
-def atomic_write_hashed(path: Path, writer: Callable[[IO[bytes]], object]) -> str:
+def atomic_write_hashed(
+    path: Path, writer: Callable[[IO[bytes]], object], buffering: int = -1
+) -> str:
     """:func:`atomic_write_with`, with the sha256 of what ``writer`` wrote computed on the
     way to the file (no copy in memory, no re-reading), remembered so that
     :func:`sha256_recorded` need not re-read it, and returned."""
-    with atomic_open(path, "wb") as handle:
+    with atomic_open(path, "wb", buffering) as handle:
         sink = _HashingSink(handle)
         writer(cast(IO[bytes], sink))
     digest = sink.digest.hexdigest()

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from rigor.config.models import LoggingConfig
 from rigor.io import atomic_write_text
@@ -49,6 +51,10 @@ class Tracker:
         self.steps_path = self.logs / "steps.jsonl"
         self.epochs_path = self.logs / "epochs.csv"
         self.epoch_rows: list[dict[str, Any]] = _read_csv(self.epochs_path)  # the file's rows
+        # Append handles, opened once: a row is one write() (open, fstat, seek and close
+        # for each row were six system calls, each a hand-over of the interpreter lock
+        # between this writer's thread and training).
+        self._appending: dict[Path, IO[str]] = {}
         # A resumed run logs from start_step + 1 on: the killed run's rows up to start_step
         # (the checkpoint's step, with its epoch's validation row) stay, later ones go.
         restart = start_step + 1 if start_step else 0
@@ -61,8 +67,7 @@ class Tracker:
     def log_step(self, step: int, values: dict[str, float]) -> None:
         """Append one per-step row (JSONL) and write the scalars to TensorBoard."""
         row = {"step": step, **{key: _clean(value) for key, value in values.items()}}
-        with open(self.steps_path, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        self._append(self.steps_path, json.dumps(row) + "\n")
         self._scalars(step, values)
 
     def log_epoch(self, epoch: int, step: int, values: dict[str, float]) -> None:
@@ -80,12 +85,11 @@ class Tracker:
         writer = csv.DictWriter(buffer, fieldnames=columns)
         if appending:
             writer.writerow(row)
-            with open(self.epochs_path, "a", newline="") as handle:
-                handle.write(buffer.getvalue())
+            self._append(self.epochs_path, buffer.getvalue())
         else:
             writer.writeheader()
             writer.writerows(self.epoch_rows)
-            atomic_write_text(self.epochs_path, buffer.getvalue())
+            self._replace(self.epochs_path, buffer.getvalue())
         self._scalars(step, values)
         self.flush()
 
@@ -98,7 +102,23 @@ class Tracker:
             for line in self.steps_path.read_text().splitlines()
             if line and json.loads(line)["step"] <= last_step
         ]
-        atomic_write_text(self.steps_path, "".join(line + "\n" for line in kept))
+        self._replace(self.steps_path, "".join(line + "\n" for line in kept))
+
+    def _append(self, path: Path, text: str) -> None:
+        """Append ``text`` to ``path`` and hand it to the kernel (a kill loses no row)."""
+        handle = self._appending.get(path)
+        if handle is None:
+            # newline="": csv writes its own line ends, JSON lines hold none to translate.
+            handle = self._appending[path] = open(path, "a", newline="")  # noqa: SIM115
+        handle.write(text)
+        handle.flush()
+
+    def _replace(self, path: Path, text: str) -> None:
+        """Replace ``path`` atomically; a later row is appended to the new file."""
+        handle = self._appending.pop(path, None)
+        if handle is not None:
+            handle.close()
+        atomic_write_text(path, text)
 
     def progress(self, items: Iterable[T], total: int, desc: str) -> Iterator[T]:
         """Wrap ``items`` in a tqdm bar when bars are enabled."""
@@ -119,27 +139,40 @@ class Tracker:
             self.events.flush()
 
     def close(self) -> None:
-        """Flush and close TensorBoard files."""
+        """Close the log files and TensorBoard's."""
+        for handle in self._appending.values():
+            handle.close()
+        self._appending.clear()
         if self.events is not None:
             self.events.close()
 
 
 class Events:
-    """A TensorBoard event file (tensorboard's own ``EventFileWriter``) of scalars: one event
-    per step holding that step's values, as ``simple_value`` summaries, like
-    ``SummaryWriter.add_scalar`` writes them one event each. ``purge_step`` (a resumed run's
-    first step) marks a restart there, so TensorBoard drops the earlier run's later events."""
+    """A TensorBoard event file of scalars, in tensorboard's own record format
+    (``RecordWriter``) and protos: one event per step holding that step's values, as
+    ``simple_value`` summaries, like ``SummaryWriter.add_scalar`` writes them one event each.
+    The records go through one open file on the caller's thread: tensorboard's
+    ``EventFileWriter`` hands them to a thread of its own that opens the file again for
+    every write. ``purge_step`` (a resumed run's first step) marks a restart there, so
+    TensorBoard drops the earlier run's later events."""
 
     def __init__(self, logdir: Path, purge_step: int = 0) -> None:
         from tensorboard.compat.proto import event_pb2, summary_pb2
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from tensorboard.summary.writer.record_writer import RecordWriter
 
         self._event, self._summary = event_pb2.Event, summary_pb2.Summary
-        self.file = EventFileWriter(str(logdir))
+        logdir.mkdir(parents=True, exist_ok=True)
+        self.path, handle = _new_event_file(logdir)
+        self.file = RecordWriter(handle)
+        source = event_pb2.SourceMetadata(writer="rigor.tracking")
+        self._add(
+            self._event(wall_time=time.time(), file_version="brain.Event:2", source_metadata=source)
+        )
         if purge_step:
             restart = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
-            self.file.add_event(self._event(step=purge_step, file_version="brain.Event:2"))
-            self.file.add_event(self._event(step=purge_step, session_log=restart))
+            self._add(self._event(step=purge_step, file_version="brain.Event:2"))
+            self._add(self._event(step=purge_step, session_log=restart))
+        self.flush()
 
     def scalars(self, step: int, values: dict[str, Any]) -> None:
         """The finite numbers among ``values`` at ``step``, as one event."""
@@ -150,15 +183,36 @@ class Events:
         ]
         if kept:
             summary = self._summary(value=kept)
-            self.file.add_event(self._event(wall_time=time.time(), step=step, summary=summary))
+            self._add(self._event(wall_time=time.time(), step=step, summary=summary))
+
+    def _add(self, event: Any) -> None:
+        self.file.write(event.SerializeToString())
 
     def flush(self) -> None:
-        """Every event added so far, on disk."""
+        """Every event added so far, handed to the kernel."""
         self.file.flush()
 
     def close(self) -> None:
         """Flush and close the file."""
-        self.file.close()
+        if not self.file.closed:
+            self.file.close()
+
+
+_EVENT_FILES = itertools.count()  # the per-process part of an event file's name
+
+
+def _new_event_file(logdir: Path) -> tuple[Path, IO[bytes]]:
+    """A new event file named as tensorboard names them (TensorBoard reads a folder's files
+    in name order: time, host, process, then a counter), created, never reused."""
+    while True:
+        name = (
+            f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+            f"{os.getpid()}.{next(_EVENT_FILES)}"
+        )
+        try:
+            return logdir / name, open(logdir / name, "xb")  # noqa: SIM115
+        except FileExistsError:  # another writer's, in this process and second
+            continue
 
 
 def _clean(value: Any) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +77,7 @@ class Session:
         self.epoch_sums: dict[str, float] = {}  # sample-weighted train losses of this epoch
         self.skipped: dict[int, str] = {}  # unreadable samples left out (data.on_bad_sample)
         self.main = prepared.dist.main
-        self.writer = BackgroundWriter()  # logs and checkpoints, in order, off this thread
+        self.writer = BackgroundWriter()  # checkpoints, in order, off this thread
         self.config_hash = prepared.resolved.hash
         if state is not None:
             self._restore(state)
@@ -89,7 +88,7 @@ class Session:
         self.tracker.truncate_steps(self.step)
 
     def flush(self) -> None:
-        """Block until every log row and checkpoint is on disk; raise a write's error."""
+        """Block until every checkpoint is on disk; raise a write's error."""
         self.writer.close()
 
     def finished(self) -> bool:
@@ -113,7 +112,7 @@ class Session:
         """A mid-epoch checkpoint, written here once every row logged before it is on disk
         (TensorBoard is flushed at each epoch's row, so here too)."""
         if self.main:
-            self.writer.submit(self.tracker.flush)
+            self.tracker.flush()
             self.writer.wait()  # files appear in the order they were saved
             save_checkpoint(self.run_dir / rel, state, kept=False)  # the epoch's replaces it
 
@@ -131,9 +130,12 @@ class Session:
                 self._train_epoch()
                 self._end_epoch()
         except BaseException:
-            self.flush()
+            try:
+                self.flush()
+            finally:
+                self.tracker.close()  # the rows logged so far, on disk
             raise
-        self.writer.submit(self.tracker.close)  # after every log row
+        self.tracker.close()
         wall = max(time.perf_counter() - started, 1e-9)
         samples = self.samples * self.prepared.dist.world_size  # every rank sees as many
         return {
@@ -185,7 +187,7 @@ class Session:
             if self.tracker.should_log_step(self.step):
                 speed = result.samples / max(time.perf_counter() - started, 1e-9)
                 extra = {"lr": result.lr, "grad_norm": result.grad_norm, "samples_per_s": speed}
-                self.writer.submit(partial(self.tracker.log_step, self.step, result.losses | extra))
+                self.tracker.log_step(self.step, result.losses | extra)
             every = cfg.checkpoint_every_n_steps
             if every and self.step % every == 0 and self.epoch_step < self.steps_per_epoch:
                 self._save("checkpoints/last.pt", self._state())
@@ -218,7 +220,7 @@ class Session:
         values["lr"] = float(self.scheduler.get_last_lr()[-1])
         self.epoch_sums = {}
         improved = self.early.update(values[self.monitor])
-        self.writer.submit(partial(self.tracker.log_epoch, self.epoch, self.step, values))
+        self.tracker.log_epoch(self.epoch, self.step, values)
         if self.main:
             print(f"epoch {self.epoch}: {self.monitor}={values[self.monitor]:.4f}", file=sys.stderr)
         finished = self.epoch

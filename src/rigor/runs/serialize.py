@@ -34,6 +34,10 @@ try:  # torch internals that torch.save uses; without them, torch.save does the 
     from torch.serialization import _get_storage_alignment
     from torch.storage import _dtype_to_storage_type_map, _new_dtypes
 
+    # What the alignment's getter reads, imported here rather than during the first
+    # epoch's checkpoint (0.8 ms).
+    from torch.utils.serialization import config as _config  # noqa: F401
+
     _get_tensor_metadata = torch._C._get_tensor_metadata  # type: ignore[attr-defined]
 
     _STORAGE_TYPES: dict[torch.dtype, Any] = {

@@ -5,8 +5,8 @@ two runs of the same script differ by more than that. Here one process builds a 
 training session (``rigor.training.prepare`` and ``Session``, as ``train()`` does) and the
 twin's tensors (``twin_train.py``'s code: the same rows, normalised once), then alternates
 blocks of rigor epochs (``Session._train_epoch`` and ``_end_epoch``: steps, validation on
-val_select and its metrics, log rows and checkpoints handed to the run writer, which writes
-each epoch's files while the next one trains) with blocks of twin epochs (steps and
+val_select and its metrics, log rows, and checkpoints handed to the run writer, which writes
+each epoch's checkpoint while the next one trains) with blocks of twin epochs (steps and
 validation accuracy) on the twin's copy of the model. The run writer finishes a block's last
 files outside both timings; its CPU time per epoch (Linux) is reported beside them.
 ``--no-writes`` drops rigor's log rows and checkpoints, which shows their share. Both sides

@@ -51,9 +51,8 @@ class Tracker:
         self.steps_path = self.logs / "steps.jsonl"
         self.epochs_path = self.logs / "epochs.csv"
         self.epoch_rows: list[dict[str, Any]] = _read_csv(self.epochs_path)  # the file's rows
-        # Append handles, opened once: a row is one write() (open, fstat, seek and close
-        # for each row were six system calls, each a hand-over of the interpreter lock
-        # between this writer's thread and training).
+        # Append handles, opened once: a row is one write() (opening, seeking and closing
+        # the file for each row took six system calls).
         self._appending: dict[Path, IO[str]] = {}
         # A resumed run logs from start_step + 1 on: the killed run's rows up to start_step
         # (the checkpoint's step, with its epoch's validation row) stay, later ones go.

@@ -339,7 +339,44 @@ def test_a_small_checkpoint_is_serialised_at_the_call_and_written_in_order(
     assert (tmp_path / "a.pt").stat().st_ino == (tmp_path / "b.pt").stat().st_ino
     later = torch.load(tmp_path / "c.pt", weights_only=True)
     assert later["epoch"] == 1 and torch.equal(later["model"]["weight"], model.weight)
-    assert writer._copy is None
+
+
+def test_a_state_serialised_as_its_copy_has_the_copys_bytes() -> None:
+    """:func:`snapshot_bytes` writes what the state's copy would, byte for byte, without the
+    copy: a model's state dict (an OrderedDict with metadata), optimizer state, tensors
+    that share a storage, views at an offset, transposed, expanded, overlapping and empty
+    ones, the same tensor twice, a tensor that requires grad; and through the copy for what
+    only torch.save writes (a conjugated view)."""
+    import io
+
+    import torch
+
+    from rigor.runs.checkpoint import plain, snapshot, snapshot_bytes, state_bytes
+    from rigor.runs.serialize import NeedsCopy, save_state
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(5, 3)).sum().backward()
+    optimizer.step()
+    base = torch.arange(24, dtype=torch.float32)
+    shared = torch.ones(3)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "views": [base[4:10], base.view(4, 6)[:, 1], base.view(4, 6).t(), base[:0]],
+        "expanded": torch.ones(1, 3).expand(2, 3),
+        "overlapping": torch.arange(4.0).as_strided((2, 2), (1, 1)),  # its storage's size
+        "twice": (shared, shared, {"again": shared}),
+        "grad": torch.zeros(2, requires_grad=True),
+        "scalar": torch.tensor(2.5),
+        "plain": {"epoch": 3, "value": 0.5, "name": "x", "none": None, "flags": [True, 1]},
+    }
+    assert snapshot_bytes(state) == state_bytes(snapshot(state))
+
+    state["conjugated"] = torch.tensor([1 + 2j, 3 - 1j]).conj()  # only torch.save writes it
+    with pytest.raises(NeedsCopy):
+        save_state(plain(state), io.BytesIO(), own_storages=True)
+    assert snapshot_bytes(state) == state_bytes(snapshot(state))
 
 
 def test_an_epoch_checkpoint_is_serialised_once_and_linked(smoke_manifest: Path) -> None:

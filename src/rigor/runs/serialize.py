@@ -56,6 +56,11 @@ class _Unsupported(Exception):
     """A tensor the fast path does not write exactly as torch.save would."""
 
 
+class NeedsCopy(Exception):
+    """``save_state(..., own_storages=True)`` met a tensor only ``torch.save`` writes: copy
+    the state (the copies have their own storages) and save the copy instead."""
+
+
 class _Storage:
     """Stands for a tensor's storage in the pickle: written as its persistent id."""
 
@@ -83,13 +88,21 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
-def save_state(state: Any, handle: Any, crc32: bool = False) -> None:
+def save_state(state: Any, handle: Any, crc32: bool = False, own_storages: bool = False) -> None:
     """Write ``state`` to the open binary ``handle`` as ``torch.save`` would with its zip
-    records' CRC32s on or off (``crc32``), byte for byte."""
+    records' CRC32s on or off (``crc32``), byte for byte.
+
+    ``own_storages``: write what ``torch.save`` writes for the same state with every tensor
+    cloned (``tensor.clone()``: a storage of its own holding just its elements), without
+    cloning the tensors that already have such a storage; the caller gives each occurrence
+    of a tensor its own object (``detach()``), as clones are. Raises :class:`NeedsCopy`
+    instead of handing a tensor to ``torch.save``."""
     storages: dict[str, torch.UntypedStorage] = {}
     try:
-        data = _pickled(state, storages)
+        data = _pickled(state, storages, own_storages)
     except _Unsupported:
+        if own_storages:
+            raise NeedsCopy from None
         _torch_save(state, handle, crc32)
         return
     alignment = _get_storage_alignment()
@@ -107,9 +120,12 @@ def save_state(state: Any, handle: Any, crc32: bool = False) -> None:
     handle.flush()
 
 
-def _pickled(state: Any, storages: dict[str, torch.UntypedStorage]) -> bytes:
+def _pickled(
+    state: Any, storages: dict[str, torch.UntypedStorage], own_storages: bool = False
+) -> bytes:
     """The pickle of ``state`` as torch.save's data.pkl; ``storages`` gets each storage under
-    its key ('0', '1', ... in the order first met; tensors that share one share its key)."""
+    its key ('0', '1', ... in the order first met; tensors that share one share its key,
+    unless ``own_storages``: see :func:`save_state`)."""
     if not _STORAGE_TYPES:
         raise _Unsupported
     keys: dict[int, str] = {}
@@ -128,7 +144,17 @@ def _pickled(state: Any, storages: dict[str, torch.UntypedStorage]) -> bytes:
         ):
             raise _Unsupported
         storage = tensor.untyped_storage()
-        key = keys.setdefault(storage._cdata, str(len(keys)))  # as torch.save numbers them
+        if own_storages:
+            if not (
+                tensor.is_contiguous()  # then a clone keeps its strides
+                and tensor.storage_offset() == 0
+                and storage.nbytes() == tensor.nbytes
+            ):
+                tensor = tensor.clone()
+                storage = tensor.untyped_storage()
+            key = str(len(storages))  # a storage per occurrence, numbered in order
+        else:
+            key = keys.setdefault(storage._cdata, str(len(keys)))  # as torch.save numbers them
         if dtypes.setdefault(key, tensor.dtype) != tensor.dtype:
             raise _Unsupported  # one storage viewed as two dtypes: torch.save refuses it
         storages[key] = storage

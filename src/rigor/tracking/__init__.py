@@ -51,6 +51,10 @@ class Tracker:
         self.steps_path = self.logs / "steps.jsonl"
         self.epochs_path = self.logs / "epochs.csv"
         self.epoch_rows: list[dict[str, Any]] = _read_csv(self.epochs_path)  # the file's rows
+        # The file's columns and its last epoch, kept so that an epoch's row does not walk
+        # every earlier one (quadratic over a long run).
+        self._columns = dict.fromkeys(key for line in self.epoch_rows for key in line)
+        self._last_epoch = max((int(line["epoch"]) for line in self.epoch_rows), default=-1)
         # Append handles, opened once: a row is one write() (opening, seeking and closing
         # the file for each row took six system calls).
         self._appending: dict[Path, IO[str]] = {}
@@ -74,21 +78,21 @@ class Tracker:
         (every row logged so far is on disk). The row is appended when it continues the file
         with the same columns; otherwise (a resumed run replaying an epoch, a new column) the
         file is rewritten atomically."""
-        kept = [row for row in self.epoch_rows if int(row["epoch"]) < epoch]
         row = {"epoch": epoch, "step": step, **values}
-        header = dict.fromkeys(key for line in kept for key in line)  # the file's, if kept
-        appending = bool(kept) and len(kept) == len(self.epoch_rows) and header.keys() >= row.keys()
-        columns = list(header | dict.fromkeys(row))
-        self.epoch_rows = [*kept, row]
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        if appending:
-            writer.writerow(row)
+        if self.epoch_rows and epoch > self._last_epoch and self._columns.keys() >= row.keys():
+            csv.DictWriter(buffer, fieldnames=list(self._columns)).writerow(row)
+            self.epoch_rows.append(row)
             self._append(self.epochs_path, buffer.getvalue())
         else:
+            kept = [line for line in self.epoch_rows if int(line["epoch"]) < epoch]
+            self.epoch_rows = [*kept, row]
+            self._columns = dict.fromkeys(key for line in self.epoch_rows for key in line)
+            writer = csv.DictWriter(buffer, fieldnames=list(self._columns))
             writer.writeheader()
             writer.writerows(self.epoch_rows)
             self._replace(self.epochs_path, buffer.getvalue())
+        self._last_epoch = epoch
         self._scalars(step, values)
         self.flush()
 

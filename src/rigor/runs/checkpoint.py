@@ -124,7 +124,7 @@ def state_bytes(state: dict[str, Any]) -> bytes:
 def snapshot_bytes(state: dict[str, Any]) -> bytes:
     """``state_bytes(snapshot(state))``, without copying the tensors that a copy would write
     the same (:func:`plain`; ``own_storages`` in :func:`rigor.runs.serialize.save_state`):
-    digits, 0.3-0.6 ms less per checkpoint."""
+    digits, 0.3 ms less per checkpoint (1.45 against 1.7 ms in a run's loop)."""
     buffer = io.BytesIO()
     try:
         save_state(plain(state), buffer, own_storages=True)

@@ -274,6 +274,14 @@ def test_epochs_csv_appends_rows_and_rewrites_on_replay_or_new_columns(tmp_path:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["epoch", "step", "loss/train", "acc/val_select", "lr"]
     assert [(r["epoch"], r["lr"]) for r in rows] == [("0", ""), ("1", ""), ("2", "0.001")]
+    values = {"loss/train": 0.0625, "acc/val_select": 1.0, "lr": 0.0005}
+    resumed.log_epoch(3, 20, values)  # appended: the file is now open for appending
+    resumed.log_epoch(3, 20, values | {"lr": 0.0004})  # replayed: the file is replaced
+    rewritten = path.stat().st_ino
+    resumed.log_epoch(4, 25, values)
+    resumed.close()
+    assert path.stat().st_ino == rewritten  # appended to the new file, not the replaced one
+    assert path.read_bytes().endswith(b"\r\n3,20,0.0625,1.0,0.0004\r\n4,25,0.0625,1.0,0.0005\r\n")
 
 
 def test_tensorboard_restart_drops_the_killed_runs_later_steps(tmp_path: Path) -> None:

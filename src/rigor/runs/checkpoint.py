@@ -123,11 +123,12 @@ def state_bytes(state: dict[str, Any]) -> bytes:
 
 def snapshot_bytes(state: dict[str, Any]) -> bytes:
     """``state_bytes(snapshot(state))``, without copying the tensors that a copy would write
-    the same (:func:`plain`; ``own_storages`` in :func:`rigor.runs.serialize.save_state`):
-    digits, 0.3 ms less per checkpoint (1.45 against 1.7 ms in a run's loop)."""
+    the same (``snapshot(state, clone=False)``; ``own_storages`` in
+    :func:`rigor.runs.serialize.save_state`): digits, 0.3 ms less per checkpoint (1.45
+    against 1.7 ms in a run's loop)."""
     buffer = io.BytesIO()
     try:
-        save_state(plain(state), buffer, own_storages=True)
+        save_state(snapshot(state, clone=False), buffer, own_storages=True)
     except NeedsCopy:  # a GPU tensor, a subclass: torch.save writes the copy
         return state_bytes(snapshot(state))
     return buffer.getvalue()
@@ -144,42 +145,33 @@ def tensor_bytes(value: Any) -> int:
     return 0
 
 
-def snapshot(value: Any, reuse: Any = None) -> Any:
+def snapshot(value: Any, reuse: Any = None, clone: bool = True) -> Any:
     """A copy of a state dict that training can no longer change: every tensor copied
     (detached), containers rebuilt, plain values kept. Cloning costs a third of serialising
     (ResNet-18 with AdamW: 52 against 146 ms), so the rest can happen in the background.
     ``reuse``, an earlier snapshot of a state of the same shape that nothing reads any more,
     lends its tensors: each one with the same shape, stride, dtype and device is overwritten
     instead of allocating a new one (ResNet-18 with AdamW: 10 ms against 37-62 ms, most of
-    it the page faults of 134 MB of fresh memory)."""
+    it the page faults of 134 MB of fresh memory). ``clone=False`` builds the same
+    containers with each tensor only detached (a new tensor object over the same memory),
+    for a state serialised at once (:func:`snapshot_bytes`)."""
     if isinstance(value, int | float | str | bool | None):  # immutable: nothing to copy
         return value
     if isinstance(value, torch.Tensor):
+        if not clone:
+            return value.detach()
         if isinstance(reuse, torch.Tensor) and _same_layout(reuse, value):
             return reuse.copy_(value.detach())
         return value.detach().clone()
     if isinstance(value, dict):
         earlier = reuse if isinstance(reuse, dict) else {}
-        return {key: snapshot(item, earlier.get(key)) for key, item in value.items()}
+        return {key: snapshot(item, earlier.get(key), clone) for key, item in value.items()}
     if isinstance(value, list | tuple):
         same = isinstance(reuse, list | tuple) and len(reuse) == len(value)
         return type(value)(
-            snapshot(item, reuse[index] if same else None) for index, item in enumerate(value)
+            snapshot(item, reuse[index] if same else None, clone)
+            for index, item in enumerate(value)
         )
-    return copy.deepcopy(value)
-
-
-def plain(value: Any) -> Any:
-    """:func:`snapshot`'s containers and plain values, with each tensor detached instead of
-    copied (a new tensor object over the same memory): to be serialised at once."""
-    if isinstance(value, int | float | str | bool | None):
-        return value
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(plain(item) for item in value)
     return copy.deepcopy(value)
 
 
@@ -203,7 +195,7 @@ class BackgroundWriter:
     only the bytes go to the writer's: on a machine whose cores all run the training's
     threads, pickling beside them takes CPU from their parallel kernels, which then wait for
     the slowest thread, and the interpreter lock goes back and forth between the two threads
-    at every call (digits: 3.0 ms of the writer's CPU per epoch before, 1.0 after). A larger
+    at every call (digits: 3.0-3.6 ms of the writer's CPU per epoch before, 1.0 after). A larger
     state is copied and the copy serialised on the writer's thread, where its tens of
     milliseconds overlap the next epoch.
 

@@ -196,9 +196,8 @@ class Events:
         self.file.flush()
 
     def close(self) -> None:
-        """Flush and close the file."""
-        if not self.file.closed:
-            self.file.close()
+        """Flush and close the file (again: nothing)."""
+        self.file.close()
 
 
 _EVENT_FILES = itertools.count()  # the per-process part of an event file's name

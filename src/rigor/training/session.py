@@ -236,10 +236,10 @@ class Session:
     def _publish(
         self, state: dict[str, Any], improved: bool, entry: str | None, drop: list[str]
     ) -> None:
-        """Copy the epoch's state, serialise it once (here when it is small, else in the
-        background) and publish it as best.pt (when improved), the top-k file (when kept)
-        and last.pt: one write and fsync, the other names hard links to it, in a background
-        thread while the next epoch trains (``BackgroundWriter``).
+        """Serialise the epoch's state once, as its copy would be (here when it is small,
+        else a copy in the background), and publish it as best.pt (when improved), the
+        top-k file (when kept) and last.pt: one write and fsync, the other names hard links
+        to it, in a background thread while the next epoch trains (``BackgroundWriter``).
         best.pt is published before last.pt, so a kill in between (or before the write
         ends) resumes from the previous last.pt and redoes the epoch, bitwise as before.
         A file that only the next epoch's last.pt replaces is never recorded, so it is not

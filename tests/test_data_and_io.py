@@ -341,6 +341,34 @@ def test_a_small_checkpoint_is_serialised_at_the_call_and_written_in_order(
     assert later["epoch"] == 1 and torch.equal(later["model"]["weight"], model.weight)
 
 
+def test_waiting_for_a_name_waits_for_its_checkpoint_not_for_later_jobs(tmp_path: Path) -> None:
+    """A small checkpoint returns before the files of earlier ones are written; wait_for
+    blocks until the last checkpoint published under a name is on disk (the run's
+    predictions read best.pt this way while the last epoch's file is still queued)."""
+    import threading
+
+    import torch
+
+    from rigor.runs.checkpoint import BackgroundWriter
+
+    writer, first, second = BackgroundWriter(), threading.Event(), threading.Event()
+    writer.submit(lambda: first.wait(5))
+    writer.checkpoint(tmp_path, {"epoch": 0, "w": torch.zeros(2)}, ["best.pt", "last.pt"])
+    writer.submit(lambda: second.wait(5))
+    writer.checkpoint(tmp_path, {"epoch": 1, "w": torch.ones(2)}, ["last.pt"])
+    writer.wait_for("other.pt")  # nothing published under it: returns at once
+    assert not (tmp_path / "best.pt").exists()
+    threading.Timer(0.2, first.set).start()
+    writer.wait_for("best.pt")
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 0
+    assert (tmp_path / "last.pt").stat().st_ino == (tmp_path / "best.pt").stat().st_ino
+    assert not second.is_set()  # the later jobs are still queued
+    second.set()
+    writer.close()
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 0
+
+
 def test_a_state_serialised_as_its_copy_has_the_copys_bytes() -> None:
     """:func:`snapshot_bytes` writes what the state's copy would, byte for byte, without the
     copy: a model's state dict (an OrderedDict with metadata), optimizer state, tensors

@@ -418,3 +418,34 @@ def test_only_checkpoints_a_manifest_may_record_are_hashed_while_written(
     manifest = json.loads(path.read_text())
     for rel in ("checkpoints/best.pt", "checkpoints/last.pt"):
         assert manifest["sha256"][rel] == sha256_file(path.parent / rel)
+
+
+def test_predictions_read_an_earlier_best_only_once_the_slow_writer_has_written_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only epoch 0 improves, so the predictions read best.pt back; a small checkpoint
+    returns before the writer writes it, and with a slow disk best.pt is still queued when
+    training ends (CI once failed here: "checkpoint not found"). The final metrics are the
+    best epoch's."""
+    import time
+
+    from rigor.runs import checkpoint
+
+    write = checkpoint.atomic_write_with
+
+    def slow(path: Path, *args: Any) -> Any:
+        time.sleep(0.4)
+        return write(path, *args)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_with", slow)
+    monkeypatch.setattr(checkpoint, "atomic_write_hashed", slow)  # the same bytes, unhashed
+    monkeypatch.setattr(checkpoint, "HASH_WHILE_WRITING", 1 << 40)
+    path = smoke(tmp_path, "training.epochs=2", "training.min_delta=1.0", "training.patience=9")
+    manifest = json.loads(path.read_text())
+    assert manifest["stages"][0]["summary"]["best_epoch"] == 0
+    with open(path.parent / "logs" / "epochs.csv") as handle:
+        rows = {int(r["epoch"]): r for r in csv.DictReader(handle)}
+    metrics = json.loads((path.parent / "metrics.json").read_text())["metrics"]
+    assert metrics["loss/val_select"] == pytest.approx(float(rows[0]["loss/val_select"]))
+    assert metrics["loss/val_select"] != pytest.approx(float(rows[1]["loss/val_select"]))
+    assert torch.load(path.parent / "checkpoints" / "best.pt", weights_only=True)["epoch"] == 1

@@ -205,7 +205,8 @@ class BackgroundWriter:
     disk stops the run). At most one copied state is in flight: :meth:`checkpoint` first
     waits for the previous checkpoint (not for other jobs queued since), then takes its
     snapshot of the state into the previous copy's tensors, which that write no longer
-    reads."""
+    reads. A small state does not wait, so a file published by an earlier checkpoint may
+    still be queued when this returns: :meth:`wait_for` waits for one name's file."""
 
     def __init__(self, serialise_inline: int | None = None) -> None:
         # Bytes of tensors (see the class docstring); SERIALISE_INLINE unless given.
@@ -216,6 +217,7 @@ class BackgroundWriter:
         self._error: BaseException | None = None
         self._last_checkpoint: threading.Event | None = None
         self._snapshot: Any = None  # the last copied state the writer serialises
+        self._published: dict[str, threading.Event] = {}  # name: its last checkpoint's job
 
     def submit(self, job: Callable[[], None], done: threading.Event | None = None) -> None:
         """Run ``job`` after every job submitted before it, then set ``done`` (also when the
@@ -264,8 +266,19 @@ class BackgroundWriter:
             for name in remove:
                 (run_dir / name).unlink(missing_ok=True)
 
-        self._last_checkpoint = threading.Event()
-        self.submit(write, self._last_checkpoint)
+        done = self._last_checkpoint = threading.Event()
+        for name in remove:
+            self._published.pop(name, None)
+        self._published.update(dict.fromkeys(names, done))
+        self.submit(write, done)
+
+    def wait_for(self, name: str) -> None:
+        """Block until the last checkpoint submitted under ``name`` is on disk, not for the
+        jobs queued after it; re-raise the first error."""
+        done = self._published.get(name)
+        if done is not None:
+            done.wait()
+        self._raise()
 
     def wait(self) -> None:
         """Block until every submitted job has run; re-raise the first error."""
@@ -280,6 +293,7 @@ class BackgroundWriter:
             self._thread.join()
             self._thread = None
         self._snapshot = None
+        self._published.clear()
         self._raise()
 
     def _raise(self) -> None:

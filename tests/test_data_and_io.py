@@ -312,7 +312,9 @@ def test_a_small_checkpoint_is_serialised_at_the_call_and_written_in_order(
 ) -> None:
     """Under the inline threshold the state is serialised when :meth:`checkpoint` is called
     (it returns while the writer is still busy), into the bytes a checkpoint of a copy of
-    the state has always had; the files are written in the order they were submitted."""
+    the state has always had; the next checkpoint waits until that one is on disk (so the
+    run's predictions can read an earlier best.pt back, and a slow disk does not pile up
+    states in memory); the files are written in the order they were submitted."""
     import threading
 
     import torch
@@ -328,10 +330,14 @@ def test_a_small_checkpoint_is_serialised_at_the_call_and_written_in_order(
     with torch.no_grad():
         model.weight += 1  # training goes on
     state["epoch"] = 1
-    writer.checkpoint(tmp_path, state, ["c.pt"])
-    writer.submit(lambda: order.append(sorted(p.name for p in tmp_path.glob("?.pt"))))
-    assert not (tmp_path / "a.pt").exists()
+    later = threading.Thread(target=writer.checkpoint, args=(tmp_path, state, ["c.pt"]))
+    later.start()
+    later.join(0.3)
+    assert later.is_alive() and not (tmp_path / "a.pt").exists()  # waits for a.pt
     gate.set()
+    later.join(5)
+    assert (tmp_path / "a.pt").exists()  # on disk once the next checkpoint has returned
+    writer.submit(lambda: order.append(sorted(p.name for p in tmp_path.glob("?.pt"))))
     writer.close()
     assert order == ["before", ["a.pt", "b.pt", "c.pt"]]
     expected = (tmp_path / "expected.pt").read_bytes()
@@ -339,34 +345,6 @@ def test_a_small_checkpoint_is_serialised_at_the_call_and_written_in_order(
     assert (tmp_path / "a.pt").stat().st_ino == (tmp_path / "b.pt").stat().st_ino
     later = torch.load(tmp_path / "c.pt", weights_only=True)
     assert later["epoch"] == 1 and torch.equal(later["model"]["weight"], model.weight)
-
-
-def test_waiting_for_a_name_waits_for_its_checkpoint_not_for_later_jobs(tmp_path: Path) -> None:
-    """A small checkpoint returns before the files of earlier ones are written; wait_for
-    blocks until the last checkpoint published under a name is on disk (the run's
-    predictions read best.pt this way while the last epoch's file is still queued)."""
-    import threading
-
-    import torch
-
-    from rigor.runs.checkpoint import BackgroundWriter
-
-    writer, first, second = BackgroundWriter(), threading.Event(), threading.Event()
-    writer.submit(lambda: first.wait(5))
-    writer.checkpoint(tmp_path, {"epoch": 0, "w": torch.zeros(2)}, ["best.pt", "last.pt"])
-    writer.submit(lambda: second.wait(5))
-    writer.checkpoint(tmp_path, {"epoch": 1, "w": torch.ones(2)}, ["last.pt"])
-    writer.wait_for("other.pt")  # nothing published under it: returns at once
-    assert not (tmp_path / "best.pt").exists()
-    threading.Timer(0.2, first.set).start()
-    writer.wait_for("best.pt")
-    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 0
-    assert (tmp_path / "last.pt").stat().st_ino == (tmp_path / "best.pt").stat().st_ino
-    assert not second.is_set()  # the later jobs are still queued
-    second.set()
-    writer.close()
-    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1
-    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 0
 
 
 def test_a_state_serialised_as_its_copy_has_the_copys_bytes() -> None:

@@ -202,11 +202,12 @@ class BackgroundWriter:
     Jobs run first in, first out, so files appear in the order they were submitted. The
     first job that raises stops the rest (they are dropped), and :meth:`submit`,
     :meth:`checkpoint` and :meth:`wait` re-raise its error in the training thread (a full
-    disk stops the run). At most one copied state is in flight: :meth:`checkpoint` first
-    waits for the previous checkpoint (not for other jobs queued since), then takes its
-    snapshot of the state into the previous copy's tensors, which that write no longer
-    reads. A small state does not wait, so a file published by an earlier checkpoint may
-    still be queued when this returns: :meth:`wait_for` waits for one name's file."""
+    disk stops the run). At most one checkpoint is queued beside the one being made:
+    :meth:`checkpoint` waits for the previous checkpoint (not for other jobs queued since)
+    before it queues its own, so the bytes held in memory stay bounded on a slow disk, and
+    once it returns every earlier checkpoint's files are on disk (the run's predictions read
+    an earlier best.pt back). A small state is serialised before that wait; a large one is
+    copied after it, into the previous copy's tensors, which that write no longer reads."""
 
     def __init__(self, serialise_inline: int | None = None) -> None:
         # Bytes of tensors (see the class docstring); SERIALISE_INLINE unless given.
@@ -217,7 +218,6 @@ class BackgroundWriter:
         self._error: BaseException | None = None
         self._last_checkpoint: threading.Event | None = None
         self._snapshot: Any = None  # the last copied state the writer serialises
-        self._published: dict[str, threading.Event] = {}  # name: its last checkpoint's job
 
     def submit(self, job: Callable[[], None], done: threading.Event | None = None) -> None:
         """Run ``job`` after every job submitted before it, then set ``done`` (also when the
@@ -246,13 +246,13 @@ class BackgroundWriter:
         if size < self.serialise_inline:
             payload = snapshot_bytes(state)  # the bytes of a copy: what checkpoints hold
             hashed = kept and size >= HASH_WHILE_WRITING
+            self._wait_previous()
 
             def save(path: Path) -> None:
                 _write_atomically(path, lambda handle: handle.write(payload), hashed)
 
         else:
-            if self._last_checkpoint is not None:
-                self._last_checkpoint.wait()
+            self._wait_previous()
             copied = self._snapshot = snapshot(state, self._snapshot)
 
             def save(path: Path) -> None:
@@ -266,18 +266,12 @@ class BackgroundWriter:
             for name in remove:
                 (run_dir / name).unlink(missing_ok=True)
 
-        done = self._last_checkpoint = threading.Event()
-        for name in remove:
-            self._published.pop(name, None)
-        self._published.update(dict.fromkeys(names, done))
-        self.submit(write, done)
+        self._last_checkpoint = threading.Event()
+        self.submit(write, self._last_checkpoint)
 
-    def wait_for(self, name: str) -> None:
-        """Block until the last checkpoint submitted under ``name`` is on disk, not for the
-        jobs queued after it; re-raise the first error."""
-        done = self._published.get(name)
-        if done is not None:
-            done.wait()
+    def _wait_previous(self) -> None:
+        if self._last_checkpoint is not None:
+            self._last_checkpoint.wait()
         self._raise()
 
     def wait(self) -> None:
@@ -293,7 +287,6 @@ class BackgroundWriter:
             self._thread.join()
             self._thread = None
         self._snapshot = None
-        self._published.clear()
         self._raise()
 
     def _raise(self) -> None:

@@ -22,10 +22,10 @@ def write_predictions(run_dir: Path, prepared: Prepared, session: Session) -> di
     """Predictions of the best checkpoint on val_select, val_calib and val_test. When the
     last epoch was the best, the weights in memory are best.pt's, and the predictions run
     while that checkpoint is still being written; otherwise best.pt is read back (an earlier
-    epoch's) once it is on disk, while the later checkpoints may still be written."""
+    epoch's, on disk since the last checkpoint was queued: ``BackgroundWriter.checkpoint``
+    waits for the one before it)."""
     model = session.eval_model()
     if not session.holds_best():
-        session.writer.wait_for("checkpoints/best.pt")
         path = run_dir / "checkpoints" / "best.pt"
         best = load_checkpoint(path, prepared.resolved.hash, force=True)
         model.load_state_dict(best["ema"] if session.ema is not None else best["model"])

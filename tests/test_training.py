@@ -423,10 +423,10 @@ def test_only_checkpoints_a_manifest_may_record_are_hashed_while_written(
 def test_predictions_read_an_earlier_best_only_once_the_slow_writer_has_written_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Only epoch 0 improves, so the predictions read best.pt back; a small checkpoint
-    returns before the writer writes it, and with a slow disk best.pt is still queued when
-    training ends (CI once failed here: "checkpoint not found"). The final metrics are the
-    best epoch's."""
+    """Only epoch 0 improves, so the predictions read best.pt back. A small checkpoint is
+    serialised at the call and written later: on a slow disk, best.pt would still be queued
+    when training ends if the next checkpoint did not wait for it (CI once failed here:
+    "checkpoint not found"). The final metrics are the best epoch's."""
     import time
 
     from rigor.runs import checkpoint
@@ -437,9 +437,7 @@ def test_predictions_read_an_earlier_best_only_once_the_slow_writer_has_written_
         time.sleep(0.4)
         return write(path, *args)
 
-    monkeypatch.setattr(checkpoint, "atomic_write_with", slow)
-    monkeypatch.setattr(checkpoint, "atomic_write_hashed", slow)  # the same bytes, unhashed
-    monkeypatch.setattr(checkpoint, "HASH_WHILE_WRITING", 1 << 40)
+    monkeypatch.setattr(checkpoint, "atomic_write_with", slow)  # digits: never hashed
     path = smoke(tmp_path, "training.epochs=2", "training.min_delta=1.0", "training.patience=9")
     manifest = json.loads(path.read_text())
     assert manifest["stages"][0]["summary"]["best_epoch"] == 0

@@ -52,6 +52,23 @@ def _sweep_cmd(out: Path, *extra: str) -> list[str]:
     return [*args, *extra]
 
 
+def test_pruning_reads_only_the_epoch_rows_written_whole(tmp_path: Path) -> None:
+    """Optuna is told each epoch's monitor from epochs.csv while the run appends to it; a
+    row caught half-written is read at the next poll, not as a cut-off number."""
+    from rigor.sweep.search import _epoch_values
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    path = logs / "epochs.csv"
+    assert _epoch_values(tmp_path, "acc/val_select") == []  # no file yet
+    path.write_text("epoch,step,acc/val_select\n0,5,0.5\n1,10,0.9")  # row 1 still arriving
+    assert _epoch_values(tmp_path, "acc/val_select") == [0.5]
+    path.write_text("epoch,step,acc/val_select\n0,5,0.5\n1,10,0.95\n")
+    assert _epoch_values(tmp_path, "acc/val_select") == [0.5, 0.95]
+    path.write_text("epoch,step,acc")  # the header itself half-written
+    assert _epoch_values(tmp_path, "acc/val_select") == []
+
+
 @pytest.mark.slow
 def test_a_killed_sweep_continues_without_redoing_finished_points(tmp_path: Path) -> None:
     cmd = _sweep_cmd(tmp_path, "--grid", "training.lr=1e-3,3e-3,1e-2")

@@ -105,11 +105,14 @@ def _run_dir(runs: Path, pattern: str, started: float) -> Path | None:
 
 
 def _epoch_values(run_dir: Path | None, column: str) -> list[float]:
+    """The column's values in the rows of epochs.csv written so far: a row still being
+    appended (no line end yet) is left for the next poll, never read as a cut-off number."""
     path = run_dir / "logs" / "epochs.csv" if run_dir is not None else None
     if path is None or not path.is_file():
         return []
-    with open(path) as handle:
-        return [float(row[column]) for row in csv.DictReader(handle) if row.get(column)]
+    text = path.read_text()
+    lines = text[: text.rfind("\n") + 1].splitlines()
+    return [float(row[column]) for row in csv.DictReader(lines) if row.get(column)]
 
 
 def _run_trial(

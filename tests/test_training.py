@@ -284,6 +284,29 @@ def test_epochs_csv_appends_rows_and_rewrites_on_replay_or_new_columns(tmp_path:
     assert path.read_bytes().endswith(b"\r\n3,20,0.0625,1.0,0.0004\r\n4,25,0.0625,1.0,0.0005\r\n")
 
 
+def test_a_resumed_tracker_drops_rows_a_crash_cut_off(tmp_path: Path) -> None:
+    """A row cut off by a crash (no line end: the machine went down mid-write) is dropped
+    when the run resumes, so the next row is not glued to it and the step log still parses;
+    whole rows keep their bytes."""
+    from rigor.config.models import LoggingConfig
+    from rigor.tracking import Tracker
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    header = b"epoch,step,loss/train\r\n0,5,0.5\r\n"
+    (logs / "epochs.csv").write_bytes(header + b"1,10,0.2")
+    (logs / "steps.jsonl").write_bytes(b'{"step": 5, "loss/train": 0.5}\n{"step": 1')
+    cfg = LoggingConfig(log_every_n_steps=1, tensorboard=False, progress="never")
+    tracker = Tracker(tmp_path, cfg, start_step=5)
+    tracker.truncate_steps(5)
+    tracker.log_step(6, {"loss/train": 0.25})
+    tracker.log_epoch(1, 10, {"loss/train": 0.25})
+    tracker.close()
+    assert (logs / "epochs.csv").read_bytes() == header + b"1,10,0.25\r\n"
+    steps = [json.loads(line) for line in (logs / "steps.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in steps] == [5, 6]
+
+
 def test_tensorboard_restart_drops_the_killed_runs_later_steps(tmp_path: Path) -> None:
     """A resumed run's event file marks a restart at its first step: TensorBoard shows each
     step once, with the resumed run's values; a step's values share one event."""

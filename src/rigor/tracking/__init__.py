@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from rigor.config.models import LoggingConfig
-from rigor.io import atomic_write_text
+from rigor.io import atomic_write_bytes, atomic_write_text
 
 T = TypeVar("T")
 
@@ -50,6 +50,8 @@ class Tracker:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.steps_path = self.logs / "steps.jsonl"
         self.epochs_path = self.logs / "epochs.csv"
+        for path in (self.steps_path, self.epochs_path):
+            _drop_cut_row(path)  # rows are appended after it: never to a cut-off one
         self.epoch_rows: list[dict[str, Any]] = _read_csv(self.epochs_path)  # the file's rows
         # The file's columns and its last epoch, kept so that an epoch's row does not walk
         # every earlier one (quadratic over a long run).
@@ -221,6 +223,21 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _drop_cut_row(path: Path) -> None:
+    """Rewrite ``path`` without a last row that a crash cut off (no line end after it)."""
+    if not path.exists():
+        return
+    with open(path, "rb") as handle:
+        handle.seek(0, io.SEEK_END)
+        if handle.tell() == 0:
+            return
+        handle.seek(-1, io.SEEK_END)
+        if handle.read(1) == b"\n":
+            return
+    data = path.read_bytes()
+    atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:

@@ -9,7 +9,6 @@ have completed or been pruned. Trials run one at a time (TPE learns from each re
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from rigor.errors import ConfigError, UsageError
 from rigor.io import atomic_write_json
 from rigor.run_kinds import RUN_KINDS
 from rigor.sweep.space import suggest
-from rigor.tracking import monitor_to_key
+from rigor.tracking import monitor_to_key, read_epoch_rows
 
 MAX_INVALID = 20  # suggestions that fail config validation before the search gives up
 
@@ -105,14 +104,12 @@ def _run_dir(runs: Path, pattern: str, started: float) -> Path | None:
 
 
 def _epoch_values(run_dir: Path | None, column: str) -> list[float]:
-    """The column's values in the rows of epochs.csv written so far: a row still being
-    appended (no line end yet) is left for the next poll, never read as a cut-off number."""
-    path = run_dir / "logs" / "epochs.csv" if run_dir is not None else None
-    if path is None or not path.is_file():
+    """The column's values in the whole rows of epochs.csv written so far (a row still
+    being appended is read at the next poll)."""
+    if run_dir is None:
         return []
-    text = path.read_text()
-    lines = text[: text.rfind("\n") + 1].splitlines()
-    return [float(row[column]) for row in csv.DictReader(lines) if row.get(column)]
+    rows = read_epoch_rows(run_dir / "logs" / "epochs.csv")
+    return [float(row[column]) for row in rows if row.get(column)]
 
 
 def _run_trial(

@@ -52,7 +52,7 @@ class Tracker:
         self.epochs_path = self.logs / "epochs.csv"
         for path in (self.steps_path, self.epochs_path):
             _drop_cut_row(path)  # rows are appended after it: never to a cut-off one
-        self.epoch_rows: list[dict[str, Any]] = _read_csv(self.epochs_path)  # the file's rows
+        self.epoch_rows: list[dict[str, Any]] = read_epoch_rows(self.epochs_path)  # the file's rows
         # The file's columns and its last epoch, kept so that an epoch's row does not walk
         # every earlier one (quadratic over a long run).
         self._columns = dict.fromkeys(key for line in self.epoch_rows for key in line)
@@ -240,11 +240,14 @@ def _drop_cut_row(path: Path) -> None:
     atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
 
 
-def _read_csv(path: Path) -> list[dict[str, Any]]:
+def read_epoch_rows(path: Path) -> list[dict[str, Any]]:
+    """The whole rows of an ``epochs.csv``: a row still being appended (or cut off by a
+    crash) has no line end yet and is left out, never read as a cut-off number."""
     if not path.exists():
         return []
     with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+        text = handle.read()
+    return list(csv.DictReader(text[: text.rfind("\n") + 1].splitlines()))
 
 
 class NullTracker:

@@ -9,12 +9,14 @@ val_select and its metrics, log rows, and checkpoints handed to the run writer, 
 each epoch's checkpoint while the next one trains) with blocks of twin epochs (steps and
 validation accuracy) on the twin's copy of the model. The run writer finishes a block's last
 files outside both timings; its CPU time per epoch (Linux) is reported beside them.
-``--no-writes`` drops rigor's log rows and checkpoints, which shows their share. Both sides
+``--no-checkpoints`` drops rigor's checkpoints (log rows stay) and ``--no-writes`` both,
+which shows their shares. Both sides
 share one process, so what a process's own state costs its loop (the page faults of its
 heap's layout, see ``rigor.allocator``) shows only in ``bench_overhead.py``.
 
     python benchmarks/bench_epoch.py                       # digits_baseline, 15 pairs
     python benchmarks/bench_epoch.py --pairs 30 --profile  # and where the time differs
+    python benchmarks/bench_epoch.py --no-checkpoints      # the checkpoints' share
 """
 
 from __future__ import annotations
@@ -114,18 +116,21 @@ def _session(config: str, sets: list[str], root: Path) -> Any:
 
 
 def measure(
-    config: str, sets: list[str], pairs: int, block: int, profile: bool, writes: bool = True
+    config: str, sets: list[str], pairs: int, block: int, profile: bool, writes: str = "all"
 ) -> dict[str, Any]:
     """``pairs`` alternating blocks of ``block`` rigor epochs and ``block`` twin epochs (after
     one warm-up epoch each). Within a rigor block each epoch's files are written while the
     next one trains, as in a run; the last epoch's are finished after the block's timing (in
-    a run, the last checkpoint overlaps the predictions)."""
+    a run, the last checkpoint overlaps the predictions). ``writes``: ``all`` as in a run,
+    ``logs`` (log rows but no checkpoints) or ``none``."""
     with tempfile.TemporaryDirectory() as scratch:
         session = _session(config, sets, Path(scratch))
         session.cfg.training.epochs = (pairs + 1) * block  # not the loop's bound here
-        if not writes:
+        if writes == "none":
             session.tracker = NullTracker()
             session.main = False  # rank 0's checkpoints, as on other ranks: none
+        elif writes == "logs":
+            session._publish = lambda *args: None  # the epoch's state is built, not written
         twin = TwinEpoch(session.run_dir, session.prepared.model.state_dict())
         profilers = [cProfile.Profile(), cProfile.Profile()] if profile else [None, None]
         writer_cpu: list[float] = []
@@ -236,7 +241,10 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=15)
     parser.add_argument("--block", type=int, default=3, help="epochs per side and pair")
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--no-writes", dest="writes", action="store_false")
+    parser.add_argument(
+        "--no-checkpoints", dest="writes", action="store_const", const="logs", default="all"
+    )
+    parser.add_argument("--no-writes", dest="writes", action="store_const", const="none")
     parser.add_argument("--report", type=Path, default=ROOT / "results/bench/epoch.json")
     args = parser.parse_args()
     report = measure(args.config, args.sets, args.pairs, args.block, args.profile, args.writes)

@@ -247,7 +247,7 @@ def read_epoch_rows(path: Path) -> list[dict[str, Any]]:
         return []
     with open(path, newline="") as handle:
         text = handle.read()
-    return list(csv.DictReader(text[: text.rfind("\n") + 1].splitlines()))
+    return list(csv.DictReader(io.StringIO(text[: text.rfind("\n") + 1], newline="")))
 
 
 class NullTracker:

@@ -307,6 +307,16 @@ def test_a_resumed_tracker_drops_rows_a_crash_cut_off(tmp_path: Path) -> None:
     assert [row["step"] for row in steps] == [5, 6]
 
 
+def test_epoch_rows_are_the_whole_rows_parsed_as_csv_parses_the_file(tmp_path: Path) -> None:
+    """read_epoch_rows leaves out only a row without its line end; everything else is parsed
+    as csv parses the file (a form feed or U+2028 inside a cell is not a line end)."""
+    from rigor.tracking import read_epoch_rows
+
+    path = tmp_path / "epochs.csv"
+    path.write_text('epoch,note\r\n0,"a\x0cb\u2028c"\r\n1,0.', encoding="utf-8", newline="")
+    assert read_epoch_rows(path) == [{"epoch": "0", "note": "a\x0cb\u2028c"}]
+
+
 def test_tensorboard_restart_drops_the_killed_runs_later_steps(tmp_path: Path) -> None:
     """A resumed run's event file marks a restart at its first step: TensorBoard shows each
     step once, with the resumed run's values; a step's values share one event."""

@@ -21,7 +21,16 @@ EXPECTED_DIM = {
     "convnext_tiny": 768,
     "vit_b_16": 768,
     "dinov3_vit": 384,
+    "resnet50_trunc": 1024,
+    "timm": 192,
 }
+EXTRA_SETS = {  # what a backbone needs besides its name; hf_auto (a folder): test_encoders.py
+    "timm": [
+        "model.timm.arch=vit_tiny_patch16_224",
+        "model.timm.kwargs={img_size: 32, patch_size: 8, dynamic_img_size: true}",
+    ]
+}
+TESTED_ELSEWHERE = {"hf_auto"}
 
 
 def model_cfg(*sets: str):  # type: ignore[no-untyped-def]
@@ -33,14 +42,15 @@ def test_every_built_in_backbone_is_tested() -> None:
     built_in = {
         name for name, spec in BACKBONES.items() if spec.build.__module__.startswith("rigor.")
     }
-    assert built_in == set(EXPECTED_DIM)
+    assert built_in == set(EXPECTED_DIM) | TESTED_ELSEWHERE
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_DIM))
 @pytest.mark.parametrize("channels", [1, 3])
 def test_forward_shapes_with_heads(name: str, channels: int) -> None:
     torch.manual_seed(0)
-    model = build_model(model_cfg(f"model.backbone={name}"), TASKS, (channels, 32, 32)).eval()
+    sets = [f"model.backbone={name}", *EXTRA_SETS.get(name, [])]
+    model = build_model(model_cfg(*sets), TASKS, (channels, 32, 32)).eval()
     assert model.feature_dim == EXPECTED_DIM[name]
     assert isinstance(model.heads, torch.nn.ModuleDict) and set(model.heads) == set(TASKS)
     with torch.no_grad():
@@ -51,7 +61,8 @@ def test_forward_shapes_with_heads(name: str, channels: int) -> None:
 
 def test_default_explanation_layers_exist() -> None:
     for name in EXPECTED_DIM:
-        model = build_model(model_cfg(f"model.backbone={name}"), TASKS, (3, 32, 32))
+        sets = [f"model.backbone={name}", *EXTRA_SETS.get(name, [])]
+        model = build_model(model_cfg(*sets), TASKS, (3, 32, 32))
         layers = dict(model.backbone.named_modules())
         assert backbone_spec(name).layer in layers, name
 
@@ -91,7 +102,7 @@ def test_local_torchvision_weights_load_including_original_classifier(
 def test_mismatched_weights_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "w.pt"
     torch.save({"conv1.weight": torch.zeros(1)}, path)
-    with pytest.raises(ArtifactError, match="keys do not match"):
+    with pytest.raises(ConfigError, match="keys do not match"):
         build_model(
             model_cfg("model.backbone=resnet18", f"model.weights_path={path}"), TASKS, (3, 32, 32)
         )

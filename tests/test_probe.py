@@ -13,8 +13,9 @@ from conftest import CONFIGS, short_run
 from scipy.stats import pearsonr
 
 from rigor.probe.ridge import (
+    FoldPredictions,
     Folds,
-    GroupMoments,
+    UnitMoments,
     cross_validate,
     fit_predict,
     hest_alpha,
@@ -42,13 +43,23 @@ def test_folds_leave_one_group_out_or_group_k_fold() -> None:
     groups = np.repeat(["a", "b", "c", "d", "e"], [3, 5, 2, 4, 6])
     one_out = make_folds(groups, ["e", "a", "c"], None)
     assert one_out.tests == [["a"], ["c"], ["e"]]
-    assert one_out.fold_of_rows().tolist() == [0] * 3 + [-1] * 5 + [1] * 2 + [-1] * 4 + [2] * 6
+    assert [int(one_out.test_mask(k).sum()) for k in range(3)] == [3, 2, 6]
+    assert not (one_out.train_mask(0) & one_out.test_mask(0)).any()
     k_fold = make_folds(groups, list("abcde"), 2)
     tested = [g for fold in k_fold.tests for g in fold]
     assert sorted(tested) == list("abcde") and len(tested) == 5  # each group once
     sizes = [int(k_fold.test_mask(k).sum()) for k in range(2)]
     assert sum(sizes) == 20 and max(sizes) - min(sizes) <= 2  # GroupKFold balances rows
-    assert make_folds(groups, list("abc"), 5).tests == [["a"], ["b"], ["c"]]  # k >= groups
+    assert make_folds(groups, list("abc"), 3).tests == [["a"], ["b"], ["c"]]  # k == groups
+
+
+def test_more_folds_than_patients_is_a_config_error() -> None:
+    """probe.folds: 5 over 3 patients used to run 3 folds without a word."""
+    from rigor.errors import ConfigError
+
+    groups = np.repeat(["a", "b", "c"], 4)
+    with pytest.raises(ConfigError, match=r"probe.folds: 5 folds .* there are 3"):
+        make_folds(groups, list("abc"), 5)
 
 
 def test_hest_penalty_and_fit_follow_the_protocol() -> None:
@@ -67,6 +78,11 @@ def test_hest_penalty_and_fit_follow_the_protocol() -> None:
         assert pearsonr(predicted[:, j], targets[~train, j])[0] > 0.75
 
 
+def _first_fold_prediction(folds_pred: FoldPredictions, row: int) -> np.ndarray:
+    (where,) = np.flatnonzero(folds_pred.rows[0] == row)
+    return folds_pred.predicted[0][where]
+
+
 def test_pca_and_ridge_see_no_test_rows() -> None:
     """A test row's prediction depends on the train rows and its own features only: changing
     another test row's features, or any test row's target, changes nothing."""
@@ -79,11 +95,17 @@ def test_pca_and_ridge_see_no_test_rows() -> None:
     altered_x[others] *= 50.0  # a transductive PCA would move every test prediction
     altered_y[test] = -altered_y[test]
     again, _ = cross_validate(altered_x, altered_y, folds, 8, None, seed=0)
-    assert np.allclose(again[first], base[first])
+    kept = _first_fold_prediction(base, first)
+    assert np.allclose(_first_fold_prediction(again, first), kept)
     shuffled = targets.copy()
     shuffled[~test] = np.random.default_rng(0).permutation(shuffled[~test])
     moved, _ = cross_validate(features, shuffled, folds, 8, None, seed=0)
-    assert not np.allclose(moved[first], base[first])  # the train rows do move it
+    assert not np.allclose(_first_fold_prediction(moved, first), kept)  # train rows move it
+
+
+def _fold_predictions(folds: Folds, predicted: np.ndarray) -> FoldPredictions:
+    rows = [np.flatnonzero(folds.test_mask(k)) for k in range(len(folds.tests))]
+    return FoldPredictions(rows, [predicted[r] for r in rows])
 
 
 def test_fold_pearson_and_cluster_weights_match_direct_computation() -> None:
@@ -91,25 +113,71 @@ def test_fold_pearson_and_cluster_weights_match_direct_computation() -> None:
     groups = np.repeat(["a", "b", "c", "d"], [5, 7, 6, 4])
     predicted, targets = rng.normal(size=(22, 2)), rng.normal(size=(22, 2))
     folds = Folds(groups, [["a", "c"], ["b"], ["d"]])
-    moments = GroupMoments.of(predicted, targets, folds)
+    moments = UnitMoments.of(_fold_predictions(folds, predicted), targets, groups)
     r = moments.pearson()
     for k, tested in enumerate(folds.tests):
         rows = np.isin(groups, tested)
         for j in range(2):
             assert r[k, j] == pytest.approx(pearsonr(predicted[rows, j], targets[rows, j])[0])
-    # weights follow the tested-group order (a, c, b, d): c twice, a left out
-    weighted = moments.pearson(np.array([0.0, 2.0, 1.0, 1.0]))
+    # cluster weights follow the sorted cluster names (a, b, c, d): c twice, a left out
+    weighted = moments.pearson(np.array([0.0, 1.0, 2.0, 1.0]))
     rows = np.concatenate([np.flatnonzero(groups == "c")] * 2)
     assert weighted[0, 1] == pytest.approx(pearsonr(predicted[rows, 1], targets[rows, 1])[0])
     assert weighted[1, 0] == pytest.approx(r[1, 0])
 
 
+def test_pearson_keeps_its_digits_on_a_float32_gene_with_a_large_mean() -> None:
+    """A gene with mean 10 and s.d. 0.005 in float32: one-pass sums in float32 lost 3e-3 of
+    r; unit moments about their own means in float64 match scipy to 1e-9."""
+    rng = np.random.default_rng(5)
+    groups = np.repeat(["a", "b"], 200)
+    signal = rng.normal(size=400)
+    targets = (10.0 + 0.005 * (signal + 0.5 * rng.normal(size=400))).astype(np.float32)[:, None]
+    predicted = (signal + 0.3 * rng.normal(size=400))[:, None]
+    folds = Folds(groups, [["a", "b"]])
+    r = UnitMoments.of(_fold_predictions(folds, predicted), targets, groups).pearson()
+    expected = pearsonr(predicted[:, 0], targets[:, 0].astype(np.float64))[0]
+    assert abs(r[0, 0] - expected) < 1e-9
+
+
+def test_a_constant_target_in_a_fold_is_undefined_not_a_tiny_r() -> None:
+    """A gene that is constant (10.3) over a fold's test spots has no Pearson r; rounding in
+    one-pass sums gave a value of about 1e-8 (or anything) depending on the data."""
+    rng = np.random.default_rng(6)
+    groups = np.repeat(["a", "b", "c"], 30)
+    targets = rng.normal(size=(90, 2)).astype(np.float32) + 10.3
+    targets[:30, 0] = np.float32(10.3)
+    predicted = rng.normal(size=(90, 2))
+    folds = Folds(groups, [["a"], ["b"], ["c"]])
+    fold_pred = _fold_predictions(folds, predicted)
+    r = UnitMoments.of(fold_pred, targets, groups).pearson()
+    assert np.isnan(r[0, 0]) and np.isfinite(r[1:, 0]).all() and np.isfinite(r[:, 1]).all()
+    options = {"n_resamples": 50, "level": 0.95, "seed": 0}
+    report = pearson_report(fold_pred, targets, groups, ["g0", "g1"], options)
+    assert report["undefined"] == 1
+    assert report["per_gene"]["g0"]["estimate"] == pytest.approx(np.nanmean(r[1:, 0]))
+
+
+def test_one_tested_patient_gives_no_ci_and_says_why() -> None:
+    """A patient-cluster bootstrap of one patient draws that patient every time: the CI was
+    reported with zero width; it is null with the reason."""
+    features, targets, groups = _linear(7, patients=4)
+    folds = make_folds(groups, ["P3"], None)
+    fold_pred, _ = cross_validate(features, targets, folds, 8, None, seed=0)
+    options = {"n_resamples": 50, "level": 0.95, "seed": 0}
+    report = pearson_report(fold_pred, targets, groups, ["a", "b", "c"], options)
+    mean = report["pearson_mean"]
+    assert mean["ci_lower"] is None and mean["ci_upper"] is None
+    assert "one tested patient (P3)" in mean["note"] and report["ci_note"] == mean["note"]
+    assert np.isfinite(mean["estimate"]) and report["per_gene"]["a"]["ci_lower"] is None
+
+
 def test_report_averages_folds_and_its_cluster_ci_covers_the_estimate() -> None:
     features, targets, groups = _linear(3, patients=8)
     folds = make_folds(groups, sorted(set(groups)), None)
-    predicted, _ = cross_validate(features, targets, folds, 16, None, seed=0)
+    fold_pred, _ = cross_validate(features, targets, folds, 16, None, seed=0)
     options = {"n_resamples": 200, "level": 0.95, "seed": 0}
-    report = pearson_report(predicted, targets, folds, ["g0", "g1", "g2"], options)
+    report = pearson_report(fold_pred, targets, groups, ["g0", "g1", "g2"], options)
     per_fold = np.array(report["per_fold"], dtype=float)
     assert per_fold.shape == (8, 3)
     for j, gene in enumerate(["g0", "g1", "g2"]):
@@ -118,6 +186,8 @@ def test_report_averages_folds_and_its_cluster_ci_covers_the_estimate() -> None:
         assert gene_r["ci_lower"] <= gene_r["estimate"] <= gene_r["ci_upper"]
     mean = report["pearson_mean"]
     assert mean["estimate"] == pytest.approx(per_fold.mean()) and mean["estimate"] > 0.8
+    assert report["split_scores"] == pytest.approx(per_fold.mean(axis=1).tolist())
+    assert report["split_std"] == pytest.approx(float(np.std(per_fold.mean(axis=1))))
     assert report["n_groups_tested"] == 8 and report["ci_unit"] == "group"
 
 
@@ -131,8 +201,8 @@ def test_cluster_ci_of_an_unrelated_predictor_covers_zero_at_its_level() -> None
     options = {"n_resamples": 200, "level": 0.95, "seed": 0}
     held, rng = [], np.random.default_rng(0)
     for _ in range(100):
-        noise = rng.normal(size=targets.shape)
-        mean = pearson_report(noise, targets, folds, ["a", "b", "c"], options)["pearson_mean"]
+        noise = _fold_predictions(folds, rng.normal(size=targets.shape))
+        mean = pearson_report(noise, targets, groups, ["a", "b", "c"], options)["pearson_mean"]
         held.append(mean["ci_lower"] < 0 < mean["ci_upper"])
     assert 0.85 <= np.mean(held) <= 0.99
 

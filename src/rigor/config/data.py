@@ -103,7 +103,8 @@ class TransformConfig(Section):
     )
     normalize: bool = Field(description="Normalize inputs with per-channel mean and std.")
     stats: Literal["train", "preset"] = Field(
-        description="Where mean/std come from: the train split, or the backbone's preset."
+        description="Where mean/std come from: the train split, or the encoder's own "
+        "(model.inference.mean/std, else the backbone's preset)."
     )
     image_size: list[Annotated[int, Field(ge=1)]] | None = Field(
         min_length=2,
@@ -177,7 +178,8 @@ class DataConfig(Section):
     genes: list[str] | str | TopVariableConfig | None = Field(
         description="Gene panel of a hest dataset: a list of gene names, a text file with one "
         "name per line, or {top_variable: K} (picked on the train split, written to the run's "
-        "genes.json); every gene is its own regression task."
+        "genes.json); every gene is its own regression task. For hest_bench: a gene list of "
+        'the task folder by name (var_50genes.json, {"genes": [...]}), or a list.'
     )
     missing_genes: Literal["error", "drop"] = Field(
         description="A panel gene absent from some samples: error names the samples; drop "
@@ -212,6 +214,7 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _hest_needs_its_settings(self) -> DataConfig:
-        if self.name == "hest" and (self.hest is None or self.genes is None or not self.root):
-            raise ValueError("data.name hest needs data.root, data.hest and data.genes")
+        hest_like = self.name in ("hest", "hest_bench")
+        if hest_like and (self.hest is None or self.genes is None or not self.root):
+            raise ValueError(f"data.name {self.name} needs data.root, data.hest and data.genes")
         return self

@@ -3,7 +3,7 @@ and the SelectiveNet gate (re-exported by ``rigor.config.models``)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -15,7 +15,8 @@ class HFConfig(Section):
 
     path: str | None = Field(
         description="Local folder for from_pretrained (config.json + model.safetensors); its "
-        "sizes must equal those below. null: build from the sizes, randomly initialised."
+        "sizes must equal those below. null: build from the sizes, randomly initialised. "
+        "model.backbone: hf_auto loads any AutoModel folder here (the sizes are not used)."
     )
     hidden_size: int = Field(ge=8, description="Token width (384 for ViT-S, 768 for ViT-B).")
     num_layers: int = Field(ge=1, description="Transformer blocks.")
@@ -24,7 +25,8 @@ class HFConfig(Section):
     patch_size: int = Field(ge=1, description="Side of the square patches, in pixels.")
     num_register_tokens: int = Field(ge=0, description="Register tokens after the CLS token.")
     pooling: Literal["cls", "mean"] = Field(
-        description="Image feature: the normalised CLS token, or the mean of the patch tokens."
+        description="Image feature: the normalised CLS token, or the mean of the patch tokens "
+        "(after the CLS and register tokens). Also for model.backbone: hf_auto."
     )
 
     @model_validator(mode="after")
@@ -85,3 +87,56 @@ class GateConfig(Section):
         description="Weight of the selective loss; 1 - alpha goes to the auxiliary head.",
     )
     hidden: int = Field(ge=1, description="Width of the selection head's hidden layer.")
+
+
+class TimmConfig(Section):
+    """A timm architecture (model.backbone: timm), built offline and loaded from local weights."""
+
+    arch: str | None = Field(
+        description="timm architecture name, e.g. vit_large_patch16_224 (UNI) or "
+        "vit_giant_patch14_reg4_dinov2 (H-optimus-0); null unless model.backbone is timm."
+    )
+    kwargs: dict[str, Any] = Field(
+        description="Keyword arguments of timm.create_model (e.g. init_values: 1.0e-5, "
+        "dynamic_img_size: true, num_classes: 0). A string naming a class of timm.layers or "
+        'torch.nn ("timm.layers.SwiGLUPacked", "torch.nn.SiLU") is that class.'
+    )
+    pooling: Literal["model", "cls", "mean", "cls_mean"] = Field(
+        description="Image feature: model (timm's own pooled output), cls (the class token), "
+        "mean (the mean of the patch tokens), cls_mean (both, concatenated, as Virchow)."
+    )
+
+
+class InferenceConfig(Section):
+    """How the frozen encoder reads patches for features (the probe): its evaluation
+    transform, as the encoder's authors published it, and its precision."""
+
+    resize: int | None = Field(
+        ge=1, description="Resize the shorter side to this many pixels; null: keep the size."
+    )
+    crop: int | None = Field(ge=1, description="Centre crop to this square side; null: none.")
+    interpolation: Literal["bilinear", "bicubic"] = Field(
+        description="Interpolation of the resize (antialiased)."
+    )
+    mean: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+        min_length=3,
+        max_length=3,
+        description="Per-channel mean of the encoder's normalisation; null: the backbone's "
+        "preset (ImageNet for torchvision models), or the data's statistics without one.",
+    )
+    std: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = Field(
+        min_length=3, max_length=3, description="Per-channel std, with mean."
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        description="Autocast dtype of feature extraction on a GPU; a CPU extracts in fp32."
+    )
+    channels_last: bool = Field(
+        description="Feed the encoder channels_last batches (faster convolutions on a GPU)."
+    )
+    compile: bool = Field(description="torch.compile the encoder before extracting.")
+
+    @model_validator(mode="after")
+    def _mean_with_std(self) -> InferenceConfig:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("model.inference.mean and model.inference.std go together")
+        return self

@@ -46,7 +46,9 @@ from rigor.config.data import (
 )
 from rigor.config.encoder import GateConfig as GateConfig
 from rigor.config.encoder import HFConfig as HFConfig
+from rigor.config.encoder import InferenceConfig as InferenceConfig
 from rigor.config.encoder import PeftConfig as PeftConfig
+from rigor.config.encoder import TimmConfig as TimmConfig
 from rigor.config.stages import (
     CalibrationConfig as CalibrationConfig,
 )
@@ -91,15 +93,20 @@ class ModelConfig(Section):
     """Backbone and heads."""
 
     backbone: str = Field(
-        description="Registered backbone: cnn_small, resnet18, resnet50, convnext_tiny, "
-        "vit_b_16, dinov3_vit."
+        description="Registered backbone: cnn_small, resnet18, resnet50, resnet50_trunc "
+        "(HEST's baseline), convnext_tiny, vit_b_16, dinov3_vit, hf_auto, timm."
     )
     channels: list[Annotated[int, Field(ge=1)]] = Field(
         min_length=1, description="Conv channel widths of cnn_small, one entry per block."
     )
     dropout: float = Field(ge=0, lt=1, description="Dropout before each head.")
     weights_path: str | None = Field(
-        description="Local backbone weights (.safetensors or .pt state dict); null: from scratch."
+        description="Local backbone weights (.safetensors, or a .pth/.bin/.pt state dict read "
+        "with weights_only); every key must match; null: from scratch."
+    )
+    weights_key_map: dict[str, str | None] = Field(
+        description="Rename key prefixes of the weights file before loading (old: new, e.g. "
+        "'visual.trunk.': ''); a prefix mapped to null drops those keys."
     )
     init_from: str | None = Field(
         description="A pretrain run's manifest.json: the encoder starts from the weights that "
@@ -107,6 +114,10 @@ class ModelConfig(Section):
     )
     freeze_backbone: bool = Field(description="Train the heads only.")
     hf: HFConfig = Field(description="Sizes or local folder of a Hugging Face backbone.")
+    timm: TimmConfig = Field(description="Architecture of a timm backbone.")
+    inference: InferenceConfig = Field(
+        description="The encoder's evaluation transform and precision for frozen features."
+    )
     peft: PeftConfig = Field(description="LoRA/DoRA adapters on the backbone.")
     gate: GateConfig = Field(description="SelectiveNet gate head on a classification task.")
 
@@ -126,6 +137,13 @@ class ModelConfig(Section):
                 f"model.init_from loads a pretrain run's dinov3_vit encoder; model.backbone is "
                 f"{self.backbone!r}"
             )
+        if (self.backbone == "timm") != (self.timm.arch is not None):
+            raise ValueError(
+                "model.timm.arch names the architecture of model.backbone: timm (and only then); "
+                f"backbone is {self.backbone!r}, timm.arch is {self.timm.arch!r}"
+            )
+        if self.backbone == "hf_auto" and self.hf.path is None:
+            raise ValueError("model.backbone hf_auto loads model.hf.path; set it to the folder")
         unfreezing = self.peft.unfreeze_last_blocks or self.peft.unfreeze_norms
         if unfreezing and self.peft.method == "none":
             raise ValueError(
@@ -286,6 +304,11 @@ class Config(Section):
             raise ValueError(
                 f"calibration.policy {self.calibration.policy} needs a gate, but model.gate.task "
                 "is null"
+            )
+        if self.probe.protocol == "hest_bench" and self.data.name != "hest_bench":
+            raise ValueError(
+                f"probe.protocol hest_bench reads a HEST-Benchmark task folder: set data.name: "
+                f"hest_bench (data.name is {self.data.name!r})"
             )
         if len(set(self.data.tasks)) != len(self.data.tasks):
             raise ValueError(f"data.tasks has duplicates: {self.data.tasks}")

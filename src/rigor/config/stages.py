@@ -195,5 +195,35 @@ class ProbeConfig(Section):
     )
     alpha: float | None = Field(
         gt=0,
-        description="Ridge penalty; null: HEST's 100 / (components * genes).",
+        allow_inf_nan=False,
+        description="Ridge penalty; null: HEST's 100 / (components * genes). The hest_bench "
+        "protocol fixes it to HEST's rule (set protocol: rigor to choose one).",
     )
+    protocol: Literal["rigor", "hest_bench"] = Field(
+        description="rigor: folds of whole patients made here (probe.folds); hest_bench: the "
+        "predefined splits of a HEST-Benchmark task folder (data.name: hest_bench), scored as "
+        "HEST-Benchmark reports (mean over genes per split, mean and s.d. over splits)."
+    )
+    pca_seed: int = Field(
+        ge=0,
+        description="random_state of the PCA (HEST-Benchmark's default seed is 1); recorded.",
+    )
+
+    @model_validator(mode="after")
+    def _published_protocol(self) -> ProbeConfig:
+        if self.protocol == "hest_bench" and self.alpha is not None:
+            raise ValueError(
+                "probe.alpha: the hest_bench protocol fixes alpha = 100 / (components * genes) "
+                "as HEST-Benchmark does; set probe.alpha: null, or probe.protocol: rigor"
+            )
+        if self.protocol == "hest_bench" and self.folds is not None:
+            raise ValueError(
+                "probe.folds: the hest_bench protocol uses the task folder's predefined "
+                "splits; set probe.folds: null"
+            )
+        if self.protocol == "hest_bench" and self.test_groups != "all":
+            raise ValueError(
+                "probe.test_groups: the hest_bench protocol tests what each split's "
+                "test_<k>.csv lists; set probe.test_groups: all"
+            )
+        return self

@@ -132,7 +132,23 @@ def read_patch_index(path: Path) -> tuple[list[str], tuple[int, int]]:
     barcodes = [_text(value) for value in np.asarray(raw).reshape(len(raw), -1)[:, 0]]
     if len(barcodes) != count:
         raise UsageError(f"{path}: {count} patches but {len(barcodes)} barcodes")
+    if not count:
+        raise UsageError(f"{path}: the sample has no patches (img holds 0)")
+    _check_unique(barcodes, f"{path}: barcode")
     return barcodes, size
+
+
+def _check_unique(names: list[str], where: str) -> None:
+    """UsageError naming the first repeated names and their rows (a join on them would
+    silently drop or duplicate spots)."""
+    seen: dict[str, int] = {}
+    repeated = []
+    for row, name in enumerate(names):
+        if name in seen:
+            repeated.append(f"{name!r} (rows {seen[name]} and {row})")
+        seen.setdefault(name, row)
+    if repeated:
+        raise UsageError(f"{where}: {len(repeated)} duplicate(s), first {repeated[:3]}")
 
 
 def _text(value: Any) -> str:
@@ -152,6 +168,10 @@ def read_expression(
         adata = anndata.read_h5ad(path)
     except (OSError, KeyError, ValueError) as err:
         raise UsageError(f"{path}: not a readable .h5ad file ({err})") from None
+    _check_unique(list(adata.obs_names.astype(str)), f"{path}: obs_names (spot barcodes)")
+    wanted = set(genes)
+    panel_names = [g for g in adata.var_names.astype(str) if g in wanted]
+    _check_unique(panel_names, f"{path}: var_names (genes of the panel)")
     spots = {barcode: i for i, barcode in enumerate(adata.obs_names.astype(str))}
     unmatched = [b for b in barcodes if b not in spots]
     if unmatched:

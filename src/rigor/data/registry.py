@@ -126,6 +126,7 @@ def _builtins() -> None:
     import rigor.data.digits  # noqa: F401  (registers the built-in datasets)
     import rigor.data.files  # noqa: F401
     import rigor.data.hest  # noqa: F401
+    import rigor.data.hest_bench  # noqa: F401
     import rigor.data.tiles  # noqa: F401
 
 

@@ -162,7 +162,11 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                     "arch": {"type": "string"},
                     "dim": {"type": "integer", "minimum": 1},
                     "weights": NULLABLE_STR,
-                }
+                    "architecture": NULLABLE_STR,
+                    "weights_sha256": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
+                    "state_sha256": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
+                },
+                required=["arch", "dim", "weights"],
             ),
             "transforms": _obj(
                 {

@@ -95,6 +95,42 @@ def _check_vit(cfg: ModelConfig, shape: InputShape) -> tuple[nn.Module, int]:
     return _torchvision("vit_b_16", _strip_vit)(cfg, shape)
 
 
+class TruncatedResNet(nn.Module):
+    """A torchvision ResNet up to ``layer3``, average-pooled: HEST-Benchmark's ResNet-50
+    baseline (1024 features). The weights file is a full ResNet's state dict; its ``layer4``
+    and ``fc`` keys are reported and skipped."""
+
+    dropped_prefixes = ("layer4.", "fc.")
+
+    def __init__(self, net: nn.Module, grey: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.grey = grey
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Features of shape (N, 1024)."""
+        if self.grey:
+            inputs = inputs.expand(-1, 3, -1, -1)
+        net: Any = self.net
+        x = net.maxpool(net.relu(net.bn1(net.conv1(inputs))))
+        x = net.layer3(net.layer2(net.layer1(x)))
+        return torch.flatten(net.avgpool(x), 1)
+
+
+@register_backbone("resnet50_trunc", IMAGENET, "net.layer3")
+def resnet50_trunc(cfg: ModelConfig, shape: InputShape) -> tuple[nn.Module, int]:
+    """torchvision ResNet-50 truncated after ``layer3``, with average pooling."""
+    import torchvision
+
+    if shape[0] not in (1, 3):
+        raise ConfigError(
+            f"model.backbone resnet50_trunc takes 1 or 3 channels, data has {shape[0]}"
+        )
+    net = torchvision.models.resnet50(weights=None)
+    del net.layer4, net.fc  # never run: no parameters to train, save or load
+    return TruncatedResNet(net, grey=shape[0] == 1), 1024
+
+
 register_backbone("resnet18", IMAGENET, "net.layer4")(_torchvision("resnet18", _strip_fc))
 register_backbone("resnet50", IMAGENET, "net.layer4")(_torchvision("resnet50", _strip_fc))
 register_backbone("convnext_tiny", IMAGENET, "net.features.7")(

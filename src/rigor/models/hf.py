@@ -133,6 +133,47 @@ def dinov3_vit(cfg: ModelConfig, shape: InputShape) -> tuple[nn.Module, int]:
     return HFBackbone(net, shape[0] == 1, cfg.hf.pooling, prefix), int(net.config.hidden_size)
 
 
+def load_auto_model(folder: Path) -> Any:
+    """``transformers.AutoModel`` from a local folder, every weight of it from the files: a
+    folder whose weights lack a key of the architecture is a config error naming the keys."""
+    from transformers import AutoModel
+
+    if not (folder / "config.json").is_file():
+        raise ArtifactError(
+            f"model.hf.path: {folder} has no config.json (a folder written by save_pretrained, "
+            "e.g. a download of owkin/phikon or facebook/dinov2-base)"
+        )
+    try:
+        net, info = AutoModel.from_pretrained(
+            str(folder), local_files_only=True, output_loading_info=True
+        )
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"model.hf.path: cannot load {folder}: {err}") from None
+    missing = sorted(info.get("missing_keys", []))
+    if missing:
+        raise ConfigError(
+            f"model.hf.path {folder}: the weights lack {len(missing)} key(s) of "
+            f"{type(net).__name__} (first: {missing[:5]}); they would start random"
+        )
+    return net
+
+
+@register_backbone("hf_auto", IMAGENET)
+def hf_auto(cfg: ModelConfig, shape: InputShape) -> tuple[nn.Module, int]:
+    """Any Hugging Face vision encoder folder (DINOv2, DINOv3, Phikon's ViT) through
+    ``AutoModel``, pooled as ``model.hf.pooling`` says."""
+    if shape[0] not in (1, 3):
+        raise ConfigError(f"model.backbone hf_auto takes 1 or 3 channels, data has {shape[0]}")
+    assert cfg.hf.path is not None  # the config model requires it
+    net = load_auto_model(Path(cfg.hf.path))
+    config = net.config
+    prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+    width = int(getattr(config, "hidden_size", 0))
+    if not width:
+        raise ConfigError(f"model.hf.path {cfg.hf.path}: its config has no hidden_size")
+    return HFBackbone(net, shape[0] == 1, cfg.hf.pooling, prefix), width
+
+
 def apply_peft(backbone: nn.Module, cfg: PeftConfig) -> dict[str, int]:
     """Inject LoRA/DoRA adapters into ``backbone`` in place and freeze the rest of it, except
     the last ``unfreeze_last_blocks`` blocks (trained in full, without adapters) and, with

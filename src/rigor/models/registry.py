@@ -120,6 +120,7 @@ def backbone_spec(name: str) -> BackboneSpec:
     """The registered spec of ``name``; ConfigError naming the field otherwise."""
     import rigor.models.backbones  # noqa: F401  (registers the built-in backbones and heads)
     import rigor.models.hf  # noqa: F401  (registers the Hugging Face backbones)
+    import rigor.models.timm_encoder  # noqa: F401  (registers timm)
 
     if name not in BACKBONES:
         raise ConfigError(
@@ -132,38 +133,84 @@ def backbone_spec(name: str) -> BackboneSpec:
 _DROPPED_HEADS = ("fc.", "classifier.2.", "heads.")
 
 
-def load_weights(module: nn.Module, path: Path) -> None:
-    """Load a local state dict (.safetensors, or a torch file read with ``weights_only``).
-
-    Torchvision backbones take the original model's keys (``conv1.weight``); the dropped
-    classifier's keys are reported and skipped; any other mismatch is an error.
-    """
+def read_state(path: Path) -> dict[str, torch.Tensor]:
+    """A local state dict, never unpickled: safetensors, or a torch file (.pth, .bin, .pt)
+    read with ``weights_only``; a checkpoint's ``model`` or ``state_dict`` entry is used."""
     if not path.is_file():
         raise ArtifactError(f"model.weights_path: file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-        state = loaded.get("model", loaded) if isinstance(loaded, dict) else loaded
-    target = getattr(module, "net", module)
+        return load_file(str(path))
     try:
-        missing, unexpected = target.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatches raise even with strict=False
-        first = str(err).strip().splitlines()[-1].strip()
-        raise ArtifactError(
-            f"model.weights_path {path}: keys do not match the backbone ({first})"
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, ValueError) as err:  # pickle.UnpicklingError is a subclass
+        first = " ".join(str(err).split())[:300]
+        raise ConfigError(
+            f"model.weights_path {path}: not a tensors-only torch file ({first})"
         ) from None
-    dropped = [key for key in unexpected if key.startswith(_DROPPED_HEADS)]
-    unexpected = [key for key in unexpected if key not in dropped]
+    if isinstance(loaded, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(loaded.get(key), dict):
+                loaded = loaded[key]
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"model.weights_path {path}: holds a {type(loaded).__name__}, not a state dict"
+        )
+    return loaded
+
+
+def map_keys(
+    state: dict[str, torch.Tensor], key_map: dict[str, str | None]
+) -> dict[str, torch.Tensor]:
+    """``state`` with the first matching prefix of ``key_map`` replaced (None drops the key)."""
+    if not key_map:
+        return state
+    mapped = {}
+    for key, value in state.items():
+        prefix = next((p for p in key_map if key.startswith(p)), None)
+        if prefix is None:
+            mapped[key] = value
+        elif key_map[prefix] is not None:
+            mapped[str(key_map[prefix]) + key[len(prefix) :]] = value
+    return mapped
+
+
+def load_weights(
+    module: nn.Module, path: Path, key_map: dict[str, str | None] | None = None
+) -> None:
+    """Load a local state dict into a backbone, every key checked.
+
+    Backbones take the original model's keys (``conv1.weight`` for torchvision, timm's own
+    names for timm); the keys of the classifier a backbone drops are reported and skipped;
+    any other missing or unexpected key is a config error (exit 2) naming it.
+    """
+    state = map_keys(read_state(path), key_map or {})
+    target = getattr(module, "net", module)
+    dropped_prefixes = getattr(module, "dropped_prefixes", _DROPPED_HEADS)
+    expected = target.state_dict()
+    dropped = [k for k in state if k not in expected and k.startswith(dropped_prefixes)]
+    state = {k: v for k, v in state.items() if k not in dropped}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: file {tuple(v.shape)}, model {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = [
+            f"{label} {len(keys)}: {keys[:5]}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
+            if keys
+        ]
+        raise ConfigError(
+            f"model.weights_path {path}: keys do not match the backbone ({'; '.join(parts)}); "
+            "model.weights_key_map renames or drops key prefixes"
+        )
     if dropped:
         print(f"weights: skipped {len(dropped)} key(s) of the dropped classifier", file=sys.stderr)
-    if missing or unexpected:
-        raise ArtifactError(
-            f"model.weights_path {path}: keys do not match the backbone "
-            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
+    target.load_state_dict(state, strict=True)
 
 
 def build_model(
@@ -173,7 +220,7 @@ def build_model(
     spec = backbone_spec(cfg.backbone)
     backbone, dim = spec.build(cfg, input_shape)
     if cfg.weights_path:
-        load_weights(backbone, Path(cfg.weights_path))
+        load_weights(backbone, Path(cfg.weights_path), cfg.weights_key_map)
     peft: dict[str, int] = {}
     unfrozen: tuple[str, ...] = ()
     if cfg.peft.method != "none":

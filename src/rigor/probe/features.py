@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +39,46 @@ def weights_hash(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class EncoderInput:
+    """A raw uint8 batch -> the encoder's input, on the device: its published evaluation
+    geometry (resize of the shorter side, centre crop), then the run's normalisation, in
+    the encoder's memory format."""
+
+    pipeline: InputPipeline
+    resize: int | None = None
+    crop: int | None = None
+    interpolation: str = "bilinear"
+    channels_last: bool = False
+
+    def __call__(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The encoder's input for ``images`` (N, C, H, W)."""
+        x = images.to(device, non_blocking=True)
+        if self.resize is not None or self.crop is not None:
+            from torchvision.transforms.v2 import InterpolationMode
+            from torchvision.transforms.v2 import functional as F
+
+            if self.resize is not None:
+                mode = InterpolationMode(self.interpolation)
+                x = F.resize(x, [self.resize], interpolation=mode, antialias=True)
+            if self.crop is not None:
+                x = F.center_crop(x, [self.crop, self.crop])
+        x = self.pipeline(x, device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def record(self) -> dict[str, Any]:
+        """What the features depend on besides the normalisation."""
+        return {"resize": self.resize, "crop": self.crop, "interpolation": self.interpolation}
+
+
+@torch.inference_mode()
 def extract(
     encoder: nn.Module,
     loader: torch.utils.data.DataLoader[Any],
     device: torch.device,
-    pipeline: InputPipeline,
+    encoder_input: Callable[[torch.Tensor, torch.device], torch.Tensor],
     autocast: Callable[[], Any],
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, list[int], dict[int, str]]:
     """Features (float32, one row per readable sample in loader order), their dataset rows,
     and the rows that could not be read (left out) with their errors."""
@@ -57,24 +91,31 @@ def extract(
         if not len(batch):
             continue
         with autocast():
-            features = encoder(pipeline(batch.input, device))
+            features = encoder(encoder_input(batch.input, device))
         parts.append(features.float().cpu().numpy().reshape(len(batch), -1))
         rows.extend(batch.index.tolist())
+        if progress is not None:
+            progress(len(rows))
     return np.concatenate(parts).astype(np.float32, copy=False), rows, skipped
 
 
 def cache_key(
-    weights: str, dataset: ImageDataset, transforms: dict[str, Any], precision: str
+    weights: str,
+    dataset: ImageDataset,
+    transforms: dict[str, Any],
+    precision: str,
+    geometry: dict[str, Any] | None = None,
 ) -> str:
     """What the features depend on, hashed."""
-    return sha256_json(
-        {
-            "weights": weights,
-            "dataset": dataset.content_hash,
-            "transforms": {k: v for k, v in transforms.items() if k != "augment"},
-            "precision": precision,
-        }
-    )
+    key = {
+        "weights": weights,
+        "dataset": dataset.content_hash,
+        "transforms": {k: v for k, v in transforms.items() if k != "augment"},
+        "precision": precision,
+    }
+    if geometry and any(v is not None for k, v in geometry.items() if k != "interpolation"):
+        key["geometry"] = geometry  # absent when off: earlier caches stay valid
+    return sha256_json(key)
 
 
 def cached_features(

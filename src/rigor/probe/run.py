@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,17 @@ from rigor.config.models import Config
 from rigor.data.registry import TaskSpec
 from rigor.errors import ConfigError, UsageError
 from rigor.evaluation.report_classification import ci_options
-from rigor.io import atomic_write_json, finite_json
+from rigor.io import atomic_write_json, finite_json, sha256_file, sha256_json
 from rigor.manifest import write_manifest
 from rigor.manifest.rundir import create_run_dir
 from rigor.probe import features as feats
-from rigor.probe.ridge import cross_validate, make_folds, pearson_report
+from rigor.probe.ridge import (
+    FoldPredictions,
+    Folds,
+    cross_validate,
+    make_folds,
+    pearson_report,
+)
 from rigor.runs.predict import save_npz
 from rigor.training.policy import Precision
 from rigor.training.prepare import Prepared, prepare, write_run_inputs
@@ -92,20 +100,20 @@ def probe(
 ) -> Path:
     """Probe the encoder and return the run's ``manifest.json`` path."""
     check_probe_config(resolved.config, source)
-    prepared = prepare(resolved, env_policy, force)
+    prepared = prepare(resolved, env_policy, force, probe=True)
     genes = _genes(prepared.dataset.tasks)
     if source is not None and source.kind == "train":
         _load_source_weights(prepared, source, force)
     cfg = prepared.resolved.config
-    encoder = prepared.model.backbone
+    state = feats.weights_hash(prepared.model.backbone)
+    encoder_input, precision = _encoder_input(prepared)
     key = feats.cache_key(
-        feats.weights_hash(encoder),
-        prepared.dataset,
-        prepared.transforms,
-        cfg.training.precision,
+        state, prepared.dataset, prepared.transforms, precision, encoder_input.record()
     )
     cache_path, index = feats.cached_features(
-        Path(cfg.run.output_root) / "cache" / "features", key, lambda: _extract(prepared)
+        Path(cfg.run.output_root) / "cache" / "features",
+        key,
+        lambda: _extract(prepared, encoder_input, precision),
     )
     verb = "reused" if index["reused"] else f"extracted in {index['seconds']} s"
     print(f"features {tuple(index['shape'])} {verb} ({cache_path})", file=sys.stderr)
@@ -113,13 +121,67 @@ def probe(
     features = feats.load_features(cache_path)
     targets = np.stack([prepared.dataset.targets[g].numpy()[rows] for g in genes], axis=1)
     groups = np.asarray(prepared.dataset.groups)[rows].astype(str)
-    folds = make_folds(groups, _test_groups(prepared, source, groups), cfg.probe.folds)
+    folds = _folds(prepared, source, rows, groups)
     predicted, fits = cross_validate(
-        features, targets, folds, cfg.probe.pca_components, cfg.probe.alpha, cfg.run.seed
+        features, targets, folds, cfg.probe.pca_components, cfg.probe.alpha, cfg.probe.pca_seed
     )
-    report = pearson_report(predicted, targets, folds, genes, ci_options(cfg.evaluation))
-    report |= {"folds": fits, "genes": genes, "features": _feature_record(index, cache_path)}
-    return _write_run(prepared, source, report, (cache_path, index), (rows, predicted, targets))
+    report = pearson_report(predicted, targets, groups, genes, ci_options(cfg.evaluation))
+    report |= {
+        "protocol": cfg.probe.protocol,
+        "pca_seed": cfg.probe.pca_seed,
+        "folds": fits,
+        "genes": genes,
+        "features": _feature_record(index, cache_path) | {"precision": precision},
+        "encoder": encoder_record(cfg, state, int(features.shape[1])),
+    }
+    if cfg.probe.protocol == "hest_bench":
+        extra = prepared.dataset.raw.extra_record
+        report |= {"task": extra["task"], "splits": extra["bench_splits"]}
+    arrays = (rows, predicted, targets)
+    return _write_run(prepared, source, report, (cache_path, index), arrays)
+
+
+def _folds(
+    prepared: Prepared, source: Source | None, rows: np.ndarray, groups: np.ndarray
+) -> Folds:
+    """The protocol's folds over the feature rows: a task folder's predefined splits (by
+    sample), or folds of whole patients made here."""
+    cfg = prepared.resolved.config
+    if cfg.probe.protocol == "hest_bench":
+        splits = prepared.dataset.raw.extra_record["bench_splits"]
+        samples = np.asarray([prepared.dataset.ids[r].split(":", 1)[0] for r in rows])
+        return Folds(samples, [s["test"] for s in splits], [s["train"] for s in splits])
+    return make_folds(groups, _test_groups(prepared, source, groups), cfg.probe.folds)
+
+
+def encoder_record(cfg: Config, state: str, dim: int) -> dict[str, Any]:
+    """The manifest's account of the encoder: its architecture, the sha256 of the weights
+    file (or folder) it was loaded from, of its weights as loaded, and the feature width."""
+    model = cfg.model
+    architecture = model.timm.arch if model.backbone == "timm" else None
+    weights = model.weights_path or (model.hf.path if model.backbone == "hf_auto" else None)
+    if model.backbone == "dinov3_vit" and model.hf.path:
+        weights = model.hf.path
+    if model.backbone in ("hf_auto", "dinov3_vit") and weights:
+        config = json.loads((Path(weights) / "config.json").read_text())
+        architecture = ",".join(config.get("architectures") or [config.get("model_type", "")])
+    digest = None
+    if weights:
+        digest = (
+            sha256_file(Path(weights)) if Path(weights).is_file() else folder_sha256(Path(weights))
+        )
+    return {
+        "architecture": architecture,
+        "weights_sha256": digest,
+        "state_sha256": state,
+        "dim": dim,
+    }
+
+
+def folder_sha256(folder: Path) -> str:
+    """sha256 over a folder's files: each relative name and its sha256, in sorted order."""
+    listed = sorted(p for p in folder.rglob("*") if p.is_file())
+    return sha256_json([[str(p.relative_to(folder)), sha256_file(p)] for p in listed])
 
 
 def _genes(tasks: dict[str, TaskSpec]) -> list[str]:
@@ -139,7 +201,24 @@ def _load_source_weights(prepared: Prepared, source: Source, force: bool) -> Non
     prepared.model.load_state_dict(best_state(source.manifest_path.parent, manifest, force))
 
 
-def _extract(prepared: Prepared) -> tuple[np.ndarray, list[int], dict[int, str]]:
+def _encoder_input(prepared: Prepared) -> tuple[feats.EncoderInput, str]:
+    """The encoder's input transform and the precision it extracts in (its own on a GPU;
+    fp32 on a CPU, where autocast would only slow it down)."""
+    inference = prepared.resolved.config.model.inference
+    precision = inference.precision if prepared.device.type == "cuda" else "fp32"
+    encoder_input = feats.EncoderInput(
+        prepared.eval_pipeline,
+        inference.resize,
+        inference.crop,
+        inference.interpolation,
+        inference.channels_last,
+    )
+    return encoder_input, precision
+
+
+def _extract(
+    prepared: Prepared, encoder_input: feats.EncoderInput, precision: str
+) -> tuple[np.ndarray, list[int], dict[int, str]]:
     cfg = prepared.resolved.config
     loader = feats.feature_loader(
         prepared.dataset,
@@ -147,10 +226,36 @@ def _extract(prepared: Prepared) -> tuple[np.ndarray, list[int], dict[int, str]]
         cfg.data.num_workers,
         cfg.data.prefetch_factor,
     )
-    precision = Precision(cfg.training.precision, prepared.device)
+    import torch
+
+    encoder: Any = prepared.model.backbone
+    if cfg.model.inference.channels_last:
+        encoder = encoder.to(memory_format=torch.channels_last)
+    if cfg.model.inference.compile:
+        encoder = torch.compile(encoder)
+    autocast = Precision(precision, prepared.device).autocast
     return feats.extract(
-        prepared.model.backbone, loader, prepared.device, prepared.eval_pipeline, precision.autocast
+        encoder, loader, prepared.device, encoder_input, autocast, _progress(len(prepared.dataset))
     )
+
+
+def _progress(total: int) -> Callable[[int], None]:
+    """A line on stderr every 10 s of feature extraction: patches done, rate, time left."""
+    started = last = time.perf_counter()
+
+    def report(done: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if now - last >= 10.0 and done < total:
+            rate = done / (now - started)
+            left = (total - done) / max(rate, 1e-9)
+            print(
+                f"features: {done}/{total} patches, {rate:.0f}/s, {left:.0f} s left",
+                file=sys.stderr,
+            )
+            last = now
+
+    return report
 
 
 def _test_groups(prepared: Prepared, source: Source | None, groups: np.ndarray) -> list[str]:
@@ -199,6 +304,8 @@ def _metrics(report: dict[str, Any]) -> dict[str, float | None]:
         "probe/pearson_mean/ci_lower": report["pearson_mean"]["ci_lower"],
         "probe/pearson_mean/ci_upper": report["pearson_mean"]["ci_upper"],
         "probe/pearson_median": report["pearson_median"],
+        "probe/split_mean": report["split_mean"],
+        "probe/split_std": report["split_std"],
     }
     for gene, value in report["per_gene"].items():
         metrics[f"probe/pearson/{gene}"] = value["estimate"]
@@ -211,7 +318,7 @@ def _write_run(
     source: Source | None,
     report: dict[str, Any],
     cached: tuple[Path, dict[str, Any]],
-    arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
+    arrays: tuple[np.ndarray, FoldPredictions, np.ndarray],
 ) -> Path:
     """The run folder: configs, splits, features, predictions, report; the manifest last."""
     from rigor.training.record import RunOutputs, build_manifest
@@ -224,13 +331,15 @@ def _write_run(
     write_run_inputs(run_dir, prepared)
     artifacts = feats.copy_into(run_dir, *cached)
     rows, predicted, targets = arrays
+    fold, tested, values = predicted.stacked()
     save_npz(
         run_dir / PREDICTIONS,
         {
-            "ids": np.asarray(prepared.dataset.ids)[rows],
-            "groups": np.asarray(prepared.dataset.groups)[rows],
-            "predicted": predicted,
-            "targets": targets,
+            "fold": fold,
+            "ids": np.asarray(prepared.dataset.ids)[rows[tested]],
+            "groups": np.asarray(prepared.dataset.groups)[rows[tested]],
+            "predicted": values,
+            "targets": targets[tested],
             "genes": np.asarray(report["genes"]),
         },
     )
@@ -244,6 +353,8 @@ def _write_run(
         "folds": len(report["folds"]),
         "test_groups": cfg.probe.test_groups,
         "pearson_mean": metrics["probe/pearson_mean"],
+        "protocol": report["protocol"],
+        "task": report.get("task"),
         "features_reused": report["features"]["reused"],
     }
     outputs = RunOutputs(
@@ -253,5 +364,6 @@ def _write_run(
         stage="probe",
         extra_artifacts={"features": artifacts, "reports": [REPORT]},
         weights=None if source is None else f"run:{source.run_id}/{source.weights}",
+        encoder={k: v for k, v in report["encoder"].items() if k != "dim"},
     )
     return write_manifest(run_dir, build_manifest(run_dir, prepared, outputs))

@@ -62,8 +62,10 @@ def prepare(
     env_policy: str | None,
     force: bool,
     dist_info: DistInfo | None = None,
+    probe: bool = False,
 ) -> Prepared:
-    """Check the environment, build data, splits and model; raise before writing anything."""
+    """Check the environment, build data, splits and model; raise before writing anything.
+    ``probe``: for scripts/probe.py, the only reader of HEST-Benchmark task folders."""
     dist_info = dist_info or DistInfo()
     cfg = resolved.config
     lock, environment = check_lock(cfg.env.lockfile, env_policy or cfg.env.policy, force)
@@ -73,8 +75,18 @@ def prepare(
     data_cfg, panel = resolve_panel(cfg.data, cfg.split_seed)  # {top_variable: K} on train
     dataset = build_dataset(data_cfg, Path(cfg.run.output_root) / "cache")
     _check_monitor(cfg, dataset)
-    splits = make_splits(dataset.groups, cfg.data.splits, cfg.split_seed)
-    warning = fraction_warning(splits, cfg.data.splits)
+    if dataset.name == "hest_bench":
+        from rigor.data.hest_bench import first_split_rows
+
+        if not probe:
+            raise ConfigError(
+                "data.name hest_bench: a HEST-Benchmark task folder is scored by the probe "
+                "(scripts/probe.py); to train on its samples, read them with data.name: hest"
+            )
+        splits = first_split_rows(dataset.raw)
+    else:
+        splits = make_splits(dataset.groups, cfg.data.splits, cfg.split_seed)
+    warning = None if dataset.name == "hest_bench" else fraction_warning(splits, cfg.data.splits)
     if warning and dist_info.main:
         print(warning, file=sys.stderr)
     _check_augment(cfg.data.transforms.augment, dataset.input_shape)
@@ -104,7 +116,8 @@ def prepare(
 
 
 def _check_stats(cfg: Config, spec: BackboneSpec) -> None:
-    if cfg.data.transforms.normalize and cfg.data.transforms.stats == "preset" and not spec.preset:
+    transforms, given = cfg.data.transforms, cfg.model.inference.mean is not None
+    if transforms.normalize and transforms.stats == "preset" and not (spec.preset or given):
         raise ConfigError(
             f"data.transforms.stats: backbone {cfg.model.backbone!r} has no preset statistics; "
             "use stats: train"
@@ -137,9 +150,16 @@ def _check_augment(augment: AugmentConfig, shape: tuple[int, int, int]) -> None:
 def _statistics(
     cfg: Config, spec: BackboneSpec, dataset: ImageDataset, train_rows: list[int]
 ) -> tuple[list[float], list[float]]:
-    """Normalisation statistics: the backbone's preset, or one streamed pass over train."""
-    if cfg.data.transforms.stats == "preset" and spec.preset is not None:
-        return preset_stats(spec.preset, dataset.input_shape[0])
+    """Normalisation statistics: the encoder's own (``model.inference``), the backbone's
+    preset, or one streamed pass over train."""
+    if cfg.data.transforms.stats == "preset":
+        inference = cfg.model.inference
+        if inference.mean is not None and inference.std is not None:
+            return preset_stats(
+                (tuple(inference.mean), tuple(inference.std)), dataset.input_shape[0]
+            )
+        if spec.preset is not None:
+            return preset_stats(spec.preset, dataset.input_shape[0])
     return channel_stats(dataset, train_rows, cfg.data.num_workers)
 
 

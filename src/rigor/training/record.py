@@ -41,6 +41,7 @@ class RunOutputs:
     extra_artifacts: dict[str, list[str]] = field(default_factory=dict)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     weights: str | None = None
+    encoder: dict[str, Any] = field(default_factory=dict)  # more of the manifest's encoder block
 
 
 def _files(run_dir: Path, folder: str) -> list[str]:
@@ -133,6 +134,7 @@ def build_manifest(run_dir: Path, prepared: Prepared, outputs: RunOutputs) -> di
             or cfg.model.weights_path
             or cfg.model.hf.path
             or (prepared.lineage and prepared.lineage["manifest"]),
+            **outputs.encoder,
         },
         "transforms": prepared.transforms,
         "checkpoints": checkpoints,

@@ -270,12 +270,12 @@ def pearson_report(
     """
     moments = UnitMoments.of(folds, targets, clusters)
     per_fold = moments.pearson()
-    estimate = _nanmean_rows(per_fold)
+    estimate = nanmean_rows(per_fold)
     n_clusters = len(moments.clusters)
 
     def batched(draws: np.ndarray) -> dict[str, np.ndarray]:
         per_gene = moments.resampled_mean(draws)
-        return {"per_gene": per_gene, "mean": _nanmean_rows(per_gene.T)}
+        return {"per_gene": per_gene, "mean": nanmean_rows(per_gene.T)}
 
     values = replicates(batched, n_clusters, ci["n_resamples"], ci["seed"])
     note = None
@@ -288,7 +288,7 @@ def pearson_report(
             out |= {"ci_lower": None, "ci_upper": None, "mean": None, "std": None, "note": note}
         return out
 
-    split_scores = _nanmean_rows(per_fold.T)  # HEST: a split's score is its mean over genes
+    split_scores = nanmean_rows(per_fold.T)  # HEST: a split's score is its mean over genes
     return {
         "pearson_mean": summary(values["mean"], float(np.nanmean(estimate))),
         "pearson_median": float(np.nanmedian(estimate)),
@@ -315,6 +315,6 @@ def _weighted_mean(per_fold: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.where(weight > 0, total / np.maximum(weight, 1e-300), np.nan)
 
 
-def _nanmean_rows(matrix: np.ndarray) -> np.ndarray:
+def nanmean_rows(matrix: np.ndarray) -> np.ndarray:
     """Mean over axis 0 ignoring NaN; NaN (no warning) where a column is all NaN."""
     return _weighted_mean(matrix, np.ones(len(matrix)))

@@ -69,6 +69,7 @@ class Space:
     random: int | None = None
     optuna: int | None = None
     seed: int = 0
+    explicit: list[dict[str, Any]] | None = None  # given points (a benchmark's cells)
 
     def record(self) -> dict[str, Any]:
         """How sweep.json describes the space (and what identifies a rerun of it)."""
@@ -78,10 +79,13 @@ class Space:
             "random": self.random,
             "optuna": self.optuna,
             "seed": self.seed,
+            **({"explicit": self.explicit} if self.explicit is not None else {}),
         }
 
     def points(self) -> list[dict[str, Any]]:
         """The points to run (none up front for an Optuna search)."""
+        if self.explicit is not None:
+            return list(self.explicit)
         if self.optuna is not None:
             return []
         if self.random is not None:
@@ -132,6 +136,7 @@ def sweep(
     """
     space = space if isinstance(space, Space) else Space(space)
     keys = [*space.grid, *(item.key for item in space.ranges)]
+    keys += sorted({key for point in space.explicit or [] for key in point})
     points = space.points()
     hashes, output_root, name = plan(config, points, sets, keys)
     identity = [config, sets, space.record(), task]

@@ -81,11 +81,20 @@ def summarize(folder: Path) -> dict[str, Any]:
     atomic_write_json(folder / "summary.json", summary)
     keys = [entry["key"] for entry in record["grid"]]
     keys += [entry["key"] for entry in record.get("ranges", [])]
+    keys += _varying_keys(record.get("explicit") or [])
     atomic_write_text(folder / "summary.csv", _csv(rows, keys))
+    if not keys:
+        return summary
     if ranked and monitor is not None:
         log_keys = {e["key"] for e in record.get("ranges", []) if e["scale"] == "log"}
         plot_against_values(folder / "summary.png", ranked, keys, monitor, log_keys)
     return summary
+
+
+def _varying_keys(points: list[dict[str, Any]]) -> list[str]:
+    """Keys that every given point sets and that take more than one value among them."""
+    common = set.intersection(*(set(p) for p in points)) if points else set()
+    return sorted(k for k in common if len({json.dumps(p[k]) for p in points}) > 1)
 
 
 def plot_against_values(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,7 +145,7 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError) as err:  # pickle.UnpicklingError is a subclass
+    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as err:
         first = " ".join(str(err).split())[:300]
         raise ConfigError(
             f"model.weights_path {path}: not a tensors-only torch file ({first})"
@@ -153,9 +154,10 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
         for key in ("model", "state_dict"):
             if isinstance(loaded.get(key), dict):
                 loaded = loaded[key]
-    if not isinstance(loaded, dict):
+    if not isinstance(loaded, dict) or not all(torch.is_tensor(v) for v in loaded.values()):
         raise ConfigError(
-            f"model.weights_path {path}: holds a {type(loaded).__name__}, not a state dict"
+            f"model.weights_path {path}: holds a {type(loaded).__name__} that is not a state "
+            "dict of tensors"
         )
     return loaded
 

@@ -22,7 +22,8 @@ _CLASS_MODULES = ("timm.layers.", "torch.nn.")
 
 
 def resolve_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``model.timm.kwargs`` with "timm.layers.X" / "torch.nn.X" strings made the classes."""
+    """``model.timm.kwargs`` with "timm.layers.X" / "torch.nn.X" strings made the layers
+    they name (classes, or timm's partials such as SwiGLUPacked)."""
     import timm.layers
 
     modules = {"timm.layers.": timm.layers, "torch.nn.": torch.nn}
@@ -35,8 +36,8 @@ def resolve_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
             resolved[key] = value
             continue
         found = getattr(modules[prefix], value[len(prefix) :], None)
-        if not isinstance(found, type):
-            raise ConfigError(f"model.timm.kwargs.{key}: {value!r} is not a class of {prefix[:-1]}")
+        if found is None or not callable(found):  # a class, or a partial (SwiGLUPacked)
+            raise ConfigError(f"model.timm.kwargs.{key}: {value!r} is not a layer of {prefix[:-1]}")
         resolved[key] = found
     return resolved
 

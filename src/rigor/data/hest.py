@@ -129,11 +129,11 @@ def read_patch_index(path: Path) -> tuple[list[str], tuple[int, int]]:
             count = int(img.shape[0])
     except OSError as err:
         raise UsageError(f"{path}: not a readable HDF5 file ({err})") from None
+    if not count:
+        raise UsageError(f"{path}: the sample has no patches (img holds 0)")
     barcodes = [_text(value) for value in np.asarray(raw).reshape(len(raw), -1)[:, 0]]
     if len(barcodes) != count:
         raise UsageError(f"{path}: {count} patches but {len(barcodes)} barcodes")
-    if not count:
-        raise UsageError(f"{path}: the sample has no patches (img holds 0)")
     _check_unique(barcodes, f"{path}: barcode")
     return barcodes, size
 
@@ -173,11 +173,12 @@ def read_expression(
     panel_names = [g for g in adata.var_names.astype(str) if g in wanted]
     _check_unique(panel_names, f"{path}: var_names (genes of the panel)")
     spots = {barcode: i for i, barcode in enumerate(adata.obs_names.astype(str))}
-    unmatched = [b for b in barcodes if b not in spots]
+    unmatched = [(row, b) for row, b in enumerate(barcodes) if b not in spots]
     if unmatched:
+        first = ", ".join(f"{b!r} (patch row {row})" for row, b in unmatched[:3])
         raise UsageError(
             f"{path}: {len(unmatched)} of {len(barcodes)} patch barcodes have no spot in the "
-            f"expression (first: {unmatched[:3]}); patches and spots must share barcodes"
+            f"expression (first: {first}); patches and spots must share barcodes"
         )
     rows = np.array([spots[b] for b in barcodes], dtype=np.int64)
     names = {gene: j for j, gene in enumerate(adata.var_names.astype(str))}

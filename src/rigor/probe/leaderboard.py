@@ -43,7 +43,7 @@ def cell_result(manifest: Path) -> dict[str, Any]:
         "ci_upper": mean["ci_upper"],
         "n_patients": report["n_groups_tested"],
         "n_genes": len(report["genes"]),
-        "encoder": report["encoder"],
+        "encoder_record": report["encoder"],
     }
 
 

@@ -7,7 +7,9 @@ variants gets the difference B - A of accuracy, MCC, macro-F1 and AUGRC per clas
 task (mean Pearson's r over regression tasks) on val_test, with a paired bootstrap CI that
 also resamples each variant's seeds, McNemar's exact test for accuracy per shared seed, and
 trainable parameters, peak memory and time per epoch. Writes DIR/report.md, report.csv,
-compare.json and forest.png.
+compare.json and forest.png. Probe runs (scripts/probe.py) compare too: the mean Pearson's r
+over genes of their out-of-fold predictions, bootstrapped over the test spots (the
+leaderboard of probe.py --bench resamples patients instead).
 
 Exit codes: 0 ok, 2 bad usage (fewer than two variants, a repeated seed), 3 invalid
 manifest or runs that do not share val_test (the difference is named), 5 missing or
@@ -29,7 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("manifests", nargs="+", type=Path, help="finished train runs' manifests")
+    parser.add_argument(
+        "manifests", nargs="+", type=Path, help="finished train or probe runs' manifests"
+    )
     parser.add_argument("--output", required=True, type=Path, help="folder for the report")
     parser.add_argument("--n-resamples", type=int, default=1000, help="bootstrap replicates")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")

@@ -347,3 +347,32 @@ def test_the_leaderboard_command_end_to_end(
     # the same command again reuses every finished cell: no new run
     assert run_script("probe", "--bench", str(path), "--env-policy", "ignore") == 0
     assert len(list((tmp_path / "out" / "runs").iterdir())) == 4
+
+
+def test_compare_reads_probe_runs(
+    bench_root: Path, tmp_path: Path, run_script: Callable[..., int]
+) -> None:
+    """Two encoders probed on one task folder compare on their pooled out-of-fold spots:
+    each variant's estimate is the mean over genes of Pearson's r over those spots."""
+    from scipy.stats import pearsonr
+
+    from rigor.probe.run import probe
+
+    manifests = []
+    for backbone in (VIT_TINY, ["model.backbone=resnet50_trunc"]):
+        sets = [*backbone, f"data.root={bench_root / 'TILES_B'}", f"run.output_root={tmp_path}"]
+        sets += ["evaluation.n_resamples=20", "probe.pca_components=16"]
+        manifests.append(probe(load_config(EXPERIMENT, sets=sets, environ={}), "ignore"))
+    out = tmp_path / "compare"
+    args = [str(m) for m in manifests] + ["--output", str(out), "--n-resamples", "200"]
+    assert run_script("compare", *args) == 0
+    result = json.loads((out / "compare.json").read_text())
+    assert result["n_samples"] == 120  # every spot is tested once over the three splits
+    for manifest, variant in zip(manifests, result["variants"], strict=True):
+        with np.load(manifest.parent / "probe" / "predictions.npz") as stored:
+            pred, target = stored["predicted"], stored["targets"]
+        pooled = np.mean([pearsonr(pred[:, j], target[:, j])[0] for j in range(8)])
+        assert variant["estimates"]["pearson_mean"] == pytest.approx(pooled)
+    (pair,) = result["pairs"]
+    difference = pair["differences"]["pearson_mean"]
+    assert difference["ci_lower"] <= difference["estimate"] <= difference["ci_upper"]

@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 
 from rigor.errors import ManifestError, UsageError
-from rigor.io import read_json
+from rigor.io import read_json, sha256_json
 from rigor.manifest import load_manifest, verify_manifest
 from rigor.manifest.report import flatten
 
 PREDICTIONS = "predictions/val_test.npz"
+PROBE_PREDICTIONS = "probe/predictions.npz"
 _IGNORED = ("run.seed", "run.name", "run.output_root")
 
 
@@ -58,9 +59,12 @@ def _cost(manifest: dict[str, Any]) -> dict[str, float | None]:
 
 
 def load_run(path: Path) -> Run:
-    """A finished train run's manifest, config and verified val_test predictions (exit 3/5)."""
+    """A finished train run's manifest, config and verified val_test predictions, or a probe
+    run's out-of-fold predictions (exit 3/5)."""
     manifest = load_manifest(path)
     stage = manifest["stages"][0]["name"]
+    if stage == "probe":
+        return _load_probe(path, manifest)
     if stage != "train":
         raise ManifestError(f"{path}: a {stage} run has no predictions to compare")
     if PREDICTIONS not in manifest["sha256"]:
@@ -79,6 +83,33 @@ def load_run(path: Path) -> Run:
         split_hash=manifest["dataset"]["hashes"]["val_test"],
         arrays=arrays,
         cost=_cost(manifest),
+    )
+
+
+def _load_probe(path: Path, manifest: dict[str, Any]) -> Run:
+    """A probe run as a comparison reads it: every fold's test spots (fold/id), one
+    regression task per gene with the ridge predictions in place of a head's outputs."""
+    if PROBE_PREDICTIONS not in manifest["sha256"]:
+        raise ManifestError(f"{path}: lists no {PROBE_PREDICTIONS}")
+    verify_manifest(manifest, path.parent, only=[PROBE_PREDICTIONS])
+    config = read_json(path.parent / "config_resolved.json")
+    with np.load(path.parent / PROBE_PREDICTIONS, allow_pickle=False) as stored:
+        fold, ids = stored["fold"], stored["ids"].astype(str)
+        genes = [str(g) for g in stored["genes"]]
+        predicted, targets = stored["predicted"], stored["targets"]
+    tested = np.char.add(np.char.add(fold.astype(str), "/"), ids)
+    arrays = {f"logits_{g}": predicted[:, j] for j, g in enumerate(genes)}
+    arrays |= {f"targets_{g}": targets[:, j] for j, g in enumerate(genes)}
+    return Run(
+        manifest_path=path,
+        run_id=manifest["run_id"],
+        seed=int(config["run"]["seed"]),
+        config=config,
+        tasks={g: {"kind": "regression", "num_classes": None, "classes": None} for g in genes},
+        ids=tested,
+        split_hash=sha256_json(sorted(tested.tolist())),
+        arrays=arrays,
+        cost={"params_trainable": None, "peak_memory_mb": None, "epoch_time_s": None},
     )
 
 

@@ -8,7 +8,7 @@ CONFIG ?= configs/experiment/digits_baseline.yaml
 
 XAI_CONFIG ?= configs/experiment/digits_canvas.yaml
 
-.PHONY: setup demo train_and_xai test lint pytest schema lock bench clean
+.PHONY: setup demo train_and_xai leaderboard test lint pytest schema lock bench clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,22 @@ train_and_xai: setup
 	$(PY) scripts/manifest.py verify $$manifest; \
 	echo "xai summary: $$summary"; cat $$summary
 
+# The HEST-Benchmark leaderboard on generated task folders (configs/bench/tiles.yaml): two
+# task folders of 224x224 tiles, random weights of a timm ViT-S/16 and a ResNet-50 as local
+# safetensors files, then every encoder x task cell, reusing finished cells on a rerun.
+leaderboard: setup
+	@set -e; \
+	test -f results/data/hest_bench/TILES_B/var_50genes.json || $(PY) scripts/make_tiles.py \
+	  --out results/data/hest_bench --bench-tasks TILES_A TILES_B --patients 6 --splits 3 \
+	  --tiles-per-patient 40 --size 224 > /dev/null; \
+	test -f results/weights/resnet50.safetensors || $(PY) scripts/random_weights.py \
+	  --source torchvision --arch resnet50 --out results/weights/resnet50.safetensors > /dev/null; \
+	test -f results/weights/vit_small_patch16_224.safetensors || $(PY) scripts/random_weights.py \
+	  --source timm --arch vit_small_patch16_224 \
+	  --out results/weights/vit_small_patch16_224.safetensors > /dev/null; \
+	board=$$($(PY) scripts/probe.py --bench configs/bench/tiles.yaml); \
+	cat $$board/leaderboard.md
+
 test: setup lint pytest
 
 # ruff, black, mypy, nbstripout, the configs/schemas check and actionlint (.pre-commit-config.yaml)
@@ -69,6 +85,7 @@ bench: setup
 	$(VENV)/bin/pytest benchmarks --benchmark-only -o addopts="" -o python_files="bench_*.py"
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_hest.py
+	$(PY) benchmarks/bench_extract.py
 	$(PY) benchmarks/bench_overhead.py
 	$(PY) benchmarks/bench_epoch.py
 	$(PY) benchmarks/bench_stages.py

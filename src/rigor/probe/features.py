@@ -71,6 +71,18 @@ class EncoderInput:
         return {"resize": self.resize, "crop": self.crop, "interpolation": self.interpolation}
 
 
+def ready_encoder(encoder: nn.Module, channels_last: bool, compile: bool) -> nn.Module:
+    """The frozen encoder as extraction runs it: in eval mode, in the channels_last memory
+    format when asked (1.5x for ResNet-50's convolutions on a CPU, measured), compiled when
+    asked."""
+    encoder = encoder.eval()
+    if channels_last:
+        encoder = encoder.to(memory_format=torch.channels_last)
+    if compile:
+        encoder = torch.compile(encoder)  # type: ignore[assignment]
+    return encoder
+
+
 @torch.inference_mode()
 def extract(
     encoder: nn.Module,
@@ -82,6 +94,9 @@ def extract(
 ) -> tuple[np.ndarray, list[int], dict[int, str]]:
     """Features (float32, one row per readable sample in loader order), their dataset rows,
     and the rows that could not be read (left out) with their errors."""
+    from rigor.allocator import fix_extraction_threshold
+
+    fix_extraction_threshold()  # after the loader's streaming threshold: see its docstring
     encoder.eval()
     parts: list[np.ndarray] = []
     rows: list[int] = []

@@ -226,13 +226,10 @@ def _extract(
         cfg.data.num_workers,
         cfg.data.prefetch_factor,
     )
-    import torch
-
-    encoder: Any = prepared.model.backbone
-    if cfg.model.inference.channels_last:
-        encoder = encoder.to(memory_format=torch.channels_last)
-    if cfg.model.inference.compile:
-        encoder = torch.compile(encoder)
+    inference = cfg.model.inference
+    encoder = feats.ready_encoder(
+        prepared.model.backbone, inference.channels_last, inference.compile
+    )
     autocast = Precision(precision, prepared.device).autocast
     return feats.extract(
         encoder, loader, prepared.device, encoder_input, autocast, _progress(len(prepared.dataset))

@@ -270,3 +270,8 @@ def test_configcheck_finds_nothing_in_the_shipped_tree_and_catches_a_typo(tmp_pa
     assert any("schema/manifest.v1.json" in line for line in found)
     bad = [line for line in found if line.startswith("configs/sweep/bad.yaml")]
     assert any("point {'model.peft.method': 'lorra'}" in line for line in bad)  # named
+    bench = yaml.safe_load((ROOT / "configs" / "bench" / "tiles.yaml").read_text())
+    bench["encoders"]["vit_s16"]["set"] = ["model.timm.pooling=maxx"]
+    (tmp_path / "configs" / "bench" / "tiles.yaml").write_text(yaml.safe_dump(bench))
+    bad = [line for line in problems(tmp_path) if line.startswith("configs/bench/tiles.yaml")]
+    assert len(bad) == 2 and all("x vit_s16" in line and "pooling" in line for line in bad)

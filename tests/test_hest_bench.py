@@ -376,3 +376,11 @@ def test_compare_reads_probe_runs(
     (pair,) = result["pairs"]
     difference = pair["differences"]["pearson_mean"]
     assert difference["ci_lower"] <= difference["estimate"] <= difference["ci_upper"]
+
+
+def test_a_bootstrap_off_its_estimate_is_flagged() -> None:
+    from rigor.probe.leaderboard import skewed
+
+    assert skewed({"estimate": 0.13, "mean": 0.03, "std": 0.08})  # off by 1.25 s.d.
+    assert not skewed({"estimate": 0.13, "mean": 0.11, "std": 0.08})
+    assert not skewed({"estimate": 0.13, "mean": None, "std": None})  # one patient: no CI

@@ -2,7 +2,8 @@
 
 Experiment and top-level files must compose into a valid config; group files (data/,
 model/) must fit their section's schema with nothing required; grid files (sweep/) must give
-valid points; schema files must be valid Draft 2020-12 schemas and match what the code emits.
+valid points; benchmark files (bench/) must compose a valid config for every encoder x task
+cell; schema files must be valid Draft 2020-12 schemas and match what the code emits.
 
     python -m rigor.configcheck        # exit 1 listing every problem
 """
@@ -25,6 +26,7 @@ from rigor.schema import stale
 
 GROUPS = ("data", "model")
 SWEEPS = "sweep"  # grid files for sweep.py --grid-file, checked point by point
+BENCHES = "bench"  # benchmark files for probe.py --bench, checked cell by cell
 
 
 def section_schema(schema: dict[str, Any], section: str) -> dict[str, Any]:
@@ -59,11 +61,41 @@ def problems(root: Path = PROJECT_ROOT) -> list[str]:
         if path.parent.name == SWEEPS:
             found += _grid_problems(root, path)
             continue
+        if path.parent.name == BENCHES:
+            found += _bench_problems(root, path)
+            continue
         try:
             load_config(path, environ={})
         except ConfigError as err:
             found.append(f"{rel}: {err}")
     return found
+
+
+def _bench_problems(root: Path, path: Path) -> list[str]:
+    """A benchmark file: valid, and every cell's config composes (paths from ``root``)."""
+    import os
+
+    from rigor.errors import RigorError
+    from rigor.probe.bench import cell_overrides, read_bench
+
+    rel = path.relative_to(root)
+    here = os.getcwd()
+    os.chdir(root)  # the file's paths are relative to the project, as when it runs
+    try:
+        bench = read_bench(path)
+        found = []
+        for task in bench.tasks:
+            for encoder in bench.encoders:
+                try:
+                    point = cell_overrides(bench, task, encoder)
+                    load_config(bench.experiment, sets=bench.set, environ={}, sweep=point)
+                except RigorError as err:
+                    found.append(f"{rel}: cell {task} x {encoder}: {err}")
+        return found
+    except RigorError as err:
+        return [f"{rel}: {err}"]
+    finally:
+        os.chdir(here)
 
 
 def _grid_problems(root: Path, path: Path) -> list[str]:

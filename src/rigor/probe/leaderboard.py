@@ -41,10 +41,21 @@ def cell_result(manifest: Path) -> dict[str, Any]:
         "pearson_mean": mean["estimate"],
         "ci_lower": mean["ci_lower"],
         "ci_upper": mean["ci_upper"],
+        "skewed": skewed(mean),
         "n_patients": report["n_groups_tested"],
         "n_genes": len(report["genes"]),
         "encoder_record": report["encoder"],
     }
+
+
+def skewed(summary: dict[str, Any]) -> bool:
+    """Whether a bootstrap's mean lies more than half its s.d. from the estimate: with few
+    patients per split, a resample that draws one patient twice scores within-patient r,
+    and the percentile interval sits off the estimate (read it with care)."""
+    mean, std = summary.get("mean"), summary.get("std")
+    if mean is None or std is None or not np.isfinite(mean) or not std > 0:
+        return False
+    return bool(abs(mean - summary["estimate"]) > 0.5 * std)
 
 
 def _moments(manifest: Path) -> tuple[np.ndarray, UnitMoments]:
@@ -80,6 +91,7 @@ def paired_difference(a: Path, b: Path, ci: dict[str, Any]) -> dict[str, Any]:
     finite = values[np.isfinite(values)]
     p_value = min(1.0, 2 * min(np.mean(finite <= 0), np.mean(finite >= 0))) if len(finite) else None
     result = summarize(values, estimate, ci["level"]) | {"p_value": p_value}
+    result["skewed"] = skewed(result)
     if len(first.clusters) < 2:
         result |= {"ci_lower": None, "ci_upper": None, "p_value": None, "note": "one patient"}
     return result | {"n_patients": len(first.clusters)}
@@ -149,9 +161,16 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+SKEW_NOTE = (
+    "† the patient bootstrap's mean lies more than half its s.d. from the estimate: with few "
+    "patients per split the percentile interval sits off the estimate; read it with care."
+)
+
+
 def _cell_text(result: dict[str, Any]) -> str:
     ci = f"[{_fmt(result['ci_lower'])}, {_fmt(result['ci_upper'])}]"
-    return f"{_fmt(result['hest_mean'])} ± {_fmt(result['hest_std'])} {ci}"
+    mark = " †" if result.get("skewed") else ""
+    return f"{_fmt(result['hest_mean'])} ± {_fmt(result['hest_std'])} {ci}{mark}"
 
 
 def _csv(
@@ -197,9 +216,15 @@ def _markdown(
     for t, pairs in record["paired_per_task"].items():
         for pair, d in pairs.items():
             ci = f"[{_fmt(d.get('ci_lower'))}, {_fmt(d.get('ci_upper'))}]"
+            ci += " †" if d.get("skewed") else ""
             p_value = d.get("p_value")
             shown = _fmt(p_value) if p_value != 0 else f"< {1 / d['n_resamples']:.3f}"
             lines.append(f"| {t} | {pair} | {_fmt(d.get('estimate'))} | {ci} | {shown} |")
+    flagged = any(r.get("skewed") for r in results.values()) or any(
+        d.get("skewed") for pairs in record["paired_per_task"].values() for d in pairs.values()
+    )
+    if flagged:
+        lines += ["", SKEW_NOTE]
     lines += ["", "## Across tasks (per-task scores)", ""]
     lines += ["| pair | wins / losses | mean difference | Wilcoxon p | sign test p |"]
     lines += ["|---|---|---|---|---|"]
@@ -236,6 +261,7 @@ def _figure(
                 capsize=3,
             )
         ax.set_yticks(range(len(encoders)), encoders if t == tasks[0] else [""] * len(encoders))
+        ax.set_ylim(-0.6, len(encoders) - 0.4)
         ax.set_title(t)
         ax.set_xlabel("mean Pearson r")
         ax.grid(axis="x", alpha=0.3)

@@ -266,3 +266,27 @@ def test_every_encoder_config_is_tested() -> None:
     for name in hf_folders:
         body = yaml.safe_load((CONFIGS / "model" / name).read_text())
         assert body["backbone"] == "hf_auto" and body["hf"]["path"].startswith("weights/")
+
+
+def test_hf_auto_loads_a_phikon_style_vit_saved_without_its_pooler(tmp_path: Path) -> None:
+    """Phikon is a ViTModel that HEST loads with add_pooling_layer=False: a folder without
+    the pooler's weights loads (rigor pools last_hidden_state itself), CLS as ViTModel's."""
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        patch_size=8,
+        image_size=32,
+    )
+    reference = ViTModel(config, add_pooling_layer=False).eval()
+    reference.save_pretrained(tmp_path / "phikon")
+    sets = ["model.backbone=hf_auto", f"model.hf.path={tmp_path / 'phikon'}"]
+    model = build_model(model_cfg(*sets), TASKS, (3, 32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = reference(pixel_values=x).last_hidden_state[:, 0]
+        assert torch.allclose(model.backbone.eval()(x), want, atol=1e-5)

@@ -159,11 +159,11 @@ def encoder_record(cfg: Config, state: str, dim: int) -> dict[str, Any]:
     file (or folder) it was loaded from, of its weights as loaded, and the feature width."""
     model = cfg.model
     architecture = model.timm.arch if model.backbone == "timm" else None
-    weights = model.weights_path or (model.hf.path if model.backbone == "hf_auto" else None)
-    if model.backbone == "dinov3_vit" and model.hf.path:
-        weights = model.hf.path
-    if model.backbone in ("hf_auto", "dinov3_vit") and weights:
-        config = json.loads((Path(weights) / "config.json").read_text())
+    weights = model.weights_path
+    if model.backbone in ("hf_auto", "dinov3_vit"):
+        weights = weights or model.hf.path
+    if model.backbone in ("hf_auto", "dinov3_vit") and model.hf.path:
+        config = json.loads((Path(model.hf.path) / "config.json").read_text())
         architecture = ",".join(config.get("architectures") or [config.get("model_type", "")])
     digest = None
     if weights:

@@ -384,3 +384,26 @@ def test_a_bootstrap_off_its_estimate_is_flagged() -> None:
     assert skewed({"estimate": 0.13, "mean": 0.03, "std": 0.08})  # off by 1.25 s.d.
     assert not skewed({"estimate": 0.13, "mean": 0.11, "std": 0.08})
     assert not skewed({"estimate": 0.13, "mean": None, "std": None})  # one patient: no CI
+
+
+def test_a_patient_column_makes_patients_the_groups(
+    bench_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two samples of one patient: the patient is their split group (and the CI's cluster),
+    and a split that trains on one and tests the other is named in a warning."""
+    task = _copy(bench_root, tmp_path)
+    for path in (task / "splits").glob("*.csv"):
+        with path.open() as handle:
+            rows = list(csv.DictReader(handle))
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, [*rows[0], "patient"])
+            writer.writeheader()
+            for row in rows:
+                shared = row["sample_id"] in ("TILES-P00", "TILES-P01")
+                writer.writerow(row | {"patient": "PA" if shared else row["sample_id"]})
+    raw = _raw(task)
+    groups = dict(zip([i.split(":")[0] for i in raw.ids], raw.groups, strict=True))
+    assert groups["TILES-P00"] == groups["TILES-P01"] == "PA" and groups["TILES-P02"] == "TILES-P02"
+    assert "split 0: patients ['PA'] are in train and test" in capsys.readouterr().err
+    by_sample = _raw(task, "data.hest.group_by=sample")
+    assert set(by_sample.groups) == {f"TILES-P0{i}" for i in range(6)}

@@ -155,6 +155,17 @@ def check_crossing(splits: list[dict[str, Any]], patients: dict[str, str]) -> li
     return warnings
 
 
+def _group(sample: str, patients: dict[str, str], group_by: str, csv_path: Path) -> str:
+    """The split group of a sample: its patient (``auto`` when the CSVs name one,
+    ``patient`` always), or the sample itself."""
+    if group_by == "patient" and sample not in patients:
+        raise UsageError(
+            f"{csv_path.parent}: no patient column value for sample {sample} "
+            "(data.hest.group_by: patient needs one)"
+        )
+    return sample if group_by == "sample" else patients.get(sample, sample)
+
+
 @register_dataset("hest_bench")
 def build_hest_bench(cfg: DataConfig) -> RawData:
     """Every sample a task folder's splits list, one regression task per gene of its list;
@@ -196,7 +207,7 @@ def build_hest_bench(cfg: DataConfig) -> RawData:
         rows += [(len(files), r) for r in range(len(barcodes))]
         files.append(h5)
         ids += [f"{sample}:{barcode}" for barcode in barcodes]
-        groups += [patients.get(sample, sample)] * len(barcodes)
+        groups += [_group(sample, patients, cfg.hest.group_by, pairs[0][0])] * len(barcodes)
         blocks.append(expression)
         refs += [ImageRef(h5, f"sample {sample}"), ImageRef(h5ad, f"sample {sample}")]
     matrix = np.concatenate(blocks)

@@ -220,6 +220,11 @@ def test_every_yaml_under_configs_validates_against_the_schema() -> None:
             points = expand(read_grid_file(path))
             configs = [load_config(default, environ={}, sweep=p).resolved for p in points]
             errors = [e for c in configs for e in Draft202012Validator(schema).iter_errors(c)]
+        elif group == "bench":  # benchmark files: every encoder x task cell composes
+            from rigor.configcheck import bench_problems
+
+            assert bench_problems(ROOT, path) == []
+            errors = []
         else:
             resolved = load_config(path, environ={}).resolved
             errors = list(Draft202012Validator(schema).iter_errors(resolved))

@@ -10,11 +10,11 @@ from conftest import CONFIGS
 
 from rigor.config import load_config
 from rigor.manifest import load_manifest, verify_manifest
-from rigor.pretraining.run import pretrain
-from rigor.training.run import train
+from rigor.run_kinds import RUN_KINDS
 
 EXPERIMENTS = sorted((CONFIGS / "experiment").glob("*.yaml"))
-PRETRAIN = {"digits_mae"}  # run with scripts/pretrain.py; the others with scripts/train.py
+# the kind of run each experiment makes; every other one is a train run (scripts/train.py)
+KINDS = {"digits_mae": "pretrain", "hest_bench": "probe"}
 SHRINK = [
     "training.epochs=1",
     "training.max_steps_per_epoch=2",
@@ -33,19 +33,34 @@ def hest_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def bench_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small HEST-Benchmark task folder for experiments on hest_bench."""
+    from rigor.data.hest_write import write_hest_bench
+
+    root = tmp_path_factory.mktemp("hest_bench")
+    (task,) = write_hest_bench(root, ["TASK"], 4, 2, tiles_per_patient=6, size=32)
+    return task
+
+
 @pytest.mark.smoke
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
-def test_experiment_runs_shrunk(path: Path, tmp_path: Path, hest_root: Path) -> None:
-    sets = [*SHRINK, f"run.output_root={tmp_path}"]
-    if load_config(path, environ={}).config.data.name == "hest":
-        sets.append(f"data.root={hest_root}")
+def test_experiment_runs_shrunk(
+    path: Path, tmp_path: Path, hest_root: Path, bench_task: Path
+) -> None:
+    sets = [*SHRINK, f"run.output_root={tmp_path}", "evaluation.n_resamples=20"]
+    data = load_config(path, environ={}).config.data.name
+    roots = {"hest": hest_root, "hest_bench": bench_task}
+    if data in roots:
+        sets.append(f"data.root={roots[data]}")
     resolved = load_config(path, sets=sets, environ={})
-    task = pretrain if path.stem in PRETRAIN else train
-    manifest_path = task(resolved, env_policy="ignore")
+    kind = KINDS.get(path.stem, "train")
+    manifest_path = RUN_KINDS[kind].task_function()(resolved, env_policy="ignore")
     manifest = load_manifest(manifest_path)
     verify_manifest(manifest, manifest_path.parent)
     assert manifest["encoder"]["arch"] == resolved.config.model.backbone
-    assert manifest["stages"][0]["summary"]["steps"] == 2
+    assert manifest["stages"][0]["name"] == kind
+    if kind != "probe":  # a probe takes no training steps
+        assert manifest["stages"][0]["summary"]["steps"] == 2
     resolved_json = json.loads((manifest_path.parent / "config_resolved.json").read_text())
     assert resolved_json["run"]["name"] == path.stem
-    assert manifest["stages"][0]["name"] == ("pretrain" if path.stem in PRETRAIN else "train")

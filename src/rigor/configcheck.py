@@ -62,7 +62,7 @@ def problems(root: Path = PROJECT_ROOT) -> list[str]:
             found += _grid_problems(root, path)
             continue
         if path.parent.name == BENCHES:
-            found += _bench_problems(root, path)
+            found += bench_problems(root, path)
             continue
         try:
             load_config(path, environ={})
@@ -71,7 +71,7 @@ def problems(root: Path = PROJECT_ROOT) -> list[str]:
     return found
 
 
-def _bench_problems(root: Path, path: Path) -> list[str]:
+def bench_problems(root: Path, path: Path) -> list[str]:
     """A benchmark file: valid, and every cell's config composes (paths from ``root``)."""
     import os
 

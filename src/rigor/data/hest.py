@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rigor.config.models import DataConfig, HestConfig, TopVariableConfig
-from rigor.data.readers import BadSample, ImageRef, resize_tensor
+from rigor.data.hest_files import SampleTable, decode_text
+from rigor.data.readers import BadSample, resize_tensor
 from rigor.data.registry import (
     FileList,
     RawData,
@@ -109,97 +109,6 @@ def sample_ids(root: Path, hest: HestConfig) -> list[str]:
     return found
 
 
-def read_patch_index(path: Path) -> tuple[list[str], tuple[int, int]]:
-    """Barcodes (decoded) and the (H, W) of the patches of one ``.h5``, without the pixels."""
-    import h5py
-
-    if not path.is_file():
-        raise UsageError(f"{path}: patches file not found")
-    try:
-        with h5py.File(path, "r") as handle:
-            missing = [name for name in ("img", "barcode") if name not in handle]
-            if missing:
-                raise UsageError(f"{path}: no dataset {missing} (HEST patches need img, barcode)")
-            img, raw = handle["img"], handle["barcode"][:]
-            if img.ndim != 4 or img.shape[3] != 3 or img.dtype != np.uint8:
-                raise UsageError(
-                    f"{path}: img is {img.shape} {img.dtype}; expected (N, H, W, 3) uint8"
-                )
-            size = (int(img.shape[1]), int(img.shape[2]))
-            count = int(img.shape[0])
-    except OSError as err:
-        raise UsageError(f"{path}: not a readable HDF5 file ({err})") from None
-    if not count:
-        raise UsageError(f"{path}: the sample has no patches (img holds 0)")
-    barcodes = [_text(value) for value in np.asarray(raw).reshape(len(raw), -1)[:, 0]]
-    if len(barcodes) != count:
-        raise UsageError(f"{path}: {count} patches but {len(barcodes)} barcodes")
-    _check_unique(barcodes, f"{path}: barcode")
-    return barcodes, size
-
-
-def _check_unique(names: list[str], where: str) -> None:
-    """UsageError naming the first repeated names and their rows (a join on them would
-    silently drop or duplicate spots)."""
-    seen: dict[str, int] = {}
-    repeated = []
-    for row, name in enumerate(names):
-        if name in seen:
-            repeated.append(f"{name!r} (rows {seen[name]} and {row})")
-        seen.setdefault(name, row)
-    if repeated:
-        raise UsageError(f"{where}: {len(repeated)} duplicate(s), first {repeated[:3]}")
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def read_expression(
-    path: Path, barcodes: list[str], genes: list[str], hest: HestConfig
-) -> tuple[np.ndarray, list[str]]:
-    """(spots of ``barcodes`` x ``genes``) float32 after the configured transform, and the
-    genes the sample lacks. Patches whose barcode has no spot are an error."""
-    import anndata
-
-    if not path.is_file():
-        raise UsageError(f"{path}: expression file not found (HEST layout: st/<sample_id>.h5ad)")
-    try:
-        adata = anndata.read_h5ad(path)
-    except (OSError, KeyError, ValueError) as err:
-        raise UsageError(f"{path}: not a readable .h5ad file ({err})") from None
-    _check_unique(list(adata.obs_names.astype(str)), f"{path}: obs_names (spot barcodes)")
-    wanted = set(genes)
-    panel_names = [g for g in adata.var_names.astype(str) if g in wanted]
-    _check_unique(panel_names, f"{path}: var_names (genes of the panel)")
-    spots = {barcode: i for i, barcode in enumerate(adata.obs_names.astype(str))}
-    unmatched = [(row, b) for row, b in enumerate(barcodes) if b not in spots]
-    if unmatched:
-        first = ", ".join(f"{b!r} (patch row {row})" for row, b in unmatched[:3])
-        raise UsageError(
-            f"{path}: {len(unmatched)} of {len(barcodes)} patch barcodes have no spot in the "
-            f"expression (first: {first}); patches and spots must share barcodes"
-        )
-    rows = np.array([spots[b] for b in barcodes], dtype=np.int64)
-    names = {gene: j for j, gene in enumerate(adata.var_names.astype(str))}
-    present = [g for g in genes if g in names]
-    matrix = adata.X[rows]
-    counts = _dense(matrix[:, [names[g] for g in present]])
-    if hest.expression == "log1p_normalized":
-        totals = np.asarray(matrix.sum(axis=1), dtype=np.float64).reshape(-1, 1)
-        counts = counts / np.maximum(totals, 1e-12) * hest.target_sum
-    if hest.expression != "raw":
-        counts = np.log1p(counts)
-    out = np.full((len(rows), len(genes)), np.nan, dtype=np.float32)
-    out[:, [genes.index(g) for g in present]] = counts
-    return out, [g for g in genes if g not in names]
-
-
-def _dense(matrix: Any) -> np.ndarray:
-    dense = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
-    return np.asarray(dense, dtype=np.float64)
-
-
 def gene_panel(cfg: DataConfig) -> list[str]:
     """``data.genes``: a list, or a text file with one gene per line."""
     if isinstance(cfg.genes, list):
@@ -237,7 +146,7 @@ def available_genes(cfg: DataConfig) -> dict[str, list[str]]:
         with h5py.File(path, "r") as handle:
             var = handle["var"]
             index = var.attrs.get("_index", "_index")
-            per_sample[sample] = {_text(v) for v in var[index][:]}
+            per_sample[sample] = {decode_text(v) for v in var[index][:]}
     genes = sorted(set().union(*per_sample.values()))
     return {g: [s for s, names in per_sample.items() if g not in names] for g in genes}
 
@@ -268,44 +177,30 @@ def sample_group(root: Path, sample: str, hest: HestConfig) -> str:
     return str(patient) if hest.group_by != "sample" and patient else sample
 
 
-@dataclass
-class _Samples:
-    """What the samples' files hold, gathered without reading a pixel."""
-
-    files: list[Path] = field(default_factory=list)
-    rows: list[tuple[int, int]] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)
-    groups: list[str] = field(default_factory=list)
-    blocks: list[np.ndarray] = field(default_factory=list)
-    refs: list[ImageRef] = field(default_factory=list)
-    missing: dict[str, list[str]] = field(default_factory=dict)
-    native: tuple[int, int] | None = None
-
-
-def _read_samples(root: Path, cfg: DataConfig, genes: list[str]) -> _Samples:
+def _read_samples(root: Path, cfg: DataConfig, genes: list[str]) -> SampleTable:
     assert cfg.hest is not None
-    found = _Samples()
+    found = SampleTable()
     for sample in sample_ids(root, cfg.hest):
         h5, h5ad = root / "patches" / f"{sample}.h5", root / "st" / f"{sample}.h5ad"
-        barcodes, size = read_patch_index(h5)
-        if found.native is not None and size != found.native and not cfg.transforms.image_size:
-            raise UsageError(
-                f"{h5}: patches are {size}, earlier samples' {found.native}; "
-                "set data.transforms.image_size"
-            )
-        found.native = found.native or size
-        expression, lacking = read_expression(h5ad, barcodes, genes, cfg.hest)
-        for gene in lacking:
-            found.missing.setdefault(gene, []).append(sample)
-        found.rows += [(len(found.files), r) for r in range(len(barcodes))]
-        found.files.append(h5)
-        found.ids += [f"{sample}:{barcode}" for barcode in barcodes]
-        found.groups += [sample_group(root, sample, cfg.hest)] * len(barcodes)
-        found.blocks.append(expression)
         meta = root / "metadata" / f"{sample}.json"
-        for path in (h5, h5ad, meta) if meta.is_file() else (h5, h5ad):
-            found.refs.append(ImageRef(path, f"sample {sample}"))
+        group = sample_group(root, sample, cfg.hest)
+        found.add(sample, h5, h5ad, group, genes, cfg, (meta,) if meta.is_file() else ())
     return found
+
+
+def hest_reader(found: SampleTable, cfg: DataConfig) -> HestReader:
+    """The streaming reader of the samples' patches, resized to ``data.transforms.image_size``
+    when it is set."""
+    assert found.native is not None
+    given = cfg.transforms.image_size
+    height, width = (given[0], given[1]) if given else found.native
+    return HestReader(
+        found.files,
+        np.asarray(found.rows, dtype=np.int64),
+        (cfg.channels, int(height), int(width)),
+        found.native,
+        cfg.transforms.version,
+    )
 
 
 @register_dataset("hest")
@@ -320,16 +215,7 @@ def build_hest(cfg: DataConfig) -> RawData:
     found = _read_samples(root, cfg, genes)
     keep = _panel(genes, found.missing, cfg)
     matrix = np.concatenate(found.blocks)[:, [genes.index(g) for g in keep]]
-    assert found.native is not None
-    given = cfg.transforms.image_size
-    height, width = (given[0], given[1]) if given else found.native
-    reader = HestReader(
-        found.files,
-        np.asarray(found.rows, dtype=np.int64),
-        (cfg.channels, int(height), int(width)),
-        found.native,
-        cfg.transforms.version,
-    )
+    reader = hest_reader(found, cfg)
     transform = {"expression": cfg.hest.expression, "target_sum": cfg.hest.target_sum}
     dropped = {gene: found.missing[gene] for gene in sorted(set(genes) - set(keep))}
     samples = sorted({i.split(":", 1)[0] for i in found.ids})

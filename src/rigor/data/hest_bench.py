@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from rigor.config.models import DataConfig, TopVariableConfig
-from rigor.data.hest import HestReader, read_expression, read_patch_index
-from rigor.data.readers import ImageRef
+from rigor.data.hest import hest_reader
+from rigor.data.hest_files import SampleTable
 from rigor.data.registry import FileList, RawData, TaskSpec, register_dataset
 from rigor.errors import UsageError
 
@@ -182,49 +182,19 @@ def build_hest_bench(cfg: DataConfig) -> RawData:
     patients = patients_of(root, pairs)
     for warning in check_crossing(splits, patients):
         print(f"warning: {root}: {warning} (as the task's CSVs say)", file=sys.stderr)
-    files: list[Path] = []
-    rows: list[tuple[int, int]] = []
-    ids: list[str] = []
-    groups: list[str] = []
-    blocks: list[np.ndarray] = []
-    refs: list[ImageRef] = []
-    native: tuple[int, int] | None = None
-    lacking_any: set[str] = set()
+    found = SampleTable()
     for sample, (h5, h5ad) in paths.items():
-        barcodes, size = read_patch_index(h5)
-        if native is not None and size != native and not cfg.transforms.image_size:
-            raise UsageError(
-                f"{h5}: patches are {size}, earlier samples' {native}; "
-                "set data.transforms.image_size"
-            )
-        native = native or size
-        expression, lacking = read_expression(h5ad, barcodes, genes, cfg.hest)
+        group = _group(sample, patients, cfg.hest.group_by, pairs[0][0])
+        lacking = found.add(sample, h5, h5ad, group, genes, cfg)
         if lacking and cfg.missing_genes == "error":
             raise UsageError(
                 f"{h5ad}: genes {lacking} of {gene_source} are absent from sample {sample}"
             )
-        lacking_any.update(lacking)
-        rows += [(len(files), r) for r in range(len(barcodes))]
-        files.append(h5)
-        ids += [f"{sample}:{barcode}" for barcode in barcodes]
-        groups += [_group(sample, patients, cfg.hest.group_by, pairs[0][0])] * len(barcodes)
-        blocks.append(expression)
-        refs += [ImageRef(h5, f"sample {sample}"), ImageRef(h5ad, f"sample {sample}")]
-    matrix = np.concatenate(blocks)
-    keep = [g for g in genes if g not in lacking_any]
+    keep = [g for g in genes if g not in found.missing]
     if not keep:
         raise UsageError(f"{gene_source}: no gene of the list is present in every sample")
-    matrix = matrix[:, [genes.index(g) for g in keep]]
-    assert native is not None
-    given = cfg.transforms.image_size
-    height, width = (given[0], given[1]) if given else native
-    reader = HestReader(
-        files,
-        np.asarray(rows, dtype=np.int64),
-        (cfg.channels, int(height), int(width)),
-        native,
-        cfg.transforms.version,
-    )
+    matrix = np.concatenate(found.blocks)[:, [genes.index(g) for g in keep]]
+    ids = found.ids
     row_sample = np.asarray([i.split(":", 1)[0] for i in ids])
     for split in splits:
         split["n_train"] = int(np.isin(row_sample, split["train"]).sum())
@@ -246,10 +216,10 @@ def build_hest_bench(cfg: DataConfig) -> RawData:
         offered={gene: TaskSpec(gene, "regression") for gene in keep},
         targets={gene: matrix[:, j] for j, gene in enumerate(keep)},
         ids=ids,
-        groups=groups,
-        reader=reader,
+        groups=found.groups,
+        reader=hest_reader(found, cfg),
         files=FileList(
-            refs, json.dumps({"ids": ids, "genes": keep, "splits": splits, **transform})
+            found.refs, json.dumps({"ids": ids, "genes": keep, "splits": splits, **transform})
         ),
         extra_record=record,
     )

@@ -24,10 +24,11 @@ from rigor.config.models import Config
 from rigor.data.registry import TaskSpec
 from rigor.errors import ConfigError, UsageError
 from rigor.evaluation.report_classification import ci_options
-from rigor.io import atomic_write_json, finite_json, sha256_file, sha256_json
+from rigor.io import atomic_write_json, finite_json
 from rigor.manifest import write_manifest
 from rigor.manifest.rundir import create_run_dir
 from rigor.probe import features as feats
+from rigor.probe.encoder import encoder_record
 from rigor.probe.ridge import (
     FoldPredictions,
     Folds,
@@ -152,36 +153,6 @@ def _folds(
         samples = np.asarray([prepared.dataset.ids[r].split(":", 1)[0] for r in rows])
         return Folds(samples, [s["test"] for s in splits], [s["train"] for s in splits])
     return make_folds(groups, _test_groups(prepared, source, groups), cfg.probe.folds)
-
-
-def encoder_record(cfg: Config, state: str, dim: int) -> dict[str, Any]:
-    """The manifest's account of the encoder: its architecture, the sha256 of the weights
-    file (or folder) it was loaded from, of its weights as loaded, and the feature width."""
-    model = cfg.model
-    architecture = model.timm.arch if model.backbone == "timm" else None
-    weights = model.weights_path
-    if model.backbone in ("hf_auto", "dinov3_vit"):
-        weights = weights or model.hf.path
-    if model.backbone in ("hf_auto", "dinov3_vit") and model.hf.path:
-        config = json.loads((Path(model.hf.path) / "config.json").read_text())
-        architecture = ",".join(config.get("architectures") or [config.get("model_type", "")])
-    digest = None
-    if weights:
-        digest = (
-            sha256_file(Path(weights)) if Path(weights).is_file() else folder_sha256(Path(weights))
-        )
-    return {
-        "architecture": architecture,
-        "weights_sha256": digest,
-        "state_sha256": state,
-        "dim": dim,
-    }
-
-
-def folder_sha256(folder: Path) -> str:
-    """sha256 over a folder's files: each relative name and its sha256, in sorted order."""
-    listed = sorted(p for p in folder.rglob("*") if p.is_file())
-    return sha256_json([[str(p.relative_to(folder)), sha256_file(p)] for p in listed])
 
 
 def _genes(tasks: dict[str, TaskSpec]) -> list[str]:

@@ -201,3 +201,41 @@ def test_top_variable_panel_is_picked_on_train_and_followed_by_every_stage(
     assert code == 0
     header = (run / "predict" / "val_test.csv").read_text().splitlines()[0].split(",")
     assert [c for c in header if c in GENES] == panel["genes"]
+
+
+@pytest.mark.slow  # trains with uncertainty weighting, then eval, export and predict
+def test_a_gene_name_with_a_dot_trains_and_predicts_end_to_end(
+    hest_root: Path, tmp_path: Path, run_script: Callable[..., int]
+) -> None:
+    """Real gene names have dots (AC009501.4); a ModuleDict refuses them as keys, so the
+    heads and the uncertainty weights are keyed reversibly, and every stage sees the name."""
+    import anndata
+    import torch
+    from conftest import short_run
+
+    from rigor.models.registry import module_key, task_name
+    from rigor.training.run import train
+
+    assert task_name(module_key("AC009501.4")) == "AC009501.4" and "." not in module_key("a.b")
+    assert task_name(module_key("50%.x")) == "50%.x"
+    root = copy_of(hest_root, tmp_path)
+    for path in (root / "st").glob("*.h5ad"):
+        table = anndata.read_h5ad(path)
+        table.var_names = ["AC009501.4" if g == "VIM" else g for g in table.var_names]
+        table.write_h5ad(path)
+    sets = [f"data.root={root}", "data.genes=[EPCAM, AC009501.4]", *short_run(tmp_path)]
+    sets += ["training.task_weighting=uncertainty", "training.monitor=val_select/pearson"]
+    sets.append("data.splits={train: 0.4, val_select: 0.2, val_calib: 0.2, val_test: 0.2}")
+    manifest_path = train(load_config(EXPERIMENT, sets=sets, environ={}), env_policy="ignore")
+    run = manifest_path.parent
+    manifest = json.loads(manifest_path.read_text())
+    assert set(manifest["dataset"]["tasks"]) == {"EPCAM", "AC009501.4"}
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert any(key.startswith("heads.AC009501%2E4.") for key in state)
+    assert "loss/AC009501.4/train" in (run / "logs" / "epochs.csv").read_text()
+    flags = ["--from-manifest", str(manifest_path), "--env-policy", "ignore"]
+    assert run_script("eval", *flags, "--recompute", "--n-resamples", "20") == 0
+    assert run_script("export", *flags) == 0
+    assert run_script("predict", "--bundle", str(run / "bundle"), "--split", "val_test") == 0
+    header = (run / "predict" / "val_test.csv").read_text().splitlines()[0].split(",")
+    assert "AC009501.4" in header

@@ -407,3 +407,37 @@ def test_a_patient_column_makes_patients_the_groups(
     assert "split 0: patients ['PA'] are in train and test" in capsys.readouterr().err
     by_sample = _raw(task, "data.hest.group_by=sample")
     assert set(by_sample.groups) == {f"TILES-P0{i}" for i in range(6)}
+
+
+def test_the_leaderboard_runs_its_cells_through_submitit(
+    bench_root: Path, tmp_path: Path, run_script: Callable[..., int]
+) -> None:
+    """The cells go through the sweep's submitit launcher (its debug executor here: the same
+    job function a Slurm array runs), and the sweep records the jobs."""
+    import yaml
+
+    bench = {
+        "name": "submitit",
+        "experiment": str(EXPERIMENT),
+        "tasks": {"TILES_A": str(bench_root / "TILES_A")},
+        "encoders": {
+            "resnet50_trunc": {
+                "model": str(CONFIGS / "model" / "hest_resnet50_trunc.yaml"),
+                "set": ["model.weights_path=null"],
+            },
+        },
+        "set": [f"run.output_root={tmp_path / 'out'}", "evaluation.n_resamples=50"],
+        "launch": {"launcher": "submitit", "cluster": "debug"},
+    }
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(bench))
+    assert run_script("probe", "--bench", str(path), "--env-policy", "ignore") == 0
+    (sweep,) = (tmp_path / "out" / "sweeps").iterdir()
+    jobs = json.loads((sweep / "sweep.json").read_text())["jobs"]
+    assert [job["cluster"] for job in jobs] == ["debug"]
+    record = json.loads(
+        (tmp_path / "out" / "leaderboards" / "submitit" / "leaderboard.json").read_text()
+    )
+    (cell,) = record["cells"]
+    assert cell["run_id"] in {p.name for p in (tmp_path / "out" / "runs").iterdir()}
+    assert record["paired_per_task"] == {"TILES_A": {}}  # one encoder: nothing to pair

@@ -61,6 +61,17 @@ def register_head(kind: str) -> Callable[[HeadBuilder], HeadBuilder]:
 GATE, AUX = "gate:", "aux:"  # output keys of a gated task: gate:<task>, aux:<task>
 
 
+def module_key(task: str) -> str:
+    """A task's key in a ModuleDict or ParameterDict, which refuse ``.``: real gene names
+    have one (``AC009501.4``), so ``%`` and ``.`` are percent-encoded (reversibly)."""
+    return task.replace("%", "%25").replace(".", "%2E")
+
+
+def task_name(key: str) -> str:
+    """The task a :func:`module_key` stands for."""
+    return key.replace("%2E", ".").replace("%25", "%")
+
+
 class GateHead(nn.Module):
     """SelectiveNet's selection head g (one logit per sample) and auxiliary head h.
 
@@ -111,10 +122,15 @@ class RigorModel(nn.Module):
     def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits (classification) or predictions (regression) per task, and gate outputs."""
         features = self.backbone(inputs)
-        outputs = {task: head(features) for task, head in self.heads.items()}
-        for task, gate in self.gates.items():
+        outputs = {task_name(key): head(features) for key, head in self.heads.items()}
+        for key, gate in self.gates.items():
+            task = task_name(key)
             outputs[GATE + task], outputs[AUX + task] = gate(features)
         return outputs
+
+    def head(self, task: str) -> nn.Module:
+        """The head of ``task``."""
+        return self.heads[module_key(task)]
 
 
 def backbone_spec(name: str) -> BackboneSpec:
@@ -230,7 +246,9 @@ def build_model(
 
         peft = apply_peft(backbone, cfg.peft)
         unfrozen = tuple("backbone." + p for p in unfrozen_prefixes(backbone, cfg.peft))
-    heads = nn.ModuleDict({name: HEADS[task.kind](cfg, task, dim) for name, task in tasks.items()})
+    heads = nn.ModuleDict(
+        {module_key(name): HEADS[task.kind](cfg, task, dim) for name, task in tasks.items()}
+    )
     gates = nn.ModuleDict()
     if cfg.gate.task is not None:
         gated = tasks.get(cfg.gate.task)
@@ -240,7 +258,8 @@ def build_model(
                 f"model.gate.task: {cfg.gate.task!r} is not a classification task of this run "
                 f"(tasks: {kinds})"
             )
-        gates[cfg.gate.task] = GateHead(dim, gated.num_classes, cfg.gate.hidden, cfg.dropout)
+        gate = GateHead(dim, gated.num_classes, cfg.gate.hidden, cfg.dropout)
+        gates[module_key(cfg.gate.task)] = gate
     if cfg.freeze_backbone:
         backbone.requires_grad_(False)
     model = RigorModel(backbone, heads, dim, cfg.backbone, gates)

@@ -20,7 +20,7 @@ from rigor.data.registry import TaskSpec
 from rigor.errors import RigorError
 from rigor.evaluation.regression import pearson
 from rigor.evaluation.selective import augrc
-from rigor.models.registry import AUX, GATE
+from rigor.models.registry import AUX, GATE, module_key, task_name
 from rigor.tracking import metric_key
 from rigor.training.policy import EMA, Precision
 
@@ -43,13 +43,19 @@ class UncertaintyWeights(nn.Module):
     def __init__(self, tasks: dict[str, TaskSpec]) -> None:
         super().__init__()
         self.kinds = {name: spec.kind for name, spec in tasks.items()}
-        self.log_vars = nn.ParameterDict({name: nn.Parameter(torch.zeros(())) for name in tasks})
+        self.log_vars = nn.ParameterDict(
+            {module_key(name): nn.Parameter(torch.zeros(())) for name in tasks}
+        )
+
+    def named_log_vars(self) -> dict[str, nn.Parameter]:
+        """Each task's log-variance, by task name."""
+        return {task_name(key): s for key, s in self.log_vars.items()}
 
     def forward(self, per_task: dict[str, torch.Tensor]) -> torch.Tensor:
         """The weighted total of the per-task losses."""
         terms = []
         for name, loss in per_task.items():
-            s = self.log_vars[name]
+            s = self.log_vars[module_key(name)]
             scale = 1.0 if self.kinds[name] == "classification" else 0.5
             terms.append(scale * torch.exp(-s) * loss + 0.5 * s)
         return torch.stack(terms).sum()
@@ -57,7 +63,7 @@ class UncertaintyWeights(nn.Module):
     def record(self) -> dict[str, dict[str, float]]:
         """Each task's log-variance and effective weight :math:`c_t e^{-s_t}`."""
         out: dict[str, dict[str, float]] = {}
-        for name, s in self.log_vars.items():
+        for name, s in self.named_log_vars().items():
             scale = 1.0 if self.kinds[name] == "classification" else 0.5
             value = float(s.detach())
             out[name] = {"log_variance": value, "weight": scale * math.exp(-value)}
@@ -237,7 +243,9 @@ class Stepper:
             named = {metric_key("loss", "train"): loss}
             named |= {metric_key("loss", "train", name): value for name, value in per_task.items()}
             if self.weighting is not None:
-                named |= {f"log_variance/{n}": s for n, s in self.weighting.log_vars.items()}
+                named |= {
+                    f"log_variance/{n}": s for n, s in self.weighting.named_log_vars().items()
+                }
             if self.gate is not None and self.gate.task is not None:
                 task = self.gate.task
                 selection = torch.sigmoid(outputs[GATE + task].detach().float())

@@ -187,7 +187,7 @@ def _explain_task(
         }
     if options.randomization:
         report["randomization"] = sanity.randomization_test(
-            run, model, model.heads[task], options.seed
+            run, model, model.head(task), options.seed
         )
     if samples["masks"] is not None:
         masks = samples["masks"]

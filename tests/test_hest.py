@@ -104,6 +104,9 @@ def test_gene_panels_from_a_file_and_missing_genes(hest_root: Path, tmp_path: Pa
         ("barcodes", r"TILES-P02.h5ad: 8 of 8 patch barcodes have no spot"),
         ("truncated", r"patches/TILES-P02.h5: not a readable HDF5 file"),
         ("no_patient", r"metadata/TILES-P02.json: no 'patient'"),
+        ("negative", r"TILES-P02.h5ad: 1 negative count\(s\), first -3 for gene EPCAM at spot"),
+        ("duplicate_obs", r"TILES-P02.h5ad: obs_names \(spot barcodes\): 1 duplicate"),
+        ("duplicate_gene", r"TILES-P02.h5ad: var_names \(genes of the panel\): 1 duplicate"),
     ],
 )
 def test_malformed_folders_exit_2_naming_the_file(
@@ -124,6 +127,16 @@ def test_malformed_folders_exit_2_naming_the_file(
         table = anndata.read_h5ad(root / "st" / "TILES-P02.h5ad")
         table.obs_names = [f"other-{i}" for i in range(table.n_obs)]
         table.write_h5ad(root / "st" / "TILES-P02.h5ad")
+    elif breakage in ("negative", "duplicate_obs", "duplicate_gene"):
+        path = root / "st" / "TILES-P02.h5ad"
+        table = anndata.read_h5ad(path)
+        if breakage == "negative":
+            table.X[4, list(table.var_names).index("EPCAM")] = -3.0
+        elif breakage == "duplicate_obs":
+            table.obs_names = [*table.obs_names[:-1], table.obs_names[0]]
+        else:
+            table.var_names = [*table.var_names[:-1], "EPCAM"]
+        table.write_h5ad(path)
     elif breakage == "truncated":
         data = (root / "patches" / "TILES-P02.h5").read_bytes()
         (root / "patches" / "TILES-P02.h5").write_bytes(data[: len(data) // 3])

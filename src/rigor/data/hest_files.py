@@ -139,6 +139,13 @@ def read_expression(
     present = [g for g in genes if g in names]
     matrix = adata.X[rows]
     counts = _dense(matrix[:, [names[g] for g in present]])
+    negative = np.argwhere(counts < 0)
+    if len(negative):  # log1p would make them NaN, far from where they came from
+        spot, gene = (int(v) for v in negative[0])
+        raise UsageError(
+            f"{path}: {len(negative)} negative count(s), first {counts[spot, gene]:g} for gene "
+            f"{present[gene]} at spot {barcodes[spot]!r}; expression must be raw counts"
+        )
     if hest.expression == "log1p_normalized":
         totals = np.asarray(matrix.sum(axis=1), dtype=np.float64).reshape(-1, 1)
         counts = counts / np.maximum(totals, 1e-12) * hest.target_sum

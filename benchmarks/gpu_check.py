@@ -23,19 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_extract import CONFIG, ENCODERS, MEAN, STD
 from bench_hest import hest_sets, make_set
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "experiment" / "tiles_hest.yaml"
-ENCODERS = {
-    "vit_s16": [
-        "model.backbone=timm",
-        "model.timm.arch=vit_small_patch16_224",
-        "model.timm.kwargs={img_size: 224}",
-    ],
-    "resnet50_trunc": ["model.backbone=resnet50_trunc", "model.inference.channels_last=true"],
-}
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def extraction(
@@ -58,7 +49,8 @@ def extraction(
     model = build_model(cfg.model, dataset.tasks, dataset.input_shape).backbone.to(device)
     channels_last = cfg.model.inference.channels_last
     model = ready_encoder(model, channels_last, compile)
-    encoder_input = EncoderInput(InputPipeline(MEAN, STD), channels_last=channels_last)
+    pipeline = InputPipeline(list(MEAN), list(STD))
+    encoder_input = EncoderInput(pipeline, channels_last=channels_last)
     autocast = Precision(precision, device).autocast
     rows = list(range(min(args.patches, len(dataset))))
 

@@ -95,17 +95,12 @@ def _check_vit(cfg: ModelConfig, shape: InputShape) -> tuple[nn.Module, int]:
     return _torchvision("vit_b_16", _strip_vit)(cfg, shape)
 
 
-class TruncatedResNet(nn.Module):
+class TruncatedResNet(TorchvisionBackbone):
     """A torchvision ResNet up to ``layer3``, average-pooled: HEST-Benchmark's ResNet-50
     baseline (1024 features). The weights file is a full ResNet's state dict; its ``layer4``
     and ``fc`` keys are reported and skipped."""
 
     dropped_prefixes = ("layer4.", "fc.")
-
-    def __init__(self, net: nn.Module, grey: bool) -> None:
-        super().__init__()
-        self.net = net
-        self.grey = grey
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Features of shape (N, 1024)."""

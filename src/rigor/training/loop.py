@@ -43,11 +43,10 @@ class UncertaintyWeights(nn.Module):
     def __init__(self, tasks: dict[str, TaskSpec]) -> None:
         super().__init__()
         self.kinds = {name: spec.kind for name, spec in tasks.items()}
-        self.log_vars = nn.ParameterDict(
-            {module_key(name): nn.Parameter(torch.zeros(())) for name in tasks}
-        )
+        zeros = {module_key(name): nn.Parameter(torch.zeros(())) for name in tasks}
+        self.log_vars = nn.ParameterDict(zeros)
 
-    def named_log_vars(self) -> dict[str, nn.Parameter]:
+    def by_task(self) -> dict[str, nn.Parameter]:
         """Each task's log-variance, by task name."""
         return {task_name(key): s for key, s in self.log_vars.items()}
 
@@ -63,7 +62,7 @@ class UncertaintyWeights(nn.Module):
     def record(self) -> dict[str, dict[str, float]]:
         """Each task's log-variance and effective weight :math:`c_t e^{-s_t}`."""
         out: dict[str, dict[str, float]] = {}
-        for name, s in self.named_log_vars().items():
+        for name, s in self.by_task().items():
             scale = 1.0 if self.kinds[name] == "classification" else 0.5
             value = float(s.detach())
             out[name] = {"log_variance": value, "weight": scale * math.exp(-value)}
@@ -243,9 +242,7 @@ class Stepper:
             named = {metric_key("loss", "train"): loss}
             named |= {metric_key("loss", "train", name): value for name, value in per_task.items()}
             if self.weighting is not None:
-                named |= {
-                    f"log_variance/{n}": s for n, s in self.weighting.named_log_vars().items()
-                }
+                named |= {f"log_variance/{n}": s for n, s in self.weighting.by_task().items()}
             if self.gate is not None and self.gate.task is not None:
                 task = self.gate.task
                 selection = torch.sigmoid(outputs[GATE + task].detach().float())

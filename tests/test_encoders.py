@@ -18,6 +18,15 @@ from rigor.errors import ArtifactError, ConfigError
 from rigor.models.registry import backbone_spec, build_model
 
 TASKS = {"gene": TaskSpec("gene", "regression")}
+# a two-block ViT of 32-pixel images in 8-pixel patches, for the Hugging Face folders
+TINY_HF = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "patch_size": 8,
+    "image_size": 32,
+}
 VIT_TINY = [
     "model.backbone=timm",
     "model.timm.arch=vit_tiny_patch16_224",
@@ -178,14 +187,7 @@ def dinov2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
-    config = Dinov2Config(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        patch_size=8,
-        image_size=32,
-    )
+    config = Dinov2Config(**TINY_HF)
     folder = tmp_path_factory.mktemp("dinov2")
     Dinov2Model(config).eval().save_pretrained(folder)
     return folder
@@ -274,14 +276,7 @@ def test_hf_auto_loads_a_phikon_style_vit_saved_without_its_pooler(tmp_path: Pat
     from transformers import ViTConfig, ViTModel
 
     torch.manual_seed(0)
-    config = ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        patch_size=8,
-        image_size=32,
-    )
+    config = ViTConfig(**TINY_HF)
     reference = ViTModel(config, add_pooling_layer=False).eval()
     reference.save_pretrained(tmp_path / "phikon")
     sets = ["model.backbone=hf_auto", f"model.hf.path={tmp_path / 'phikon'}"]

@@ -7,8 +7,10 @@ guarantees (Platt gate, conformal sets, CRC, SCRC) on val_calib only.
 
 Writes calibration/{thresholds.json,sweep.csv,reliability.png,conformal.json,
 scrcparams.json} (and platt.json for a gated task) and a stage entry.
+When val_calib admits no finite temperature (every sample right, or every one wrong) T = 1
+is used with a warning and every other policy is still fitted; --temperature none skips it.
 Exit codes: 0 ok, 2 no feasible threshold / chosen policy infeasible (the message gives the
-best achievable value) / NaN predictions / no finite temperature / bad usage, 3 invalid
+best achievable value) / NaN predictions / bad usage, 3 invalid
 manifest, 4 env mismatch (strict), 5 artifact missing or changed.
 """
 
@@ -18,9 +20,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from rigor.cli import add_common_flags, add_set_flag, run_main
+from rigor.config.stages import PolicyKind
 
 
 def _nested(overrides: dict[str, Any], item: str) -> dict[str, Any]:
@@ -49,13 +52,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fnr-target", type=float, help="override calibration.fnr_target (binary)")
     parser.add_argument("--task", help="override calibration.task")
     parser.add_argument(
+        "--temperature",
+        choices=("fit", "none"),
+        help="override calibration.temperature: fit it (T = 1 with a warning when val_calib "
+        "has no finite optimum) or skip it",
+    )
+    parser.add_argument(
         "--score",
         choices=("msp", "gate"),
         help="override calibration.score: threshold the calibrated MSP or the SelectiveNet gate",
     )
     parser.add_argument(
         "--policy",
-        choices=("threshold", "gate", "cascade", "sets", "crc", "scrc"),
+        choices=get_args(PolicyKind),
         help="override calibration.policy: the kind export puts in the bundle (must be feasible)",
     )
     add_set_flag(parser, "calibration.conformal.alpha=0.05")
@@ -70,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "task": args.task,
             "score": args.score,
             "policy": args.policy,
+            "temperature": args.temperature,
         }.items()
         if value is not None
     }

@@ -5,9 +5,11 @@
 Writes bundle/{model.safetensors,config_resolved.json,policy.json,splits.json,metrics/,
 bundle.json} (bundle.json lists the sha256 of every file) and a stage entry. policy.json is
 the one active policy (--policy, default calibration.policy): threshold, gate (Platt),
-cascade, sets (split conformal), crc or scrc. A run with regression tasks only has no
-policy.json and needs no calibration. A LoRA/DoRA run's adapters are merged into the weights
-with peft's merge, so predict needs no peft; --no-merge keeps them in adapter.safetensors.
+cascade, sets (split conformal), crc or scrc; --policy none ships the classification task
+without abstention (no policy.json, no calibration needed, stated in bundle.json's
+no_policy). A run with regression tasks only has no policy.json and needs no calibration.
+A LoRA/DoRA run's adapters are merged into the weights with peft's merge, so predict needs
+no peft; --no-merge keeps them in adapter.safetensors.
 Exit codes: 0 ok, 2 classification run not calibrated yet / policy not fitted or infeasible
 / bad usage, 3 invalid manifest,
 4 env mismatch (strict), 5 artifact missing or changed.
@@ -19,8 +21,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 from rigor.cli import add_common_flags, run_main
+from rigor.config.stages import PolicyKind
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,8 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--from-manifest", required=True, type=Path, help="the run's manifest.json")
     parser.add_argument(
         "--policy",
-        choices=("threshold", "gate", "cascade", "sets", "crc", "scrc"),
-        help="the one active policy of the bundle (default: calibration.policy of the run)",
+        choices=get_args(PolicyKind),
+        help="the one active policy of the bundle (default: calibration.policy of the run); "
+        "none: no policy, the classification task answered without abstention (needs no "
+        "calibration)",
     )
     parser.add_argument(
         "--no-merge",

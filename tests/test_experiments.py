@@ -43,14 +43,24 @@ def bench_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return task
 
 
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated imagefolder for experiments on imagefolder data."""
+    from rigor.data.shapes import write_shapes
+
+    root = tmp_path_factory.mktemp("shapes")
+    write_shapes(root, classes=3, images=120, size=16, seed=0)
+    return root
+
+
 @pytest.mark.smoke
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
 def test_experiment_runs_shrunk(
-    path: Path, tmp_path: Path, hest_root: Path, bench_task: Path
+    path: Path, tmp_path: Path, hest_root: Path, bench_task: Path, shapes_root: Path
 ) -> None:
     sets = [*SHRINK, f"run.output_root={tmp_path}", "evaluation.n_resamples=20"]
     data = load_config(path, environ={}).config.data.name
-    roots = {"hest": hest_root, "hest_bench": bench_task}
+    roots = {"hest": hest_root, "hest_bench": bench_task, "imagefolder": shapes_root}
     if data in roots:
         sets.append(f"data.root={roots[data]}")
     resolved = load_config(path, sets=sets, environ={})

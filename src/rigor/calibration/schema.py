@@ -40,6 +40,16 @@ THRESHOLDS_SCHEMA: dict[str, Any] = {
         "task": {"type": "string"},
         "score": {"enum": ["msp_temperature", "gate"]},
         "temperature": {"type": "number", "exclusiveMinimum": 0},
+        "temperature_fit": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["method", "status", "reason"],
+            "properties": {
+                "method": {"enum": ["fit", "none"]},
+                "status": {"enum": ["fitted", "no_finite_optimum", "skipped"]},
+                "reason": {"type": ["string", "null"]},
+            },
+        },
         "threshold": {"type": "number", "minimum": 0, "maximum": 1},
         "target_risk": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
         "min_coverage": {"type": "number", "minimum": 0, "maximum": 1},

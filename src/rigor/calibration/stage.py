@@ -15,7 +15,7 @@ from rigor.calibration.guarantees import guarantee_records
 from rigor.calibration.policy import choose, sweep
 from rigor.calibration.schema import validate_thresholds
 from rigor.calibration.stage_b import resolve_stage_b
-from rigor.calibration.temperature import fit_temperature
+from rigor.calibration.temperature import choose_temperature
 from rigor.config import apply_overrides
 from rigor.errors import UsageError
 from rigor.evaluation import figures
@@ -131,7 +131,7 @@ def _calibrate_classifier(
             f"calibration.score: gate needs a gated task, but task {task!r} of this run has no "
             "gate (train with model.gate.task set to it)"
         )
-    temperature = fit_temperature(logits, labels)
+    temperature, temperature_fit = choose_temperature(logits, labels, options.temperature)
     before, after = softmax(logits), softmax(logits, temperature)
     evaluation = ctx.config.evaluation
     ci: dict[str, Any] = {
@@ -150,6 +150,7 @@ def _calibrate_classifier(
         "task": task,
         "score": "gate" if options.score == "gate" else "msp_temperature",
         "temperature": temperature,
+        "temperature_fit": temperature_fit,
         "threshold": float(table.threshold[chosen]),
         "target_risk": options.target_risk,
         "min_coverage": options.min_coverage,
@@ -173,7 +174,8 @@ def _calibrate_classifier(
         resolve_stage_b(options.stage_b, ctx.run_dir, task, spec) if gate is not None else None
     )
     records = {THRESHOLDS: record} | guarantee_records(task, logits, labels, gate, options, stage_b)
-    build_policy(options.policy, records)  # the chosen policy must be feasible (exit 2)
+    if options.policy != "none":  # the chosen policy must be feasible (exit 2)
+        build_policy(options.policy, records)
     writes = _threshold_writes(record, table.table(), before, after, labels)
     return record, writes + [(rel, rec) for rel, rec in records.items() if rel != THRESHOLDS]
 

@@ -8,6 +8,8 @@ safeguarded Newton iteration on beta converges to machine precision in a few ste
 from __future__ import annotations
 
 import math
+import sys
+from typing import Any
 
 import numpy as np
 
@@ -105,3 +107,26 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
             "calibration set has no finite optimum"
         )
     return 1.0 / beta
+
+
+def choose_temperature(
+    logits: np.ndarray, labels: np.ndarray, method: str
+) -> tuple[float, dict[str, Any]]:
+    """The temperature calibrate uses and the record of how it was reached.
+
+    ``method`` "fit" minimises the NLL; when val_calib admits no finite optimum (every sample
+    right, or every sample wrong) T = 1 is used, the record says why and a warning is printed,
+    so that the policies (most need no temperature at all) are still fitted. "none" skips
+    the fit deliberately (T = 1).
+    """
+    if method == "none":
+        return 1.0, {"method": "none", "status": "skipped", "reason": None}
+    try:
+        return fit_temperature(logits, labels), {
+            "method": "fit",
+            "status": "fitted",
+            "reason": None,
+        }
+    except NoFiniteOptimum as exc:
+        print(f"warning: temperature scaling: {exc}; using T = 1", file=sys.stderr)
+        return 1.0, {"method": "fit", "status": "no_finite_optimum", "reason": str(exc)}

@@ -58,7 +58,7 @@ class RiskControlConfig(Section):
     )
 
 
-PolicyKind = Literal["threshold", "gate", "cascade", "sets", "crc", "scrc"]
+PolicyKind = Literal["threshold", "gate", "cascade", "sets", "crc", "scrc", "none"]
 POLICY_KINDS: tuple[str, ...] = get_args(PolicyKind)
 
 
@@ -67,6 +67,10 @@ class CalibrationConfig(Section):
 
     task: str | None = Field(
         description="Classification task to calibrate; null: the first classification task."
+    )
+    temperature: Literal["fit", "none"] = Field(
+        description="fit: the temperature minimising val_calib's NLL (T = 1 with a warning "
+        "when val_calib has no finite optimum, e.g. no error at all); none: skip it (T = 1)."
     )
     target_risk: float = Field(
         gt=0, lt=1, description="Largest selective risk the threshold may accept."
@@ -89,7 +93,8 @@ class CalibrationConfig(Section):
     )
     policy: PolicyKind = Field(
         description="The one policy export.py puts in the bundle: threshold, gate (Platt), "
-        "cascade, sets (conformal), crc or scrc; export.py --policy overrides it."
+        "cascade, sets (conformal), crc or scrc, or none (no abstention; needs no "
+        "calibration); export.py --policy overrides it."
     )
     stage_b: str | None = Field(
         description="Stage B of the cascade: null for the gated task's auxiliary head, or the "

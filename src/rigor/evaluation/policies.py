@@ -11,6 +11,7 @@ A policy record (``bundle/policy.json``; built by export from calibration/) has 
 - ``sets``: a split-conformal prediction set per sample (labels whose score <= q_hat);
   P(true label in set) >= 1 - alpha under exchangeability.
 - ``crc``: the set {j : 1 - p_j <= lambda}; E[FNR] <= alpha under exchangeability.
+- ``none``: no policy (``export.py --policy none``): the argmax class, nothing abstains.
 - ``scrc``: abstain when the selection score < selection_threshold; otherwise the CRC set
   fitted on accepted calibration samples; E[FNR | accepted] <= alpha (SCRC-I, approximate
   in finite samples; docs/selective.md).
@@ -41,6 +42,7 @@ GUARANTEES = {
     "val_calib (split conformal)",
     "crc": "E[false-negative rate of the set] <= alpha for samples exchangeable with val_calib "
     "(conformal risk control)",
+    "none": "none: every sample gets the argmax class (exported with --policy none)",
     "scrc": "E[false-negative rate of the set | accepted] <= alpha and P(accepted) >= coverage "
     "for samples exchangeable with val_calib (SCRC-I: approximate in finite samples)",
 }
@@ -98,6 +100,8 @@ def apply_policy(
     probs = softmax(logits)
     predicted = probs.argmax(axis=1)
     everyone = np.ones(len(predicted), dtype=bool)
+    if kind == "none":
+        return Decisions(predicted, probs.max(axis=1), everyone)
     if kind == "threshold":
         confidence = policy_confidence(logits, gate, policy)
         return Decisions(predicted, confidence, confidence >= policy["threshold"])

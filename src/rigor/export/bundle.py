@@ -22,6 +22,10 @@ from rigor.manifest.rundir import iso, utc_now
 from rigor.stages import finish_stage, open_run
 
 POLICY = "calibration/thresholds.json"
+NO_POLICY = (
+    "exported with --policy none: every sample gets the argmax class of the softmax at T = 1; "
+    "nothing abstains and no guarantee holds"
+)
 INTERVALS = "calibration/intervals.json"
 _VALIDATOR = Draft202012Validator(BUNDLE_SCHEMA, format_checker=FormatChecker())
 
@@ -43,13 +47,14 @@ def export(
     """
     ctx = open_run(manifest_path, [], env_policy, force)
     manifest = ctx.manifest
-    calibrated = POLICY in manifest["sha256"]
-    if has_classification(manifest["dataset"]["tasks"]) and not calibrated:
+    kind = policy or ctx.config.calibration.policy
+    calibrated = POLICY in manifest["sha256"] and kind != "none"
+    if has_classification(manifest["dataset"]["tasks"]) and not calibrated and kind != "none":
         raise UsageError(
             "this run has a classification task but no calibration policy: run "
-            "scripts/calibrate.py first (a bundle carries exactly one active policy)"
+            "scripts/calibrate.py first (a bundle carries exactly one active policy), or "
+            "export with --policy none for predictions without abstention"
         )
-    kind = policy or ctx.config.calibration.policy
     sources = [rel for rel in SOURCES[kind] if rel in manifest["sha256"]] if calibrated else []
     reads = [manifest["best_checkpoint"], *sources]
     reads += [INTERVALS] if INTERVALS in manifest["sha256"] else []
@@ -71,6 +76,7 @@ def export(
     record = read_json(bundle / "bundle.json")
     outputs = [f"bundle/{rel}" for rel in [*record["sha256"], "bundle.json"]]
     summary = {"task": task, "files": len(outputs), "policy": kind if calibrated else None}
+    summary["policy"] = "none" if kind == "none" else summary["policy"]
     summary["adapters"] = record.get("adapters")
     options = {"reads": reads, "policy": kind, "merge": merge}
     finish_stage(ctx, "export", options, outputs, summary)
@@ -138,13 +144,26 @@ def _fill(
         atomic_write_json(bundle / "policy.json", policy)
     hashed += ["policy.json"] if policy is not None else []
     task = policy["task"] if policy is not None else None
+    if policy is None and has_classification(manifest["dataset"]["tasks"]):  # --policy none
+        task = _classification_task(ctx)
     record = _record(ctx, task, [p for p in copies.values() if p.startswith("metrics/")], shape)
+    if policy is None and task is not None:
+        record["policies"], record["no_policy"] = [], NO_POLICY
     record["intervals"] = "intervals.json" if INTERVALS in reads else None
     record["adapters"] = adapters
     record["sha256"] = {rel: _sha(bundle / rel) for rel in hashed}
     record["record_sha256"] = record_hash(record)
     atomic_write_json(bundle / "bundle.json", record)
     return task
+
+
+def _classification_task(ctx: Any) -> str:
+    """The task a --policy none bundle answers: calibration.task, or the first
+    classification task."""
+    tasks = ctx.manifest["dataset"]["tasks"]
+    wanted = ctx.config.calibration.task
+    names = [name for name, spec in tasks.items() if spec["kind"] == "classification"]
+    return wanted if wanted in names else names[0]
 
 
 def has_classification(tasks: dict[str, Any]) -> bool:
@@ -219,7 +238,14 @@ def _record(ctx: Any, task: str | None, metrics: list[str], shape: list[int]) ->
 def _active_policies(record: dict[str, Any], path: Path) -> list[dict[str, Any]]:
     """Exactly one active policy with a classification task; none without (exit 3)."""
     active = [p for p in record["policies"] if p["active"]]
-    if has_classification(record["tasks"]):
+    if record.get("no_policy") is not None:
+        task = record["task"]
+        if active or task is None or record["tasks"].get(task, {}).get("kind") != "classification":
+            raise ManifestError(
+                f"{path}: $.no_policy needs no active policy and $.task naming a "
+                "classification task"
+            )
+    elif has_classification(record["tasks"]):
         if len(active) != 1:
             raise ManifestError(
                 f"{path}: $.policies has {len(active)} active policies; exactly one is required"
@@ -285,6 +311,8 @@ def load_bundle(root: Path) -> Bundle:
     if problems:
         raise ArtifactError(f"bundle {root} failed verification:\n  - " + "\n  - ".join(problems))
     policy = None
+    if record.get("no_policy") is not None:
+        policy = {"kind": "none", "task": record["task"], "guarantee": record["no_policy"]}
     if active:
         policy = read_json(root / active[0]["path"])
         if "kind" in policy:

@@ -83,6 +83,11 @@ BUNDLE_SCHEMA: dict[str, Any] = {
             "peft's merge (a plain model; predict needs no peft), or as their own file. Null or "
             "absent: the run had no adapters.",
         },
+        "no_policy": {
+            "type": ["string", "null"],
+            "description": "Set when exported with --policy none: a classification bundle with "
+            "no active policy, whose task is answered without abstention (the text says so).",
+        },
         "record_sha256": {
             "type": "string",
             "pattern": "^[0-9a-f]{64}$",

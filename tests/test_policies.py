@@ -157,16 +157,32 @@ def test_an_infeasible_target_is_exit_2_with_the_best_value_and_no_output(
     assert calibrated.read_text() == manifest
 
 
-def test_nan_predictions_are_exit_2_and_nothing_is_calibrated(
-    calibrated: Path, tmp_path: Path, run_script, capsys  # type: ignore[no-untyped-def]
+def _nan_row(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    arrays["logits_digit"][5, 2] = np.nan
+    return arrays
+
+
+def _no_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: values[:0] for name, values in arrays.items()}
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_nan_row, "logits_digit row 5 is NaN or infinite"),
+        (_no_rows, "val_calib has no samples, so nothing can be calibrated"),
+    ],
+    ids=["nan", "empty"],
+)
+def test_bad_val_calib_predictions_are_exit_2_and_nothing_is_calibrated(
+    calibrated: Path, tmp_path: Path, run_script, capsys, damage, message  # type: ignore[no-untyped-def]
 ) -> None:
     from rigor.io import record_hash, sha256_file
     from rigor.runs.predict import save_npz
 
     run = tmp_path / calibrated.parent.name
     shutil.copytree(calibrated.parent, run, ignore=shutil.ignore_patterns("calibration", "eval"))
-    arrays = _arrays(run, "val_calib")
-    arrays["logits_digit"][5, 2] = np.nan
+    arrays = damage(_arrays(run, "val_calib"))
     save_npz(run / "predictions" / "val_calib.npz", arrays)
     manifest = json.loads((run / "manifest.json").read_text())
     manifest["stages"] = manifest["stages"][:1]
@@ -181,7 +197,7 @@ def test_nan_predictions_are_exit_2_and_nothing_is_calibrated(
     (run / "manifest.json").write_text(json.dumps(manifest))
     assert run_script("calibrate", "--from-manifest", str(run / "manifest.json")) == 2
     err = capsys.readouterr().err
-    assert "logits_digit row 5 is NaN or infinite" in err and "Traceback" not in err
+    assert message in err and "val_calib.npz" in err and "Traceback" not in err
     assert not (run / "calibration").exists() or not any((run / "calibration").iterdir())
 
 

@@ -56,6 +56,7 @@ def calibrate(
     intervals.json for a regression-only run."""
     ctx = open_run(manifest_path, [READS], env_policy, force)
     options = apply_overrides(ctx.config.calibration, overrides, "calibration")
+    _require_rows(ctx)
     kinds = {spec["kind"] for spec in ctx.manifest["dataset"]["tasks"].values()}
     writes: list[tuple[str, Any]] = []
     summary: dict[str, Any] = {}
@@ -77,6 +78,17 @@ def calibrate(
             outputs.append(rel)
     finish_stage(ctx, "calibrate", {"reads": [READS], **options.model_dump()}, outputs, summary)
     return ctx.path(outputs[0])
+
+
+def _require_rows(ctx: RunContext) -> None:
+    """An empty val_calib (every sample skipped, or none assigned) fits nothing: exit 2."""
+    with np.load(ctx.path(READS), allow_pickle=False) as data:
+        rows = {len(data[name]) for name in data.files if name.startswith("targets_")}
+    if rows <= {0}:
+        raise UsageError(
+            f"{ctx.path(READS)}: val_calib has no samples, so nothing can be calibrated "
+            "(give val_calib more groups in data.splits, or check the skipped samples)"
+        )
 
 
 def _intervals(ctx: RunContext, alpha: float) -> dict[str, Any]:

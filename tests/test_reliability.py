@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rigor.errors import RunBusyError
+from rigor.errors import ArtifactError, RunBusyError
 from rigor.io import atomic_write_text
 from rigor.manifest import append_stage, load_manifest, verify_manifest
 from rigor.manifest.rundir import RunLock
@@ -303,6 +303,54 @@ def test_an_edited_manifest_field_outside_the_hashed_files_is_caught(
     assert "manifest.json: its fields changed since it was written" in capsys.readouterr().err
     flags = ["--from-manifest", str(manifest_path), "--env-policy", "ignore"]
     assert run_script("eval", *flags) == 5  # every stage reads through the same check
+
+
+def test_a_removed_seal_is_exit_5_everywhere_and_never_resealed(
+    smoke_manifest: Path, tmp_path: Path, run_script, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / smoke_manifest.parent.name
+    shutil.copytree(smoke_manifest.parent, run)
+    manifest_path = run / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["manifest_version"] == "1.1" and "record_sha256" in manifest
+    del manifest["record_sha256"]
+    manifest["transforms"]["mean"] = [m + 0.1 for m in manifest["transforms"]["mean"]]
+    manifest_path.write_text(json.dumps(manifest))
+    tampered = manifest_path.read_bytes()
+    capsys.readouterr()
+    assert run_script("manifest", "verify", str(manifest_path)) == 5
+    assert "record_sha256 is missing, but a version 1.1 record is always sealed" in (
+        capsys.readouterr().err
+    )
+    flags = ["--from-manifest", str(manifest_path), "--env-policy", "ignore"]
+    for stage in ("calibrate", "eval", "export", "xai"):
+        assert run_script(stage, *flags) == 5, stage
+    assert manifest_path.read_bytes() == tampered  # nobody sealed the edited fields
+    # a pre-seal record (version "1") still opens, with a note, and stays unsealed
+    manifest["manifest_version"] = "1"
+    manifest["transforms"]["mean"] = [m - 0.1 for m in manifest["transforms"]["mean"]]
+    manifest_path.write_text(json.dumps(manifest))
+    assert run_script("manifest", "verify", str(manifest_path)) == 0
+    assert "is a pre-seal record (version 1)" in capsys.readouterr().err
+    assert run_script("calibrate", *flags, "--target-risk", "0.5", "--min-coverage", "0") == 0
+    appended = json.loads(manifest_path.read_text())
+    assert appended["manifest_version"] == "1" and "record_sha256" not in appended
+    assert [stage["name"] for stage in appended["stages"]] == ["train", "calibrate"]
+
+
+def test_a_sealed_record_appended_to_stays_sealed(smoke_manifest: Path, tmp_path: Path) -> None:
+    run = tmp_path / smoke_manifest.parent.name
+    shutil.copytree(smoke_manifest.parent, run)
+    manifest_path = run / "manifest.json"
+    stage = dict(load_manifest(manifest_path)["stages"][0], name="note")
+    written = append_stage(manifest_path, stage, [])
+    assert written["record_sha256"] and written["manifest_version"] == "1.1"
+    verify_manifest(load_manifest(manifest_path), run)
+    edited = json.loads(manifest_path.read_text())
+    edited["run_id"] = edited["run_id"][:-1] + "0"
+    manifest_path.write_text(json.dumps(edited))
+    with pytest.raises(ArtifactError, match="its fields changed"):
+        append_stage(manifest_path, stage, [])
 
 
 def test_a_non_finite_loss_stops_the_run_at_once_with_exit_1(

@@ -239,7 +239,9 @@ def test_export_and_predict(
         ("missing_policy", 5, "policy.json: missing"),
         ("nan_threshold", 3, "NaN is not a JSON number"),  # rehashed: only the value is bad
         ("inf_temperature", 3, "Infinity is not a JSON number"),
-        ("edited_transforms", 5, "bundle.json: its fields (transforms, classes, ...) changed"),
+        ("edited_transforms", 5, "bundle.json: its fields changed since it was written"),
+        ("removed_seal", 5, "record_sha256 is missing, but a version 2 record is always sealed"),
+        ("pre_seal_bundle", 0, "is a pre-seal record (version 1): its fields are not sealed"),
     ],
 )
 def test_bundle_refusals(
@@ -272,6 +274,9 @@ def test_bundle_refusals(
         record["record_sha256"] = record_hash(record)  # as if export had written it
     elif breakage == "edited_transforms":
         record["transforms"]["mean"] = [m + 0.1 for m in record["transforms"]["mean"]]
+    elif breakage in ("removed_seal", "pre_seal_bundle"):
+        del record["record_sha256"]
+        record["bundle_version"] = 1 if breakage == "pre_seal_bundle" else 2
     elif breakage == "changed_weights":
         with open(bundle / "model.safetensors", "r+b") as handle:
             handle.seek(-4, 2)

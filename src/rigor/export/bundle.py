@@ -17,11 +17,12 @@ from rigor.calibration.schema import validate_thresholds
 from rigor.errors import ArtifactError, ManifestError, UsageError
 from rigor.export.schema import BUNDLE_SCHEMA
 from rigor.io import atomic_write_json, atomic_write_with, read_json, record_hash
-from rigor.manifest import check_schema, resolve_inside, verify_manifest
+from rigor.manifest import check_schema, resolve_inside, seal_problem, verify_manifest
 from rigor.manifest.rundir import iso, utc_now
 from rigor.stages import finish_stage, open_run
 
 POLICY = "calibration/thresholds.json"
+BUNDLE_VERSION = 2  # sealed: record_sha256 required (version 1 bundles predate the rule)
 NO_POLICY = (
     "exported with --policy none: every sample gets the argmax class of the softmax at T = 1; "
     "nothing abstains and no guarantee holds"
@@ -219,7 +220,7 @@ def _adapted_weights(
 def _record(ctx: Any, task: str | None, metrics: list[str], shape: list[int]) -> dict[str, Any]:
     manifest = ctx.manifest
     return {
-        "bundle_version": 1,
+        "bundle_version": BUNDLE_VERSION,
         "run_id": manifest["run_id"],
         "created_at": iso(utc_now()),
         "task": task,
@@ -260,6 +261,24 @@ def _active_policies(record: dict[str, Any], path: Path) -> list[dict[str, Any]]
     return active
 
 
+def _verify_files(root: Path, record: dict[str, Any]) -> None:
+    """The seal of bundle.json and the sha256 of every file: exit 5 naming each problem."""
+    from rigor.io import sha256_file
+
+    problems = []
+    seal = seal_problem(record, f"{root / 'bundle.json'}", record["bundle_version"], (1,))
+    if seal is not None:
+        problems.append(seal + " (transforms, classes, policy task, ...)")
+    for rel, expected in sorted(record["sha256"].items()):
+        target = resolve_inside(root, rel)
+        if not target.is_file():
+            problems.append(f"{rel}: missing")
+        elif sha256_file(target) != expected:
+            problems.append(f"{rel}: sha256 changed since export")
+    if problems:
+        raise ArtifactError(f"bundle {root} failed verification:\n  - " + "\n  - ".join(problems))
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A checked bundle: its folder, record, active policy (None: regression only), weights."""
@@ -279,8 +298,6 @@ def load_bundle(root: Path) -> Bundle:
     """
     from safetensors.torch import load_file
 
-    from rigor.io import sha256_file
-
     path = root / "bundle.json"
     if not path.is_file():
         raise ArtifactError(f"{root}: no bundle.json (not a bundle)")
@@ -299,17 +316,7 @@ def load_bundle(root: Path) -> Bundle:
     unhashed = sorted(listed - set(record["sha256"]))
     if unhashed:
         raise ManifestError(f"{path}: $.sha256 has no entry for {', '.join(unhashed)}")
-    problems = []
-    if "record_sha256" in record and record["record_sha256"] != record_hash(record):
-        problems.append("bundle.json: its fields (transforms, classes, ...) changed since export")
-    for rel, expected in sorted(record["sha256"].items()):
-        target = resolve_inside(root, rel)
-        if not target.is_file():
-            problems.append(f"{rel}: missing")
-        elif sha256_file(target) != expected:
-            problems.append(f"{rel}: sha256 changed since export")
-    if problems:
-        raise ArtifactError(f"bundle {root} failed verification:\n  - " + "\n  - ".join(problems))
+    _verify_files(root, record)
     policy = None
     if record.get("no_policy") is not None:
         policy = {"kind": "none", "task": record["task"], "guarantee": record["no_policy"]}

@@ -30,7 +30,11 @@ BUNDLE_SCHEMA: dict[str, Any] = {
         "sha256",
     ],
     "properties": {
-        "bundle_version": {"const": 1},
+        "bundle_version": {
+            "enum": [1, 2],
+            "description": "2: record_sha256 is required (exit 5 without it); 1: written "
+            "before every bundle was sealed, opened with a note.",
+        },
         "run_id": {"type": "string"},
         "created_at": {"type": "string", "format": "date-time"},
         "task": {

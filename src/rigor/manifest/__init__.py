@@ -6,6 +6,7 @@ This package imports no torch, so ``scripts/manifest.py`` answers in well under 
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -22,7 +23,7 @@ from rigor.io import (
     record_hash,
     sha256_file,
 )
-from rigor.manifest.schema import MANIFEST_SCHEMA, MANIFEST_VERSION
+from rigor.manifest.schema import MANIFEST_SCHEMA, MANIFEST_VERSION, UNSEALED_VERSIONS
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -34,6 +35,8 @@ __all__ = [
     "append_stage",
     "referenced_paths",
     "check_schema",
+    "check_seal",
+    "seal_problem",
 ]
 
 _VALIDATOR = Draft202012Validator(MANIFEST_SCHEMA, format_checker=FormatChecker())
@@ -110,8 +113,9 @@ def verify_manifest(
     """Re-hash listed artifacts (all, or ``only`` these); ArtifactError names every bad one."""
     wanted = manifest["sha256"] if only is None else {rel: manifest["sha256"][rel] for rel in only}
     problems = []
-    if "record_sha256" in manifest and manifest["record_sha256"] != record_hash(manifest):
-        problems.append("manifest.json: its fields changed since it was written (record_sha256)")
+    seal = seal_problem(manifest, "manifest.json", manifest["manifest_version"], UNSEALED_VERSIONS)
+    if seal is not None:
+        problems.append(seal)
     for rel, expected in sorted(wanted.items()):
         try:
             target = resolve_inside(run_dir, rel)
@@ -129,6 +133,43 @@ def verify_manifest(
         )
 
 
+_NOTED: set[str] = set()
+
+
+def seal_problem(
+    record: dict[str, Any], label: str, version: object, unsealed: Iterable[object]
+) -> str | None:
+    """What is wrong with a record's seal (``record_sha256``), or None when it holds.
+
+    A record of a sealing version must carry the seal and match it; a record of an older,
+    pre-seal version (its version field in ``unsealed``) opens without one, with a note.
+    """
+    if "record_sha256" not in record:
+        if version in tuple(unsealed):
+            if label not in _NOTED:
+                _NOTED.add(label)
+                print(
+                    f"note: {label} is a pre-seal record (version {version}): its fields are "
+                    "not sealed, only its files are hashed",
+                    file=sys.stderr,
+                )
+            return None
+        return (
+            f"{label}: record_sha256 is missing, but a version {version} record is always "
+            "sealed: its fields were edited (or the seal removed) after it was written"
+        )
+    if record["record_sha256"] != record_hash(record):
+        return f"{label}: its fields changed since it was written (record_sha256)"
+    return None
+
+
+def check_seal(manifest: dict[str, Any], label: str) -> None:
+    """Raise ArtifactError (exit 5) when the manifest's seal is missing or broken."""
+    problem = seal_problem(manifest, label, manifest["manifest_version"], UNSEALED_VERSIONS)
+    if problem is not None:
+        raise ArtifactError(problem)
+
+
 def hash_files(run_dir: Path, rels: Iterable[str]) -> dict[str, str]:
     """sha256 of each relative path under ``run_dir`` (files this process just wrote with
     ``atomic_write_hashed`` are not re-read: their hash was taken on the way to the file)."""
@@ -137,10 +178,17 @@ def hash_files(run_dir: Path, rels: Iterable[str]) -> dict[str, str]:
     return {rel: sha256_recorded(resolve_inside(run_dir, rel)) for rel in rels}
 
 
-def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> Path:
-    """Validate, then write ``manifest.json`` atomically; never writes an invalid manifest."""
+def write_manifest(run_dir: Path, manifest: dict[str, Any], seal: bool = True) -> Path:
+    """Validate, then write ``manifest.json`` atomically; never writes an invalid manifest.
+
+    ``seal`` (the rule) writes the current version with ``record_sha256``; only a stage
+    appended to a pre-seal record keeps it unsealed, since nobody verified its fields.
+    """
     manifest = finite_json(manifest)  # a NaN summary value is written as null
-    manifest["record_sha256"] = record_hash(manifest)
+    manifest.pop("record_sha256", None)
+    if seal:
+        manifest["manifest_version"] = MANIFEST_VERSION
+        manifest["record_sha256"] = record_hash(manifest)
     validate_manifest(manifest, label="manifest about to be written")
     path = run_dir / "manifest.json"
     atomic_write_json(path, manifest)
@@ -162,7 +210,9 @@ def append_stage(manifest_path: Path, stage: dict[str, Any], outputs: list[str])
     hashes = hash_files(run_dir, outputs)
     with manifest_lock(manifest_path):
         manifest = load_manifest(manifest_path)
+        check_seal(manifest, str(manifest_path))  # never seal fields nobody verified
+        sealed = "record_sha256" in manifest
         manifest["sha256"].update(hashes)
         manifest["stages"].append({**stage, "outputs": sorted(outputs)})
-        write_manifest(run_dir, manifest)
+        write_manifest(run_dir, manifest, seal=sealed)
     return manifest

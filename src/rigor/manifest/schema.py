@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-MANIFEST_VERSION = "1"
+MANIFEST_VERSION = "1.1"
+# Version "1" records were written before every manifest carried record_sha256; from "1.1"
+# on the seal is required (manifest.check_seal), and a record without it is exit 5.
+UNSEALED_VERSIONS = ("1",)
 
 # A path relative to the run folder: no leading slash, no backslash, no '..' segment.
 RELPATH: dict[str, Any] = {
@@ -75,7 +78,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
     ),
     **_obj(
         {
-            "manifest_version": {"const": MANIFEST_VERSION},
+            "manifest_version": {"enum": [*UNSEALED_VERSIONS, MANIFEST_VERSION]},
             "run_id": {"type": "string", "pattern": r"^[0-9]{8}T[0-9]{6}Z-[A-Za-z0-9_.-]+$"},
             "created_at": TIMESTAMP,
             "git": _obj(

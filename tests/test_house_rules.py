@@ -56,6 +56,38 @@ def test_invalid_stage_overrides_exit_2_naming_the_field(
     assert smoke_manifest.read_bytes() == before  # nothing recorded
 
 
+@pytest.mark.parametrize("value", ["1e999", "-.inf", ".nan", "nan"])
+@pytest.mark.parametrize("key", ["optimizer.weight_decay", "training.lr", "data.splits.train"])
+def test_every_config_float_must_be_finite_before_any_folder(
+    tmp_path: Path,
+    run_script: Callable[..., int],
+    capsys: pytest.CaptureFixture[str],
+    key: str,
+    value: str,
+) -> None:
+    out = tmp_path / "out"
+    flags = ["--config", "configs/experiment/smoke.yaml", "--set", f"run.output_root={out}"]
+    assert run_script("train", *flags, "--set", f"{key}={value}") == 2
+    assert f"{key}: Input should be a finite number" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_json_numbers_that_overflow_are_refused_naming_file_and_field() -> None:
+    from rigor.errors import ManifestError
+    from rigor.io import parse_json
+
+    with pytest.raises(ManifestError, match=r"p.json: \$.a.b\[1\]: 1e999 overflows to infinity"):
+        parse_json(b'{"a": {"b": [0.5, 1e999]}}', "p.json")
+    with pytest.raises(ManifestError, match=r"\$.t: -2E\+400 overflows"):
+        parse_json(b'{"t": -2E+400}', "p.json", non_finite="null")  # even where NaN is null
+    with pytest.raises(ManifestError, match=r"\$.t: NaN is not a JSON number"):
+        parse_json(b'{"t": NaN}', "p.json")
+    assert parse_json(b'{"t": 1e308, "n": NaN}', "p.json", non_finite="null") == {
+        "t": 1e308,
+        "n": None,
+    }
+
+
 def test_apply_overrides_validates_like_the_config() -> None:
     from rigor.config import apply_overrides, load_config
     from rigor.errors import ConfigError

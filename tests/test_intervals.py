@@ -102,3 +102,23 @@ def test_tiles_chain_reports_and_writes_intervals(
         lo, value, hi = (float(row[k]) for k in ("EPCAM_lo", "EPCAM", "EPCAM_hi"))
         assert lo <= value <= hi and hi - lo == pytest.approx(2 * epcam["q_hat"], abs=1e-5)
     capsys.readouterr()
+    # a bundle whose intervals were rewritten (and rehashed, and resealed, as a careful forger
+    # would) with an overflowing or a negative half-width is refused, naming file and field
+    original = (bundle / "intervals.json").read_text()
+    q_hat = json.dumps(json.loads(original)["tasks"]["EPCAM"]["q_hat"])
+    for forged, message in (("1e999", "overflows to infinity"), ("-0.5", "less than the minimum")):
+        _forge(bundle, "intervals.json", original.replace(q_hat, forged, 1))
+        assert run_script("predict", "--bundle", str(bundle), "--split", "val_test") == 3
+        err = capsys.readouterr().err
+        assert "intervals.json" in err and "$.tasks.EPCAM.q_hat" in err and message in err
+
+
+def _forge(bundle: Path, rel: str, text: str) -> None:
+    """Rewrite a bundle file and update its hash and the record's seal to match."""
+    from rigor.io import record_hash, sha256_file
+
+    (bundle / rel).write_text(text)
+    record = json.loads((bundle / "bundle.json").read_text())
+    record["sha256"][rel] = sha256_file(bundle / rel)
+    record["record_sha256"] = record_hash(record)
+    (bundle / "bundle.json").write_text(json.dumps(record))

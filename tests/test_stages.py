@@ -239,6 +239,8 @@ def test_export_and_predict(
         ("missing_policy", 5, "policy.json: missing"),
         ("nan_threshold", 3, "NaN is not a JSON number"),  # rehashed: only the value is bad
         ("inf_temperature", 3, "Infinity is not a JSON number"),
+        ("overflow_threshold", 3, "policy.json: $.threshold: 1e999 overflows to infinity"),
+        ("threshold_above_one", 3, "$.threshold: 1.5 is greater than the maximum of 1"),
         ("edited_transforms", 5, "bundle.json: its fields changed since it was written"),
         ("removed_seal", 5, "record_sha256 is missing, but a version 2 record is always sealed"),
         ("pre_seal_bundle", 0, "is a pre-seal record (version 1): its fields are not sealed"),
@@ -263,13 +265,20 @@ def test_bundle_refusals(
         record["sha256"]["policy2.json"] = record["sha256"]["policy.json"]
     elif breakage == "none_active":
         record["policies"][0]["active"] = False
-    elif breakage in ("nan_threshold", "inf_temperature"):
+    elif breakage in (
+        "nan_threshold",
+        "inf_temperature",
+        "overflow_threshold",
+        "threshold_above_one",
+    ):
         from rigor.io import record_hash, sha256_file
 
         policy = json.loads((bundle / "policy.json").read_text())
-        key = "threshold" if breakage == "nan_threshold" else "temperature"
-        policy[key] = float("nan") if key == "threshold" else float("inf")
-        (bundle / "policy.json").write_text(json.dumps(policy))
+        key = "temperature" if breakage == "inf_temperature" else "threshold"
+        forged = {"nan": float("nan"), "inf": float("inf"), "ove": 7.25, "thr": 1.5}[breakage[:3]]
+        policy[key] = forged
+        text = json.dumps(policy).replace("7.25", "1e999")
+        (bundle / "policy.json").write_text(text)
         record["sha256"]["policy.json"] = sha256_file(bundle / "policy.json")
         record["record_sha256"] = record_hash(record)  # as if export had written it
     elif breakage == "edited_transforms":

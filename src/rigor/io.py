@@ -147,20 +147,55 @@ def read_json(path: Path, non_finite: str = "refuse") -> Any:
 
 
 def parse_json(raw: bytes, path: Path | str, non_finite: str = "refuse") -> Any:
-    """:func:`read_json` of bytes already read from ``path`` (named in errors)."""
+    """:func:`read_json` of bytes already read from ``path`` (named in errors, with the JSON
+    path of the first bad value). A number that overflows a float (``1e999``) is refused in
+    either mode: no writer of rigor's ever wrote one."""
     from rigor.errors import ManifestError
 
-    def refuse(constant: str) -> Any:
+    seen: list[_NonFinite] = []
+
+    def constant(text: str) -> Any:
         if non_finite == "null":
             return None
-        raise ManifestError(f"{path}: {constant} is not a JSON number (a non-finite value)")
+        seen.append(_NonFinite(text, f"{text} is not a JSON number (a non-finite value)"))
+        return seen[-1]
+
+    def number(text: str) -> Any:
+        value = float(text)
+        if math.isfinite(value):
+            return value
+        seen.append(_NonFinite(text, f"{text} overflows to infinity (a non-finite value)"))
+        return seen[-1]
 
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=refuse)
+        parsed = json.loads(raw.decode("utf-8"), parse_constant=constant, parse_float=number)
     except UnicodeDecodeError as err:
         raise ManifestError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except json.JSONDecodeError as err:
         raise ManifestError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    if seen:
+        where = next(_paths_to(parsed, seen[0], "$"), "$")
+        raise ManifestError(f"{path}: {where}: {seen[0].reason}")
+    return parsed
+
+
+class _NonFinite:
+    """Stands in for a non-finite number while parsing, so that the error can name where."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        self.text, self.reason = text, reason
+
+
+def _paths_to(node: Any, target: object, here: str) -> Iterator[str]:
+    """JSON paths under ``node`` at which ``target`` (by identity) sits."""
+    if node is target:
+        yield here
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from _paths_to(value, target, f"{here}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _paths_to(value, target, f"{here}[{index}]")
 
 
 # sha256 of files this process wrote with atomic_write_hashed (or atomic_write_bytes), keyed

@@ -26,7 +26,7 @@ SCHEMAS: dict[str, Callable[[], str]] = {
     "bundle.schema.json": render_bundle_schema,
     **{
         f"{name}.schema.json": functools.partial(render_guarantee, name)
-        for name in ("platt", "conformal", "scrcparams", "policy")
+        for name in ("platt", "conformal", "scrcparams", "policy", "intervals")
     },
 }
 

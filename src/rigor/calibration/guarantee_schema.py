@@ -45,7 +45,7 @@ _SET = {
         "k_reg": {"type": "integer", "minimum": 0},
         "lam": {"type": "number", "minimum": 0},
         "alpha": _ALPHA,
-        "q_hat": {**_NUM_OR_NULL, "description": "null: +inf (k > n), every label"},
+        "q_hat": {**_NUM_OR_NULL, "minimum": 0, "description": "null: +inf (k > n), every label"},
         "n": {"type": "integer", "minimum": 1},
         "seed": {"type": "integer", "minimum": 0},
     },
@@ -137,7 +137,7 @@ CONFORMAL_SCHEMA = _schema(
                     "method": {"const": "lac"},
                     "alpha": _ALPHA,
                     "grid": _GRID,
-                    "lambda": _NUM_OR_NULL,
+                    "lambda": {**_PROB, "type": ["number", "null"]},
                     "best_corrected_risk": _NUM,
                 },
             },
@@ -179,9 +179,13 @@ SCRC_SCHEMA = _schema(
             "alpha": _ALPHA,
             "grid": _GRID,
             "fitted_on": _FITTED,
-            "selection_threshold": {**_NUM_OR_NULL, "description": "null: accept every sample"},
+            "selection_threshold": {
+                **_PROB,
+                "type": ["number", "null"],
+                "description": "null: accept every sample",
+            },
             "n_selected": {"type": "integer", "minimum": 0},
-            "lambda": {**_NUM_OR_NULL, "description": "null: infeasible at this alpha"},
+            "lambda": {**_PROB, "type": ["number", "null"], "description": "null: infeasible"},
             "best_corrected_risk": _NUM,
             "assumptions": {"type": "string"},
             "coverage_curve": {"type": "array", "items": {"type": "object"}},
@@ -199,14 +203,19 @@ _STAGE_B_POLICY = {
 }
 _COMMON = ["schema_version", "kind", "task", "temperature", "guarantee", "fitted_on"]
 _PLATT = {"type": "object", "required": ["a", "b"], "properties": {"a": _NUM, "b": _NUM}}
+_PROB_OR_NULL = {**_PROB, "type": ["number", "null"]}
 _KINDS: dict[str, dict[str, Any]] = {
     "threshold": {
         "required": ["score", "threshold", "target_risk"],
-        "properties": {"score": {"enum": ["msp_temperature", "gate"]}, "threshold": _PROB},
+        "properties": {
+            "score": {"enum": ["msp_temperature", "gate"]},
+            "threshold": _PROB,
+            "target_risk": _ALPHA,
+        },
     },
     "gate": {
         "required": ["platt", "threshold", "target_risk"],
-        "properties": {"platt": _PLATT, "threshold": _PROB},
+        "properties": {"platt": _PLATT, "threshold": _PROB, "target_risk": _ALPHA},
     },
     "cascade": {
         "required": ["platt", "threshold", "stage_b"],
@@ -214,11 +223,15 @@ _KINDS: dict[str, dict[str, Any]] = {
     },
     "sets": {
         "required": ["method", "randomized", "k_reg", "lam", "seed", "alpha", "q_hat"],
-        "properties": {"method": {"enum": ["lac", "aps", "raps"]}, "q_hat": _NUM},
+        "properties": {
+            "method": {"enum": ["lac", "aps", "raps"]},
+            "alpha": _ALPHA,
+            "q_hat": {"type": "number", "minimum": 0},
+        },
     },
     "crc": {
         "required": ["method", "alpha", "lambda"],
-        "properties": {"method": {"const": "lac"}, "lambda": _NUM},
+        "properties": {"method": {"const": "lac"}, "alpha": _ALPHA, "lambda": _PROB},
     },
     "scrc": {
         "required": [
@@ -231,9 +244,11 @@ _KINDS: dict[str, dict[str, Any]] = {
         ],
         "properties": {
             "method": {"const": "lac"},
-            "lambda": _NUM,
+            "alpha": _ALPHA,
+            "coverage": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            "lambda": _PROB,
             "selection_score": {"enum": ["msp", "gate"]},
-            "selection_threshold": _NUM_OR_NULL,
+            "selection_threshold": _PROB_OR_NULL,
         },
     },
 }
@@ -261,18 +276,51 @@ POLICY_SCHEMA = _schema(
     },
 )
 
+INTERVALS_SCHEMA = _schema(
+    "intervals.schema.json",
+    "rigor regression intervals (calibration/intervals.json, bundle/intervals.json)",
+    {
+        "additionalProperties": False,
+        "required": ["schema_version", "method", "alpha", "fitted_on", "tasks"],
+        "properties": {
+            "schema_version": {"const": 1},
+            "method": {"type": "string"},
+            "alpha": _ALPHA,
+            "fitted_on": _FITTED,
+            "tasks": {
+                "type": "object",
+                "minProperties": 1,
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["q_hat", "n"],
+                    "properties": {
+                        "q_hat": {
+                            **_NUM_OR_NULL,
+                            "minimum": 0,
+                            "description": "the interval's half-width; null: unbounded (too "
+                            "few val_calib samples for alpha)",
+                        },
+                        "n": {"type": "integer", "minimum": 1},
+                    },
+                },
+            },
+        },
+    },
+)
+
 SCHEMAS = {
     "platt": PLATT_SCHEMA,
     "conformal": CONFORMAL_SCHEMA,
     "scrcparams": SCRC_SCHEMA,
     "policy": POLICY_SCHEMA,
+    "intervals": INTERVALS_SCHEMA,
 }
 _VALIDATORS = {name: Draft202012Validator(schema) for name, schema in SCHEMAS.items()}
 
 
 def validate_record(name: str, record: Any, label: str) -> None:
     """Raise ManifestError (exit 3) with the JSON path of the first violation of schema
-    ``name`` (platt, conformal, scrcparams or policy)."""
+    ``name`` (platt, conformal, scrcparams, policy or intervals)."""
     check_schema(_VALIDATORS[name], record, label)
 
 

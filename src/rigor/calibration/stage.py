@@ -11,6 +11,7 @@ import numpy as np
 
 from rigor.calibration.bundle_policy import THRESHOLDS, build_policy
 from rigor.calibration.conformal import regression_intervals
+from rigor.calibration.guarantee_schema import validate_record
 from rigor.calibration.guarantees import guarantee_records
 from rigor.calibration.policy import choose, sweep
 from rigor.calibration.schema import validate_thresholds
@@ -108,6 +109,7 @@ def _intervals(ctx: RunContext, alpha: float) -> dict[str, Any]:
         "fitted_on": {"split": "val_calib", "n": int(len(next(iter(targets.values()))))},
         "tasks": regression_intervals(predictions, targets, alpha),
     }
+    validate_record("intervals", record, INTERVALS)
     return record
 
 

@@ -334,6 +334,7 @@ def load_bundle(root: Path) -> Bundle:
     intervals = None
     if record.get("intervals"):
         intervals = read_json(root / record["intervals"])
+        validate_record("intervals", intervals, f"{root / record['intervals']}")
     state = load_file(str(root / record["weights"]))
     if (record.get("adapters") or {}).get("file"):  # kept apart at export (--no-merge)
         state |= load_file(str(root / record["adapters"]["file"]))

@@ -322,3 +322,100 @@ def test_predictions_are_the_best_checkpoints_in_memory_or_read_back(
     for split in ("val_select", "val_test"):
         stored = np.load(path.parent / "predictions" / f"{split}.npz")
         assert np.array_equal(predict_split(context, split)["logits_digit"], stored["logits_digit"])
+
+
+def _flip_byte(path: Path) -> None:
+    """Flip one pixel byte in place and put the old mtime back (a silent corruption)."""
+    info = path.stat()
+    with open(path, "r+b") as handle:
+        handle.seek(-3, 2)
+        value = handle.read(1)
+        handle.seek(-3, 2)
+        handle.write(bytes([value[0] ^ 0xFF]))
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+def _wrong_header(path: Path) -> None:
+    data = np.load(path)
+    np.save(path, data.reshape(len(data), data.shape[1], -1))  # same bytes, another shape
+
+
+DAMAGE: dict[str, Callable[[Path], None]] = {
+    "flipped_bytes": _flip_byte,
+    "truncated": lambda path: os.truncate(path, path.stat().st_size - 100),
+    "zero_bytes": lambda path: path.write_bytes(b""),
+    "wrong_shape": _wrong_header,
+    "broken_side_file": lambda path: path.with_suffix(".json").write_text('{"rows": 4'),
+    "side_file_gone": lambda path: path.with_suffix(".json").unlink(),
+    "side_file_overflow": lambda path: path.with_suffix(".json").write_text('{"rows": 1e999}'),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+def test_a_damaged_shard_is_rebuilt_never_read(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    damage: str,
+) -> None:
+    import rigor.data.cache as cache
+
+    make_images(tmp_path / "imgs", {"cat": 5, "dog": 5})
+    monkeypatch.setattr(cache, "SHARD_BYTES", 4 * 3 * 12 * 12)  # four images per shard
+    cfg = folder_cfg(tmp_path / "imgs")
+    build_dataset(cfg, tmp_path / "cache")
+    folder = next((tmp_path / "cache").glob("imagefolder-*"))
+    DAMAGE[damage](folder / "shard-00001.npy")
+    capsys.readouterr()
+    again = build_dataset(cfg, tmp_path / "cache")
+    err = capsys.readouterr().err
+    assert "shard 00001" in err and "rebuilding it" in err and "wrote 1 of 3 shards" in err
+    decoded = build_dataset(folder_cfg(tmp_path / "imgs", "data.cache=false"), None)
+    assert all(torch.equal(again[r][1], decoded[r][1]) for r in range(10))
+    build_dataset(cfg, tmp_path / "cache")
+    assert "preprocessing cache hit" in capsys.readouterr().err  # the rebuilt shard holds
+
+
+def test_a_shard_that_cannot_be_rebuilt_is_exit_2_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rigor.data.cache as cache
+    from rigor.errors import UsageError
+
+    make_images(tmp_path / "imgs", {"cat": 5, "dog": 5})
+    monkeypatch.setattr(cache, "SHARD_BYTES", 4 * 3 * 12 * 12)
+    cfg = folder_cfg(tmp_path / "imgs")
+    build_dataset(cfg, tmp_path / "cache")
+    folder = next((tmp_path / "cache").glob("imagefolder-*"))
+    (folder / "shard-00002.npy").unlink()
+    (folder / "shard-00002.npy").mkdir()  # something in the way that no rename replaces
+    with pytest.raises(UsageError, match=r"cannot rebuild shard 00002 .*data.cache: false"):
+        build_dataset(cfg, tmp_path / "cache")
+
+
+def test_train_statistics_are_stored_with_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rigor.training.prepare as prepare_module
+    from rigor.config import load_config
+
+    make_images(tmp_path / "imgs", {"cat": 8, "dog": 8})
+    sets = [
+        "data.name=imagefolder",
+        f"data.root={tmp_path / 'imgs'}",
+        "data.tasks=[label]",
+        "data.channels=3",
+        f"run.output_root={tmp_path / 'out'}",
+    ]
+    resolved = load_config(SMOKE, sets=sets, environ={})
+    first = prepare_module.prepare(resolved, "ignore", False)
+    (stats,) = (tmp_path / "out" / "cache").glob("imagefolder-*/stats-*.json")
+    assert json.loads(stats.read_text())["mean"] == first.transforms["mean"]
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("a cache hit must not pass over train again")
+
+    monkeypatch.setattr(prepare_module, "channel_stats", refuse)
+    second = prepare_module.prepare(resolved, "ignore", False)
+    assert second.transforms["mean"] == first.transforms["mean"]
+    assert second.transforms["std"] == first.transforms["std"]

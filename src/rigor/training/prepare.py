@@ -151,7 +151,8 @@ def _statistics(
     cfg: Config, spec: BackboneSpec, dataset: ImageDataset, train_rows: list[int]
 ) -> tuple[list[float], list[float]]:
     """Normalisation statistics: the encoder's own (``model.inference``), the backbone's
-    preset, or one streamed pass over train."""
+    preset, or one streamed pass over train (stored in the preprocessing cache, when the data
+    come through it, so that a cache hit does not pass over train again)."""
     if cfg.data.transforms.stats == "preset":
         inference = cfg.model.inference
         if inference.mean is not None and inference.std is not None:
@@ -160,7 +161,14 @@ def _statistics(
             )
         if spec.preset is not None:
             return preset_stats(spec.preset, dataset.input_shape[0])
-    return channel_stats(dataset, train_rows, cfg.data.num_workers)
+    from rigor.data.cache import CachedReader
+
+    def compute() -> tuple[list[float], list[float]]:
+        return channel_stats(dataset, train_rows, cfg.data.num_workers)
+
+    if isinstance(dataset.reader, CachedReader):  # stored beside the shards, per train split
+        return dataset.reader.train_stats([dataset.ids[row] for row in train_rows], compute)
+    return compute()
 
 
 def _describe(cfg: Config, model: RigorModel, info: dict[str, Any]) -> None:

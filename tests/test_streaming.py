@@ -419,3 +419,44 @@ def test_train_statistics_are_stored_with_the_cache(
     second = prepare_module.prepare(resolved, "ignore", False)
     assert second.transforms["mean"] == first.transforms["mean"]
     assert second.transforms["std"] == first.transforms["std"]
+
+
+def test_an_edit_that_restores_the_mtime_is_rehashed(tmp_path: Path) -> None:
+    paths = make_images(tmp_path / "imgs", {"cat": 3, "dog": 3})
+    cfg = folder_cfg(tmp_path / "imgs", "data.cache=false")
+    first = build_dataset(cfg, tmp_path / "cache").raw.content_hash()
+    info = paths[1].stat()
+    data = bytearray(paths[1].read_bytes())
+    data[-20] ^= 0xFF
+    paths[1].write_bytes(bytes(data))
+    os.utime(paths[1], ns=(info.st_atime_ns, info.st_mtime_ns))  # same size, same mtime
+    again = build_dataset(cfg, tmp_path / "cache").raw
+    assert again.content_hash() != first  # the ctime moved: re-hashed
+    assert again.fingerprint_record["hashed"] == 1
+
+
+@pytest.mark.parametrize("cache", ["true", "false"])
+def test_data_changed_during_training_is_exit_2_and_no_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_script, capsys, cache: str  # type: ignore[no-untyped-def]
+) -> None:
+    import rigor.training.run as run_module
+
+    paths = make_images(tmp_path / "imgs", {"cat": 10, "dog": 10})
+    original = run_module.Session.run
+
+    def run_then_edit(self):  # type: ignore[no-untyped-def]
+        summary = original(self)
+        data = bytearray(paths[3].read_bytes())
+        data[-20] ^= 0xFF  # another process rewrites an image while the run is on
+        paths[3].write_bytes(bytes(data))
+        return summary
+
+    monkeypatch.setattr(run_module.Session, "run", run_then_edit)
+    out = tmp_path / "out"
+    sets = ["data.name=imagefolder", f"data.root={tmp_path / 'imgs'}", "data.tasks=[label]"]
+    sets += ["data.channels=3", f"data.cache={cache}", *short_run(out)]
+    flags = [item for s in sets for item in ("--set", s)]
+    assert run_script("train", "--config", str(SMOKE), *flags, "--env-policy", "ignore") == 2
+    err = capsys.readouterr().err
+    assert "1 file(s) changed while the run was using them" in err and paths[3].name in err
+    assert not list(out.glob("runs/*/manifest.json"))

@@ -22,6 +22,7 @@ from rigor.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from rigor.data.dataset import ImageDataset
+    from rigor.data.fingerprint import FileState
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class RawData:
     masks: np.ndarray | None = None  # (N, H, W) bool ground-truth relevance, native size
     hash_index: Path | None = None
     fingerprint_record: dict[str, Any] = field(default_factory=dict)
+    file_state: FileState | None = None  # per-file identities and digests behind fingerprint
     extra_record: dict[str, Any] = field(default_factory=dict)  # for the manifest (e.g. genes)
 
     def content_hash(self) -> str:
@@ -76,12 +78,30 @@ class RawData:
             from rigor.data.fingerprint import fingerprint_files
 
             assert self.files is not None, "a dataset needs a fingerprint or files"
-            self.fingerprint, self.fingerprint_record = fingerprint_files(
+            self.fingerprint, self.fingerprint_record, self.file_state = fingerprint_files(
                 self.files.refs, self.files.extra, self.hash_index
             )
         elif not self.fingerprint_record:
             self.fingerprint_record = {"method": "sha256 of the embedded arrays and targets"}
         return self.fingerprint
+
+    def check_unchanged(self) -> None:
+        """Raise UsageError (exit 2) naming the files that changed since the fingerprint was
+        taken (a run's data must be what its manifest says it trained on)."""
+        if self.file_state is None or self.files is None:
+            return
+        from rigor.data.fingerprint import changed_files
+
+        changed = changed_files(self.files.refs, self.file_state)
+        if changed:
+            shown = ", ".join(changed[:5]) + (
+                f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+            )
+            raise UsageError(
+                f"dataset {self.name}: {len(changed)} file(s) changed while the run was using "
+                f"them: {shown}; the fingerprint taken at the start no longer describes the "
+                "data, so no manifest was written (rerun on data that stays still)"
+            )
 
     def describe(self, index: int) -> str:
         """Where sample ``index`` comes from (its file, for datasets on disk)."""

@@ -74,6 +74,7 @@ def prepare(
     _check_stats(cfg, spec)
     data_cfg, panel = resolve_panel(cfg.data, cfg.split_seed)  # {top_variable: K} on train
     dataset = build_dataset(data_cfg, Path(cfg.run.output_root) / "cache")
+    dataset.raw.content_hash()  # fingerprinted before anything reads it, cache or not
     _check_monitor(cfg, dataset)
     if dataset.name == "hest_bench":
         from rigor.data.hest_bench import first_split_rows

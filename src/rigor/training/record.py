@@ -71,6 +71,7 @@ def _artifacts(run_dir: Path, outputs: RunOutputs, prepared: Prepared) -> dict[s
 
 def _dataset(run_dir: Path, prepared: Prepared, outputs: RunOutputs) -> dict[str, Any]:
     cfg, dataset = prepared.resolved.config, prepared.dataset
+    dataset.raw.check_unchanged()  # the fingerprint still describes what the run read
     return {
         "name": dataset.name,
         "version": dataset.version,

@@ -16,7 +16,7 @@ from conftest import CONFIGS
 from rigor.calibration.temperature import NoFiniteOptimum, choose_temperature, fit_temperature
 from rigor.config import load_config
 from rigor.data.shapes import write_shapes
-from rigor.export.bundle import load_bundle
+from rigor.export.load import load_bundle
 from rigor.manifest import load_manifest
 
 SHAPES = CONFIGS / "experiment" / "shapes.yaml"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -317,3 +318,52 @@ def test_a_failed_export_leaves_the_previous_bundle_whole(
     assert {p.name: p.read_bytes() for p in bundle.rglob("*") if p.is_file()} == before
     assert not list(run.parent.glob(".bundle.*"))  # nothing half-built left behind
     assert run_script("predict", "--bundle", str(bundle), "--split", "val_test") == 0
+
+
+@pytest.mark.slow  # three export processes at once
+def test_concurrent_exports_of_one_run_all_succeed_and_verify(
+    run: Path, run_script: Callable[..., int]
+) -> None:
+    import subprocess
+    import sys
+
+    assert run_script("calibrate", *calibrate_args(run)) == 0
+    live = run.parent / f".bundle.{os.getpid()}.tmp"  # another export, alive, mid-build
+    live.mkdir()
+    dead = run.parent / f".bundle.{2**22 + 4321}.tmp"  # one killed long ago
+    dead.mkdir()
+    command = [sys.executable, str(ROOT / "scripts" / "export.py"), "--from-manifest", str(run)]
+    exports = [
+        subprocess.Popen([*command, *FAST], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    results = [(p.wait(timeout=300), p.stderr.read().decode()) for p in exports]  # type: ignore[union-attr]
+    assert [code for code, _ in results] == [0, 0, 0], results
+    assert live.is_dir() and not dead.exists()  # only a dead process's folder is removed
+    assert not [p for p in run.parent.glob(".bundle.*") if p != live and p.is_dir()]
+    assert run_script("manifest", "verify", str(run)) == 0  # the last stage is the bundle
+    stages = json.loads(run.read_text())["stages"]
+    assert [s["name"] for s in stages].count("export") == 3
+    live.rmdir()
+
+
+def test_a_kill_between_bundle_swap_and_manifest_is_repaired_by_the_next_export(
+    run: Path, run_script: Callable[..., int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rigor.export.bundle as bundle_module
+
+    assert run_script("calibrate", *calibrate_args(run)) == 0
+    assert run_script("export", "--from-manifest", str(run), *FAST) == 0
+    original = bundle_module.finish_stage
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # the bundle is swapped in, the manifest not yet updated
+
+    monkeypatch.setattr(bundle_module, "finish_stage", killed)
+    assert run_script("export", "--from-manifest", str(run), "--policy", "sets", *FAST) == 130
+    monkeypatch.setattr(bundle_module, "finish_stage", original)
+    (run.parent / ".manifest.json.0badc0de.tmp").write_text("{half a manifest")
+    assert run_script("export", "--from-manifest", str(run), "--policy", "sets", *FAST) == 0
+    assert run_script("manifest", "verify", str(run)) == 0
+    assert not list(run.parent.glob(".manifest.json.*.tmp"))  # a killed writer's temporary
+    assert run_script("predict", "--bundle", str(run.parent / "bundle"), "--split", "val_test") == 0

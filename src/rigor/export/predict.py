@@ -17,7 +17,7 @@ from rigor.config.models import Config, TopVariableConfig
 from rigor.data.dataset import ImageDataset
 from rigor.errors import UsageError
 from rigor.evaluation.policies import GUARANTEES, apply_policy, kind_of
-from rigor.export.bundle import Bundle, load_bundle
+from rigor.export.load import Bundle, load_bundle
 from rigor.io import atomic_write_text
 from rigor.models.registry import AUX, GATE
 

@@ -209,6 +209,8 @@ def append_stage(manifest_path: Path, stage: dict[str, Any], outputs: list[str])
     run_dir = manifest_path.parent
     hashes = hash_files(run_dir, outputs)
     with manifest_lock(manifest_path):
+        for stale in run_dir.glob(f".{manifest_path.name}.*.tmp"):  # left by a killed writer:
+            stale.unlink(missing_ok=True)  # every writer holds this lock, so none is live
         manifest = load_manifest(manifest_path)
         check_seal(manifest, str(manifest_path))  # never seal fields nobody verified
         sealed = "record_sha256" in manifest

@@ -81,7 +81,10 @@ def test_a_killed_sweep_continues_without_redoing_finished_points(tmp_path: Path
             done = list(tmp_path.glob("sweeps/*/points/0.json"))
             running = list(tmp_path.glob("runs/*/checkpoints/last.pt"))
             if done and len(running) >= 2:  # point 0 finished, point 1 has a checkpoint
-                os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its point, like Ctrl-C
+                points = _point_processes(next((tmp_path / "sweeps").iterdir()).resolve())
+                os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its point (each point
+                for pid in points:  # has a process group of its own): a machine that died
+                    os.killpg(pid, signal.SIGKILL)
                 proc.wait()
                 break
             time.sleep(0.01)
@@ -141,3 +144,103 @@ def test_optuna_search_stores_its_study_and_continues_it(tmp_path: Path) -> None
         )
         == 3
     )
+
+
+def _point_processes(folder: Path) -> list[int]:
+    """Pids of processes still running a point of the sweep in ``folder``."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "rigor.sweep.job" in cmdline and str(folder) in cmdline:
+            found.append(proc.info["pid"])
+    return found
+
+
+def _wait_for(predicate, seconds: float = 240) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_signal_to_the_sweep_stops_its_running_points(
+    tmp_path: Path, signum: int, code: int
+) -> None:
+    cmd = _sweep_cmd(tmp_path, "--grid", "training.lr=1e-3,3e-3", "--max-parallel", "2")
+    cmd += ["--set", "training.epochs=50"]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        assert _wait_for(lambda: len(list(tmp_path.glob("runs/*/logs/epochs.csv"))) == 2)
+        folder = next((tmp_path / "sweeps").iterdir()).resolve()
+        assert len(_point_processes(folder)) == 2
+        os.kill(proc.pid, signum)  # the sweep alone, as kill or Slurm would
+        assert proc.wait(timeout=60) == code
+        err = proc.stderr.read().decode()  # type: ignore[union-attr]
+        assert "stopping 2 running point(s)" in err
+        assert _wait_for(lambda: not _point_processes(folder), 10)  # no orphan left training
+        assert not list(tmp_path.glob("runs/*/manifest.json"))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_rerun_waits_for_an_orphaned_point_instead_of_training_a_duplicate(
+    tmp_path: Path,
+) -> None:
+    cmd = _sweep_cmd(tmp_path, "--grid", "training.lr=1e-3")
+    cmd += ["--set", "training.epochs=6"]
+    first = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    folder: Path | None = None
+    try:
+        assert _wait_for(lambda: bool(list(tmp_path.glob("runs/*/logs/epochs.csv"))))
+        folder = next((tmp_path / "sweeps").iterdir()).resolve()
+        first.send_signal(signal.SIGKILL)  # the sweep dies; its point, an orphan, trains on
+        first.wait()
+        assert len(_point_processes(folder)) == 1
+        again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert "an earlier process of this point is still running" in again.stderr
+        assert "point 0: finished by its earlier process" in again.stderr
+        assert len(list(tmp_path.glob("runs/*"))) == 1  # one run: no duplicate was trained
+        summary = json.loads((folder / "summary.json").read_text())
+        assert [p["status"] for p in summary["points"]] == ["ok"]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        for pid in _point_processes(folder) if folder else []:
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_optuna_never_trains_a_config_twice(tmp_path: Path) -> None:
+    import optuna
+
+    cmd = _sweep_cmd(tmp_path, "--grid", "model.dropout=0.0,0.2", "--optuna", "4")
+    cmd += ["--set", "training.epochs=1"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr
+    assert len(list(tmp_path.glob("runs/*"))) == 2  # two configs, each trained once
+    assert "its outcome (complete) is reused, nothing is trained again" in done.stderr
+    folder = next((tmp_path / "sweeps").iterdir())
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{folder / 'optuna.db'}")
+    values = {t.params["model.dropout"]: t.value for t in study.trials if t.value is not None}
+    repeats = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(repeats) == 4 and all(t.value == values[t.params["model.dropout"]] for t in repeats)
+
+
+def test_optuna_zero_is_exit_2_before_any_folder(tmp_path: Path, run_script) -> None:  # type: ignore[no-untyped-def]
+    flags = ["--config", str(SMOKE), "--set", f"run.output_root={tmp_path}"]
+    assert run_script("sweep", *flags, "--grid", "training.lr=1e-3", "--optuna", "0") == 2
+    assert run_script("sweep", *flags, "--grid", "training.lr=1e-3", "--random", "-1") == 2
+    assert not list(tmp_path.iterdir())

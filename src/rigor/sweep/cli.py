@@ -113,6 +113,9 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     )
     if args.random is not None and args.optuna is not None:
         raise UsageError("--random and --optuna exclude each other")
+    for flag, count in (("--random", args.random), ("--optuna", args.optuna)):
+        if count is not None and count < 1:
+            raise UsageError(f"{flag} {count}: the number of points must be at least 1")
     ranges = [parse_range(item) for item in args.ranges]
     grid = build_grid(args.grid, args.grid_file, allow_empty=bool(ranges))
     space = Space(grid, ranges, args.random, args.optuna, args.seed)

@@ -16,6 +16,7 @@ from typing import Any
 
 from rigor.errors import RigorError
 from rigor.io import atomic_write_json
+from rigor.sweep.processes import point_lock
 
 
 def run_point(spec: dict[str, Any]) -> int:
@@ -26,8 +27,6 @@ def run_point(spec: dict[str, Any]) -> int:
     launcher, nproc_per_node, cwd (where the sweep was launched), status (the JSON file to
     write; under several processes rank 0 writes it).
     """
-    from rigor.config import load_config
-
     status_path = Path(spec["status"])
     os.chdir(spec["cwd"])  # relative config and output paths mean what they meant at launch
     if spec["launcher"] == "submitit" and spec["nproc_per_node"] > 1:
@@ -36,6 +35,16 @@ def run_point(spec: dict[str, Any]) -> int:
         # submitit started one task per process: give torch.distributed what torchrun would
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     main = int(os.environ.get("RANK", "0")) == 0  # rank 0 alone records the outcome
+    if main and spec["nproc_per_node"] == 1:  # held while it runs: a rerun of the sweep
+        with point_lock(status_path, spec["index"]):  # waits for it (processes.orphan_finished)
+            return _run(spec, status_path, main)
+    return _run(spec, status_path, main)
+
+
+def _run(spec: dict[str, Any], status_path: Path, main: bool) -> int:
+    """Train the point and write its status file (rank 0)."""
+    from rigor.config import load_config
+
     result: dict[str, Any] = {"index": spec["index"], "overrides": spec["overrides"]}
     try:
         resolved = load_config(spec["config"], sets=spec["sets"], sweep=spec["overrides"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,7 @@ from rigor.errors import ConfigError, RigorError, UsageError
 from rigor.io import atomic_write_json
 from rigor.manifest.rundir import create_run_dir, iso, utc_now
 from rigor.sweep.grid import expand
+from rigor.sweep.processes import finished, run_local
 from rigor.sweep.space import Range, sample_points
 
 FORBIDDEN = ("run.output_root", "run.name")
@@ -191,14 +191,6 @@ def previous_sweep(output_root: Path, name: str, digest: str, hashes: list[str])
     return None
 
 
-def _finished(status: dict[str, Any], config_hash: str) -> bool:
-    """Whether a point's status says ok and its run's manifest holds ``config_hash``."""
-    manifest = Path(status.get("manifest") or "")
-    if status["status"] != "ok" or not manifest.is_file():
-        return False
-    return bool(json.loads(manifest.read_text())["config_hash"] == config_hash)
-
-
 def pending_points(folder: Path, points: list[dict[str, Any]]) -> list[int]:
     """Indices of the points still to run: every point but those whose status says ok, whose
     run manifest exists and holds the point's config hash. Stale status files go."""
@@ -206,7 +198,7 @@ def pending_points(folder: Path, points: list[dict[str, Any]]) -> list[int]:
     for point in points:
         status_path = folder / "points" / f"{point['index']}.json"
         if status_path.is_file():
-            if _finished(json.loads(status_path.read_text()), point["config_hash"]):
+            if finished(json.loads(status_path.read_text()), point["config_hash"]):
                 done += 1
                 continue
             status_path.unlink()
@@ -232,6 +224,7 @@ def _write_specs(
             "index": index,
             **common,
             "overrides": point["overrides"],
+            "config_hash": point["config_hash"],
             "resume": "auto",
             "launcher": options.launcher,
             "nproc_per_node": options.nproc_per_node,
@@ -248,7 +241,7 @@ def _launch(
 ) -> bool:
     """Run (or submit) the points; False when submitted without waiting."""
     if options.launcher == "local":
-        _run_local(folder, specs, options.max_parallel)
+        run_local(folder, specs, options.max_parallel)
         return True
     if options.launcher != "submitit":
         raise UsageError(f"--launcher: unknown launcher {options.launcher!r} (local, submitit)")
@@ -268,34 +261,6 @@ def _raise_on_failures(folder: Path, count: int) -> None:
         raise SweepFailed(
             f"{len(failed)} of {count} sweep points failed ({folder}):\n  " + "\n  ".join(lines)
         )
-
-
-def _run_local(folder: Path, specs: list[dict[str, Any]], max_parallel: int) -> None:
-    """Each point in its own ``python -m rigor.sweep.job`` process, ``max_parallel`` at once."""
-    (folder / "logs").mkdir(exist_ok=True)
-    pending = list(specs)
-    running: list[tuple[subprocess.Popen[bytes], Any]] = []
-    while pending or running:
-        while pending and len(running) < max(1, max_parallel):
-            spec = pending.pop(0)
-            log = open(folder / "logs" / f"{spec['index']}.log", "wb")  # noqa: SIM115
-            spec_path = folder / "points" / f"{spec['index']}.spec.json"
-            job = ["-m", "rigor.sweep.job", str(spec_path)]
-            if spec["nproc_per_node"] > 1:  # each point under torchrun, on a free port
-                run = ["-m", "torch.distributed.run", "--standalone"]
-                job = [*run, "--nproc_per_node", str(spec["nproc_per_node"]), *job]
-            proc = subprocess.Popen(
-                [sys.executable, *job],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            print(f"point {spec['index']} {spec['overrides']}: started", file=sys.stderr)
-            running.append((proc, log))
-        time.sleep(0.2)
-        for proc, log in list(running):
-            if proc.poll() is not None:
-                log.close()
-                running.remove((proc, log))
 
 
 def _run_submitit(

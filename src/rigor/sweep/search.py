@@ -4,13 +4,16 @@ median pruner, which stops unpromising points early.
 
 The study lives in ``<sweep>/optuna.db`` (SQLite), so the same command continues a killed
 search: trials that were running are marked failed and the search goes on until N trials
-have completed or been pruned. Trials run one at a time (TPE learns from each result).
+have completed or been pruned. A suggested point whose config (by hash) already ran is
+never trained again: the trial takes the earlier point's outcome (its value, pruned, or
+failed for one that failed or was killed). Trials run one at a time (TPE learns from each
+result), each in its own process group, stopped with the search on SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,6 +23,7 @@ from rigor.config import load_config
 from rigor.errors import ConfigError, UsageError
 from rigor.io import atomic_write_json
 from rigor.run_kinds import RUN_KINDS
+from rigor.sweep.processes import start_point, stop_groups, stopping_points
 from rigor.sweep.space import suggest
 from rigor.tracking import monitor_to_key, read_epoch_rows
 
@@ -78,6 +82,19 @@ def optuna_search(
             if invalid >= MAX_INVALID:
                 raise ConfigError(f"--optuna: {invalid} suggested points were invalid") from None
             continue
+        earlier = _earlier(folder, record["points"], config_hash, column)
+        if earlier is not None:  # the same config already ran: never train it twice
+            state, value, index = earlier
+            study.tell(trial, value, state=state)
+            print(
+                f"trial {trial.number} {point}: the same config as point {index}; its "
+                f"outcome ({state.name.lower()}) is reused, nothing is trained again",
+                file=sys.stderr,
+            )
+            invalid += state == TrialState.FAIL
+            if invalid >= MAX_INVALID:
+                raise ConfigError(f"--optuna: {invalid} suggested points were invalid or repeats")
+            continue
         entry = {"index": len(record["points"]), "overrides": point, "config_hash": config_hash}
         record["points"].append(entry | {"trial": trial.number})
         atomic_write_json(previous, record)
@@ -88,6 +105,32 @@ def optuna_search(
         shown = "" if value is None else f" {value:.4g}"
         print(f"trial {trial.number} {point}: {state}{shown}", file=sys.stderr)
     summarize(folder)
+
+
+def _earlier(
+    folder: Path, points: list[dict[str, Any]], config_hash: str, column: str
+) -> tuple[Any, float | None, int] | None:
+    """(state, value, point index) of the earlier point with this config hash, or None: a
+    finished point gives its value, a pruned one is pruned again, and one that failed or
+    was killed counts as failed (a continued search never re-runs a point it ran)."""
+    from optuna.trial import TrialState
+
+    from rigor.sweep.processes import finished
+
+    for point in points:
+        if point["config_hash"] != config_hash:
+            continue
+        path = folder / "points" / f"{point['index']}.json"
+        status = json.loads(path.read_text()) if path.is_file() else {"status": "killed"}
+        if finished(status, config_hash):
+            metrics = json.loads(Path(status["manifest"]).read_text())["metrics"]
+            value = metrics.get(f"best/{column}")
+            if value is not None:
+                return TrialState.COMPLETE, float(value), point["index"]
+        if status["status"] == "pruned":
+            return TrialState.PRUNED, None, point["index"]
+        return TrialState.FAIL, None, point["index"]
+    return None
 
 
 def _run_pattern(spec: dict[str, Any]) -> tuple[Path, str]:
@@ -121,32 +164,30 @@ def _run_trial(
     spec_path = folder / "points" / f"{spec['index']}.spec.json"
     runs, pattern = _run_pattern(spec)  # once, not on every poll
     started = time.time()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rigor.sweep.job", str(spec_path)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc = start_point(["-m", "rigor.sweep.job", str(spec_path)], log)
     reported, run_dir = 0, None
     try:
-        while proc.poll() is None:
-            time.sleep(0.3)
-            run_dir = run_dir or _run_dir(runs, pattern, started)
-            values = _epoch_values(run_dir, column)
-            for epoch in range(reported, len(values)):
-                trial.report(values[epoch], epoch)
-            reported = len(values)
-            if reported and trial.should_prune():
-                proc.terminate()
-                proc.wait()
-                status = {"index": spec["index"], "overrides": spec["overrides"]}
-                status |= {"status": "pruned", "exit_code": None, "manifest": None}
-                status["error"] = f"pruned by Optuna after {reported} epoch(s)"
-                atomic_write_json(Path(spec["status"]), status)
-                return "pruned", None
+        with stopping_points(lambda: [proc] if proc.poll() is None else []):
+            while proc.poll() is None:
+                time.sleep(0.3)
+                run_dir = run_dir or _run_dir(runs, pattern, started)
+                values = _epoch_values(run_dir, column)
+                for epoch in range(reported, len(values)):
+                    trial.report(values[epoch], epoch)
+                reported = len(values)
+                if reported and trial.should_prune():
+                    stop_groups([proc], signal.SIGTERM)
+                    status = {"index": spec["index"], "overrides": spec["overrides"]}
+                    status |= {"status": "pruned", "exit_code": None, "manifest": None}
+                    status["error"] = f"pruned by Optuna after {reported} epoch(s)"
+                    atomic_write_json(Path(spec["status"]), status)
+                    return "pruned", None
     finally:
         if proc.poll() is None:
-            proc.kill()
+            stop_groups([proc], signal.SIGKILL)
         log.close()
+    if not Path(spec["status"]).is_file():
+        return "failed", None
     status = json.loads(Path(spec["status"]).read_text())
     if status["status"] != "ok":
         return "failed", None

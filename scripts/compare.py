@@ -41,6 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_common_flags(parser, env=False)
     args = parser.parse_args(argv)
     from rigor.compare.report import run_compare
+    from rigor.errors import UsageError
+
+    if args.output.exists() and not args.output.is_dir():
+        raise UsageError(f"--output {args.output}: is a file; give a folder for the report")
 
     print(run_compare(args.manifests, args.output, args.n_resamples, args.seed, args.level))
     return 0

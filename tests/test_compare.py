@@ -149,3 +149,14 @@ def test_compare_script_on_two_variants_with_two_seeds_each(
     assert "val_test differs" in capsys.readouterr().err
     assert run_script("compare", str(manifests[0]), str(manifests[1]), "--output", str(out)) == 2
     assert "at least two variants" in capsys.readouterr().err
+
+
+def test_an_output_that_is_a_file_is_exit_2_before_any_work(
+    tmp_path: Path, run_script, capsys  # type: ignore[no-untyped-def]
+) -> None:
+    taken = tmp_path / "report.md"
+    taken.write_text("a report someone kept")
+    missing = tmp_path / "none" / "manifest.json"
+    assert run_script("compare", str(missing), str(missing), "--output", str(taken)) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+    assert taken.read_text() == "a report someone kept"

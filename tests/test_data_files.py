@@ -139,6 +139,26 @@ def test_csv_errors_name_file_row_and_column(tmp_path: Path, table: str, expecte
         build_dataset(cfg, None)
 
 
+@pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-Infinity"])
+def test_csv_text_nan_is_reported_as_what_it_is(tmp_path: Path, text: str) -> None:
+    make_images(tmp_path / "imgs", {"cat": 1})
+    table = f"path,score,region\nimgs/cat/000.png,0.5,NA\nimgs/cat/000.png,{text},EU\n"
+    (tmp_path / "t.csv").write_text(table)
+    targets = "{score: {column: score, kind: regression}, "
+    targets += "region: {column: region, kind: classification}}"
+    cfg = data_cfg(
+        "data.name=csv",
+        f"data.csv={{path: {tmp_path / 't.csv'}, image_column: path, group_column: null, "
+        f"id_column: null, targets: {targets}}}",
+        "data.tasks=[score, region]",
+    )
+    with pytest.raises(UsageError, match=f"row 3: column 'score' value '{text}' is not a finite"):
+        build_dataset(cfg, None)
+    (tmp_path / "t.csv").write_text(table.replace(text, "1.5"))
+    dataset = build_dataset(cfg, None)  # "NA" is a region's name, not a missing value
+    assert list(dataset.tasks["region"].classes or []) == ["EU", "NA"]
+
+
 def test_unreadable_image_via_cli_exits_2(tmp_path: Path, run_script: Callable[..., int]) -> None:
     make_images(tmp_path / "imgs", {"cat": 2})
     (tmp_path / "imgs" / "cat" / "001.png").write_bytes(b"\x89PNG broken")

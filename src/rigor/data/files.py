@@ -77,7 +77,8 @@ def _read_csv(csv: CsvConfig) -> pd.DataFrame:
     if not path.is_file():
         raise UsageError(f"data.csv.path: file not found: {path}")
     try:
-        frame = pd.read_csv(path)
+        # only an empty cell is missing: text such as "nan" or "NA" stays what it says
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise UsageError(f"{path}: not a readable CSV: {err}") from None
     wanted = {"data.csv.image_column": csv.image_column}
@@ -112,11 +113,12 @@ def _csv_targets(
             import pandas as pd
 
             numbers = pd.to_numeric(column, errors="coerce")
-            bad = numbers.isna().to_numpy().nonzero()[0]
+            bad = (~np.isfinite(numbers.to_numpy(np.float64))).nonzero()[0]
             if len(bad):
                 raise UsageError(
                     f"{csv.path}: row {bad[0] + 2}: column {target.column!r} value "
-                    f"{column.iloc[bad[0]]!r} is not a number (task {task} is regression)"
+                    f"{column.iloc[bad[0]]!r} is not a finite number (task {task} is "
+                    "regression)"
                 )
             targets[task] = numbers.to_numpy(np.float32)
             offered[task] = TaskSpec(task, "regression")

@@ -139,8 +139,10 @@ def test_csv_errors_name_file_row_and_column(tmp_path: Path, table: str, expecte
         build_dataset(cfg, None)
 
 
-@pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-Infinity"])
-def test_csv_text_nan_is_reported_as_what_it_is(tmp_path: Path, text: str) -> None:
+@pytest.mark.parametrize(
+    "text, shown", [("nan", "nan"), ("NaN", "NaN"), ("inf", "inf"), ("-Infinity", "-inf")]
+)
+def test_csv_text_nan_is_reported_as_what_it_is(tmp_path: Path, text: str, shown: str) -> None:
     make_images(tmp_path / "imgs", {"cat": 1})
     table = f"path,score,region\nimgs/cat/000.png,0.5,NA\nimgs/cat/000.png,{text},EU\n"
     (tmp_path / "t.csv").write_text(table)
@@ -152,7 +154,7 @@ def test_csv_text_nan_is_reported_as_what_it_is(tmp_path: Path, text: str) -> No
         f"id_column: null, targets: {targets}}}",
         "data.tasks=[score, region]",
     )
-    with pytest.raises(UsageError, match=f"row 3: column 'score' value '{text}' is not a finite"):
+    with pytest.raises(UsageError, match=f"row 3: column 'score' value '{shown}' is not a finite"):
         build_dataset(cfg, None)
     (tmp_path / "t.csv").write_text(table.replace(text, "1.5"))
     dataset = build_dataset(cfg, None)  # "NA" is a region's name, not a missing value

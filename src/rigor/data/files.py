@@ -117,7 +117,7 @@ def _csv_targets(
             if len(bad):
                 raise UsageError(
                     f"{csv.path}: row {bad[0] + 2}: column {target.column!r} value "
-                    f"{column.iloc[bad[0]]!r} is not a finite number (task {task} is "
+                    f"{str(column.iloc[bad[0]])!r} is not a finite number (task {task} is "
                     "regression)"
                 )
             targets[task] = numbers.to_numpy(np.float32)

@@ -139,6 +139,31 @@ def test_csv_errors_name_file_row_and_column(tmp_path: Path, table: str, expecte
         build_dataset(cfg, None)
 
 
+def test_a_symlinked_class_folder_into_the_root_is_not_walked_twice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_images(tmp_path / "imgs", {"cat": 3, "dog": 2})
+    (tmp_path / "imgs" / "bird").symlink_to(tmp_path / "imgs" / "cat")  # back into the root
+    (tmp_path / "imgs" / "dog" / "loop").symlink_to(tmp_path / "imgs")  # a cycle
+    (tmp_path / "imgs" / "dog" / "again.png").symlink_to(tmp_path / "imgs" / "dog" / "000.png")
+    (tmp_path / "outside").mkdir()
+    make_images(tmp_path / "outside", {"fox": 1})
+    (tmp_path / "imgs" / "fox").symlink_to(tmp_path / "outside" / "fox")  # a real class
+    dataset = build_dataset(
+        data_cfg(
+            "data.name=imagefolder",
+            f"data.root={tmp_path / 'imgs'}",
+            "data.tasks=[label]",
+            "data.channels=3",
+        ),
+        None,
+    )
+    assert list(dataset.tasks["label"].classes or []) == ["cat", "dog", "fox"]
+    assert len(dataset) == 6  # 3 cats, 2 dogs, 1 fox: each file once
+    err = capsys.readouterr().err
+    assert "2 path(s) lead to images already listed" in err and "class folder bird" in err
+
+
 @pytest.mark.parametrize(
     "text, shown", [("nan", "nan"), ("NaN", "NaN"), ("inf", "inf"), ("-Infinity", "-inf")]
 )

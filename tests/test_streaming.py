@@ -460,3 +460,38 @@ def test_data_changed_during_training_is_exit_2_and_no_manifest(
     err = capsys.readouterr().err
     assert "1 file(s) changed while the run was using them" in err and paths[3].name in err
     assert not list(out.glob("runs/*/manifest.json"))
+
+
+class _Stopping(_Dying):
+    """A reader whose worker process stops itself (SIGSTOP) on one sample: alive, silent."""
+
+    def load(self, index: int) -> np.ndarray:
+        if index == 3:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return np.zeros(self.shape, dtype=np.float32)
+
+
+def test_a_stopped_worker_times_out_with_a_message_instead_of_hanging() -> None:
+    from rigor.data.dataset import ImageDataset
+    from rigor.data.loader import WorkerStalled, make_loader
+    from rigor.data.registry import RawData
+
+    ids = [str(i) for i in range(8)]
+    raw = RawData("stopping", "1", {}, {}, ids, ids, _Stopping(), fingerprint="0")
+    dataset = ImageDataset(raw, raw.reader, [])
+    loader = make_loader(dataset, range(8), batch_size=2, num_workers=1, timeout_s=2)
+    with pytest.raises(WorkerStalled, match=r"no batch from the 1 DataLoader worker\(s\) for 2 s"):
+        list(loader)
+
+
+def test_a_worker_death_reported_outside_the_loader_gets_the_same_explanation(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from rigor.cli import run_main
+
+    def main(argv: object) -> int:  # PyTorch's SIGCHLD handler raises wherever the loop is
+        raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
+
+    assert run_main(main, []) == 1
+    err = capsys.readouterr().err
+    assert "look for an out-of-memory kill" in err and "unexpected RuntimeError" not in err

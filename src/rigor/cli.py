@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from rigor.allocator import keep_freed_memory
-from rigor.errors import RigorError
+from rigor.errors import RigorError, worker_death
 
 ENV_POLICIES = ("strict", "warn", "ignore")
 
@@ -112,6 +112,10 @@ def _run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None
     except Exception as err:  # noqa: BLE001 - the one place that turns crashes into exit 1
         if debug:
             traceback.print_exc()
+        died = worker_death(err)  # the SIGCHLD handler may raise it outside the loader
+        if died is not None:
+            print(f"error: {died}", file=sys.stderr)
+            return 1
         print(
             f"error: unexpected {type(err).__name__}: {err} "
             "(re-run with --debug for the traceback)",

@@ -48,3 +48,18 @@ class ArtifactError(RigorError):
     """An artifact listed in a manifest is missing or its sha256 changed."""
 
     exit_code = 5
+
+
+WORKER_DIED = (
+    "a DataLoader worker process died: look for an out-of-memory kill or a crash in an image "
+    "decoder; lower data.num_workers or data.prefetch_factor to use less memory"
+)
+
+
+def worker_death(err: BaseException) -> str | None:
+    """The explanation of a DataLoader worker's death, when ``err`` reports one (PyTorch
+    says so from the loader, or from its SIGCHLD handler wherever the main process was)."""
+    text = str(err)
+    if "DataLoader worker" in text and ("exited unexpectedly" in text or "killed by" in text):
+        return f"data loading failed: {type(err).__name__}: {text} ({WORKER_DIED})"
+    return None

@@ -207,6 +207,12 @@ class DataConfig(Section):
     prefetch_factor: int = Field(
         ge=1, le=64, description="Batches each worker prepares ahead (with num_workers > 0)."
     )
+    worker_timeout_s: float | None = Field(
+        gt=0,
+        description="With num_workers > 0: seconds without a batch from the workers before "
+        "the run stops (exit 1) saying a worker is stuck (stopped, swapped out, hung in I/O); "
+        "null waits forever.",
+    )
     on_bad_sample: Literal["error", "skip"] = Field(
         description="An unreadable or truncated image: error stops the run (exit 2) naming the "
         "file; skip leaves it out, counts it and lists it in the manifest."

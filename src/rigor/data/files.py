@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,13 +40,31 @@ def build_imagefolder(cfg: DataConfig) -> RawData:
     if not root.is_dir():
         raise UsageError(f"data.root: folder not found: {root}")
     refs, labels, empty = [], [], []
+    real_root, seen, skipped = root.resolve(), set(), []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if folder.is_symlink() and folder.resolve().is_relative_to(real_root):
+            skipped.append(f"class folder {folder.name} (a link into the root)")
+            continue
         found = [p for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
         if not found and not folder.name.startswith("."):
             empty.append(folder.name)
         for path in found:
+            real = path.resolve()
+            if real in seen:  # the same file reached by a second way: read it once
+                skipped.append(str(path.relative_to(root)))
+                continue
+            seen.add(real)
             refs.append(ImageRef(path, f"data.root {root}: file {path.relative_to(root)}"))
             labels.append(folder.name)
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (
+            f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        )
+        print(
+            f"warning: data.root {root}: {len(skipped)} path(s) lead to images already listed "
+            f"and are skipped: {shown}",
+            file=sys.stderr,
+        )
     if empty and refs:  # as torchvision's ImageFolder: a class needs at least one image
         raise UsageError(
             f"data.root {root}: class folder(s) {empty} hold no images; add images or remove "

@@ -7,7 +7,10 @@ float in [0, 1], train-only augmentation, then normalisation, all on the whole b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,11 +21,17 @@ from torch.utils.data import DataLoader, Sampler, Subset
 from rigor.allocator import fix_mmap_threshold
 from rigor.data.augment import BatchAugment
 from rigor.data.dataset import Batch, ImageDataset
-from rigor.errors import RigorError
+from rigor.errors import WORKER_DIED, RigorError, worker_death
 
 
 class WorkerDied(RigorError):
     """A DataLoader worker process died (killed, out of memory, crashed in native code)."""
+
+    exit_code = 1
+
+
+class WorkerStalled(RigorError):
+    """No batch came from the DataLoader workers within data.worker_timeout_s."""
 
     exit_code = 1
 
@@ -48,30 +57,44 @@ class SafeLoader(DataLoader[Any]):
             yield batch.pin_memory() if pin else batch
 
     def _through_workers(self) -> Iterator[Any]:
-        iterator = super().__iter__()
+        iterator = None
         while True:
-            try:
+            try:  # starting an epoch waits on the persistent workers too
+                iterator = iterator or super().__iter__()
                 batch = next(iterator)
             except StopIteration:
                 return
             except (RuntimeError, ConnectionError, EOFError) as err:
-                # A worker that dies mid-transfer breaks the tensor's file-descriptor handoff
-                # (ConnectionResetError, EOFError) before PyTorch's own check can say so.
-                lost = isinstance(err, ConnectionError | EOFError) and self.num_workers > 0
-                if not lost and "DataLoader worker" not in str(err):
-                    raise
-                # Unregister the dead pool, or its SIGCHLD handler raises again later.
-                shutdown = getattr(iterator, "_shutdown_workers", None)
-                if shutdown is not None:
-                    shutdown()
-                self._iterator = None
-                raise WorkerDied(
-                    f"data loading failed: {type(err).__name__}: {err} (a worker process died: "
-                    "look for an out-of-"
-                    "memory kill or a crash in an image decoder; lower data.num_workers or "
-                    "data.prefetch_factor to use less memory)"
-                ) from None
+                raise self._failed(err, iterator) from None
             yield batch
+
+    def _failed(self, err: BaseException, iterator: Any) -> BaseException:
+        """What a failed batch fetch means: a dead worker (WorkerDied), a stuck one
+        (WorkerStalled), or another error, raised as it is."""
+        # A worker that dies mid-transfer breaks the tensor's file-descriptor handoff
+        # (ConnectionResetError, EOFError) before PyTorch's own check can say so.
+        lost = isinstance(err, ConnectionError | EOFError) and self.num_workers > 0
+        stalled = "DataLoader timed out" in str(err)
+        if not (lost or stalled or "DataLoader worker" in str(err)):
+            return err
+        if stalled:  # a stopped worker would ignore the shutdown's SIGTERM: continue it
+            for worker in getattr(iterator, "_workers", []):
+                with contextlib.suppress(ProcessLookupError, TypeError):
+                    os.kill(worker.pid, signal.SIGCONT)
+        # Unregister the pool, or its SIGCHLD handler raises again later.
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        self._iterator = None
+        if stalled:
+            return WorkerStalled(
+                f"data loading stalled: no batch from the {self.num_workers} DataLoader "
+                f"worker(s) for {self.timeout:g} s (data.worker_timeout_s): a worker is "
+                "stopped (SIGSTOP), swapped out or hung reading a file; raise "
+                "data.worker_timeout_s for very slow storage"
+            )
+        lost_text = f"data loading failed: {type(err).__name__}: {err} ({WORKER_DIED})"
+        return WorkerDied(worker_death(err) or lost_text)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -96,9 +119,11 @@ def make_loader(
     sampler: Sampler[int] | None = None,
     seed: int = 0,
     pin_memory: bool = False,
+    timeout_s: float | None = None,
 ) -> SafeLoader:
     """A loader over ``rows`` of ``dataset`` with its own generator (the global RNG is never
-    drawn from); workers persist across epochs and prefetch ``prefetch_factor`` batches.
+    drawn from); workers persist across epochs and prefetch ``prefetch_factor`` batches,
+    and a batch that takes longer than ``timeout_s`` (workers only) is WorkerStalled.
 
     A loader that streams files (uint8 samples: image folders, CSV, HEST) fixes glibc's mmap
     threshold (:func:`rigor.allocator.fix_mmap_threshold`); one over an in-memory dataset
@@ -119,6 +144,7 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         prefetch_factor=prefetch_factor if workers else None,
+        timeout=timeout_s if workers and timeout_s else 0,
     )
 
 

@@ -44,7 +44,6 @@ def optuna_search(
     folder: Path, record: dict[str, Any], space: Any, common: dict[str, Any], options: Any
 ) -> None:
     """Run ``space.optuna`` trials into the sweep ``folder`` and summarise it."""
-    import optuna
     from optuna.trial import TrialState
 
     from rigor.sweep.launch import _write_specs
@@ -54,17 +53,7 @@ def optuna_search(
         raise UsageError("--optuna runs its trials one at a time with the local launcher")
     column, mode = _monitor(common)
     (folder / "logs").mkdir(exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name="sweep",
-        storage=f"sqlite:///{(folder / 'optuna.db').resolve()}",
-        sampler=optuna.samplers.TPESampler(seed=space.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-        direction="maximize" if mode == "max" else "minimize",
-        load_if_exists=True,
-    )
-    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(stale.number, state=TrialState.FAIL)  # a killed sweep's trial
+    study = _study(folder, space.seed, mode)
     previous = folder / "sweep.json"
     if previous.is_file():
         record["points"] = json.loads(previous.read_text())["points"]
@@ -105,6 +94,26 @@ def optuna_search(
         shown = "" if value is None else f" {value:.4g}"
         print(f"trial {trial.number} {point}: {state}{shown}", file=sys.stderr)
     summarize(folder)
+
+
+def _study(folder: Path, seed: int, mode: str) -> Any:
+    """The search's study in ``<folder>/optuna.db``, created or continued; trials a killed
+    sweep left running are marked failed."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name="sweep",
+        storage=f"sqlite:///{(folder / 'optuna.db').resolve()}",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        direction="maximize" if mode == "max" else "minimize",
+        load_if_exists=True,
+    )
+    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(stale.number, state=TrialState.FAIL)  # a killed sweep's trial
+    return study
 
 
 def _earlier(

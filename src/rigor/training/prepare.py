@@ -236,4 +236,5 @@ def make_loader(prepared: Prepared, rows: list[int], train: bool) -> DataLoader[
         prefetch_factor=cfg.data.prefetch_factor,
         seed=cfg.run.seed,
         pin_memory=prepared.device.type == "cuda",
+        timeout_s=cfg.data.worker_timeout_s,
     )

@@ -8,7 +8,7 @@ CONFIG ?= configs/experiment/digits_baseline.yaml
 
 XAI_CONFIG ?= configs/experiment/digits_canvas.yaml
 
-.PHONY: setup demo train_and_xai leaderboard test lint pytest schema lock bench clean
+.PHONY: setup demo train_and_xai leaderboard test lint pytest schema lock bench hostile clean
 
 setup: $(STAMP)
 
@@ -80,6 +80,10 @@ pytest: setup
 
 schema: setup
 	$(PY) -m rigor.schema --write
+
+# About 200 commands that tamper, race, kill and feed bad input (issue 30); ~4 min.
+hostile: setup
+	$(PY) benchmarks/hostile.py --out results/hostile
 
 bench: setup
 	$(VENV)/bin/pytest benchmarks --benchmark-only -o addopts="" -o python_files="bench_*.py"

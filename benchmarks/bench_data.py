@@ -123,7 +123,7 @@ def data_config(folder: Path, workers: int, cache: bool) -> Any:
 
 def fingerprint_times(folder: Path, cache_root: Path, workers: int) -> tuple[float, float]:
     """Seconds to fingerprint the folder with a cold, then a warm, hash index."""
-    from rigor.data.registry import build_dataset
+    from rigor.data.build import build_dataset
 
     cfg = data_config(folder, workers, cache=False)
     times = []
@@ -142,8 +142,8 @@ def rigor_pass(folder: Path, workers: int, limit: int) -> Callable[[], int]:
     """One pass of rigor's training input pipeline; returns the images it produced."""
     import torch
 
+    from rigor.data.build import build_dataset
     from rigor.data.loader import make_loader
-    from rigor.data.registry import build_dataset
     from rigor.data.transforms import build_pipeline
     from rigor.training.policy import EpochSampler
 

@@ -71,8 +71,8 @@ def build(folder: Path, encoder: str, workers: int) -> tuple[Any, Any, Any]:
     from torch import nn
 
     from rigor.config import load_config
-    from rigor.data.registry import build_dataset
-    from rigor.models.registry import build_model
+    from rigor.data.build import build_dataset
+    from rigor.models.build import build_model
 
     sets = [*hest_sets(folder, workers), *ENCODERS[encoder], "data.transforms.stats=preset"]
     cfg = load_config(CONFIG, sets=sets, environ={}).config

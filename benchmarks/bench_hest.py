@@ -95,8 +95,8 @@ def rigor_pass(folder: Path, workers: int, limit: int) -> Any:
     import torch
 
     from rigor.config import load_config
+    from rigor.data.build import build_dataset
     from rigor.data.loader import make_loader
-    from rigor.data.registry import build_dataset
     from rigor.data.transforms import build_pipeline
     from rigor.training.policy import EpochSampler
 

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from rigor.evaluation.summary import score_metrics
+from rigor.metrics.summary import score_metrics
 
 N, K = 100_000, 10
 

@@ -36,9 +36,9 @@ def extraction(
     import torch
 
     from rigor.config import load_config
+    from rigor.data.build import build_dataset
     from rigor.data.loader import InputPipeline, make_loader
-    from rigor.data.registry import build_dataset
-    from rigor.models.registry import build_model
+    from rigor.models.build import build_model
     from rigor.probe.features import EncoderInput, extract, ready_encoder
     from rigor.training.policy import Precision
 
@@ -83,7 +83,7 @@ def lora_steps(args: argparse.Namespace) -> dict[str, Any]:
 
     from rigor.config import load_config
     from rigor.data.registry import TaskSpec
-    from rigor.models.registry import build_model
+    from rigor.models.build import build_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sets = [

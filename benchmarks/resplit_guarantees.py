@@ -19,7 +19,7 @@ import numpy as np
 
 from rigor.calibration.guarantees import fit_conformal, fit_scrc
 from rigor.config import run_config
-from rigor.evaluation.policies import apply_policy
+from rigor.policies.apply import apply_policy
 
 
 def _pooled(run: Path, task: str) -> tuple[np.ndarray, np.ndarray]:

@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     for item in args.sets:
         overrides = _nested(overrides, item)
-    from rigor.evaluation.plotpool import PlotPool
+    from rigor.plotting.pool import PlotPool
 
     with PlotPool(most=1):  # one figure: one plot worker imports matplotlib meanwhile
         from rigor.calibration.stage import calibrate

@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for k, v in {"n_resamples": args.n_resamples, "seed": args.seed}.items()
         if v is not None
     }
-    from rigor.evaluation.plotpool import PlotPool
+    from rigor.plotting.pool import PlotPool
 
     with PlotPool():  # plot workers import matplotlib while this process imports the stage
         from rigor.evaluation.stage import evaluate

@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     resolved = load_config(args.config, sets=args.sets)
     if args.list_tasks:
-        from rigor.data.registry import describe_tasks
+        from rigor.data.build import describe_tasks
 
         print("\n".join(describe_tasks(resolved.config.data)))
         return 0

@@ -420,7 +420,7 @@ def test_digits_read_as_scikit_learn_reads_them_without_importing_it() -> None:
     probe = (
         "import sys\n"
         "from rigor.config import load_config\n"
-        "from rigor.data.registry import build_dataset\n"
+        "from rigor.data.build import build_dataset\n"
         "cfg = load_config('configs/experiment/digits_baseline.yaml', environ={}).config\n"
         "build_dataset(cfg.data, None)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn')[:3])\n"

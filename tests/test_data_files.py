@@ -12,7 +12,7 @@ from conftest import SMOKE
 from PIL import Image
 
 from rigor.config import load_config
-from rigor.data.registry import build_dataset
+from rigor.data.build import build_dataset
 from rigor.errors import UsageError
 
 

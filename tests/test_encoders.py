@@ -15,7 +15,7 @@ from conftest import CONFIGS, SMOKE
 from rigor.config import load_config
 from rigor.data.registry import TaskSpec
 from rigor.errors import ArtifactError, ConfigError
-from rigor.models.registry import backbone_spec, build_model
+from rigor.models.build import backbone_spec, build_model
 
 TASKS = {"gene": TaskSpec("gene", "regression")}
 # a two-block ViT of 32-pixel images in 8-pixel patches, for the Hugging Face folders

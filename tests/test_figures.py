@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rigor.evaluation import figures
-from rigor.evaluation.plotpool import PlotPool, draw
-from rigor.evaluation.selective import generalized_risk_coverage_curve, risk_coverage_curve
+from rigor.metrics.selective import generalized_risk_coverage_curve, risk_coverage_curve
+from rigor.plotting import figures
+from rigor.plotting.pool import PlotPool, draw
 
 
 def _band_one_resample_at_a_time(

@@ -16,7 +16,8 @@ from rigor.config import load_config
 from rigor.config.models import GateConfig
 from rigor.data.registry import TaskSpec
 from rigor.errors import ConfigError
-from rigor.models.registry import AUX, GATE, build_model
+from rigor.models.build import build_model
+from rigor.models.registry import AUX, GATE
 from rigor.training.loop import selectivenet_loss, total_loss
 
 GATED = CONFIGS / "experiment" / "digits_gate.yaml"

@@ -15,7 +15,7 @@ import torch
 from conftest import CONFIGS
 
 from rigor.config import load_config
-from rigor.data.registry import build_dataset
+from rigor.data.build import build_dataset
 from rigor.data.tiles import GENES, iter_tiles
 from rigor.errors import UsageError
 
@@ -171,7 +171,7 @@ def test_list_tasks_prints_the_panel_and_exits(
 def test_list_tasks_names_the_samples_that_lack_a_gene(hest_root: Path, tmp_path: Path) -> None:
     import anndata
 
-    from rigor.data.registry import describe_tasks
+    from rigor.data.build import describe_tasks
 
     root = copy_of(hest_root, tmp_path)
     table = anndata.read_h5ad(root / "st" / "TILES-P01.h5ad")

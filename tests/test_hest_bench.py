@@ -37,7 +37,7 @@ def bench_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _raw(task: Path, *sets: str):  # type: ignore[no-untyped-def]
-    from rigor.data.registry import raw_dataset
+    from rigor.data.build import raw_dataset
 
     cfg = load_config(EXPERIMENT, sets=[f"data.root={task}", *sets], environ={}).config
     return raw_dataset(cfg.data)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rigor.evaluation.calibration import ece
-from rigor.evaluation.selective import augrc, auroc
+from rigor.metrics.calibration import ece
+from rigor.metrics.selective import augrc, auroc
 
 # Per-epoch train and val_select losses of configs/experiment/smoke.yaml on CPU (torch
 # 2.14.1, seed 0). A deterministic change to the data path, the model or the loss math moves

@@ -18,7 +18,7 @@ from conftest import CONFIGS, ROOT
 
 from rigor.config import load_config
 from rigor.data.registry import TaskSpec
-from rigor.models.registry import build_model
+from rigor.models.build import build_model
 
 LORA = CONFIGS / "experiment" / "digits_dinov3_lora.yaml"
 MAE_CONFIG = CONFIGS / "experiment" / "digits_mae.yaml"

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from rigor.calibration.temperature import NoFiniteOptimum, fit_temperature, scaled_nll
-from rigor.evaluation.bootstrap import bootstrap_ci
-from rigor.evaluation.calibration import adaptive_ece, brier, ece, nll, reliability
-from rigor.evaluation.scores import softmax
-from rigor.evaluation.selective import (
+from rigor.metrics.bootstrap import bootstrap_ci
+from rigor.metrics.calibration import adaptive_ece, brier, ece, nll, reliability
+from rigor.metrics.scores import softmax
+from rigor.metrics.selective import (
     augrc,
     aurc,
     auroc,
@@ -23,7 +23,7 @@ from rigor.evaluation.selective import (
     risk_at_coverage,
     risk_coverage_curve,
 )
-from rigor.evaluation.summary import score_metrics
+from rigor.metrics.summary import score_metrics
 
 # no ties: confidences 0.9 0.8 0.7 0.6, the two most confident are right
 PLAIN = (np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 1, 0, 0]))
@@ -180,7 +180,7 @@ def test_resamples_are_kept_when_small_drawn_per_piece_when_large_and_fork_safe(
     parent's threads."""
     import multiprocessing
 
-    from rigor.evaluation import bootstrap
+    from rigor.metrics import bootstrap
 
     first = bootstrap._kept(270, 1000, 5)
     assert bootstrap._kept(270, 1000, 5) is first
@@ -274,7 +274,7 @@ def test_temperature_refuses_degenerate_sets() -> None:
 
 
 def test_cluster_bootstrap_with_singleton_groups_is_the_row_bootstrap() -> None:
-    from rigor.evaluation.bootstrap import bootstrap_ci, cluster_ci
+    from rigor.metrics.bootstrap import bootstrap_ci, cluster_ci
 
     rng = np.random.default_rng(3)
     a, b = rng.normal(size=60), rng.normal(size=60)
@@ -289,7 +289,7 @@ def test_cluster_bootstrap_with_singleton_groups_is_the_row_bootstrap() -> None:
 
 
 def test_cluster_bootstrap_widens_the_interval_when_groups_share_an_offset() -> None:
-    from rigor.evaluation.bootstrap import bootstrap_ci, cluster_ci
+    from rigor.metrics.bootstrap import bootstrap_ci, cluster_ci
 
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(6), 40)
@@ -330,10 +330,11 @@ def test_exact_risk_bound_is_the_clopper_pearson_quantile() -> None:
 
 def test_numpy_twin_equals_the_compiled_kernels_bit_for_bit() -> None:
     """Point estimates and bootstrap draws (samples drawn 0, 1 or many times, tie groups,
-    fewer samples than bins) give the same bits from rigor.evaluation._exact as from the
+    fewer samples than bins) give the same bits from rigor.metrics.kernels_numpy as from the
     numba kernels."""
-    from rigor.evaluation import _exact, _kernels
-    from rigor.evaluation.engine import MetricEngine
+    from rigor.metrics import kernels_numba as _kernels
+    from rigor.metrics import kernels_numpy as _exact
+    from rigor.metrics.engine import MetricEngine
 
     rng = np.random.default_rng(5)
     for case in range(300):
@@ -375,7 +376,7 @@ def test_numpy_twin_equals_the_compiled_kernels_bit_for_bit() -> None:
 def test_small_evaluations_never_import_numba() -> None:
     code = (
         "import sys, numpy as np\n"
-        "from rigor.evaluation.summary import score_replicates\n"
+        "from rigor.metrics.summary import score_replicates\n"
         "rng = np.random.default_rng(0)\n"
         "probs = rng.dirichlet(np.ones(4), size=300); labels = rng.integers(0, 4, 300)\n"
         "est, reps = score_replicates(probs, labels, probs.max(axis=1), n_resamples=200)\n"

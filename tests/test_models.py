@@ -11,7 +11,8 @@ from conftest import SMOKE
 from rigor.config import load_config
 from rigor.data.registry import TaskSpec
 from rigor.errors import ArtifactError, ConfigError
-from rigor.models.registry import BACKBONES, backbone_spec, build_model, model_size
+from rigor.models.build import backbone_spec, build_model
+from rigor.models.registry import BACKBONES, model_size
 
 TASKS = {"digit": TaskSpec("digit", "classification", 10), "score": TaskSpec("score", "regression")}
 EXPECTED_DIM = {

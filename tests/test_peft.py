@@ -11,7 +11,7 @@ from conftest import CONFIGS
 from rigor.config import load_config
 from rigor.data.registry import TaskSpec
 from rigor.errors import ArtifactError, ConfigError
-from rigor.models.registry import build_model
+from rigor.models.build import build_model
 
 LORA = CONFIGS / "experiment" / "digits_dinov3_lora.yaml"
 TASKS = {"digit": TaskSpec("digit", "classification", 10)}

@@ -14,7 +14,7 @@ import pytest
 from conftest import CONFIGS, load_script
 
 from rigor.calibration.platt import fit_platt
-from rigor.evaluation.scores import sigmoid, softmax
+from rigor.metrics.scores import sigmoid, softmax
 
 GATED = CONFIGS / "experiment" / "digits_gate.yaml"
 KINDS = ("threshold", "gate", "cascade", "sets", "crc", "scrc")

@@ -26,7 +26,7 @@ def test_patchify_is_row_major_and_inverts() -> None:
 
 
 def _mae(mask_ratio: float, norm_pix: bool) -> MAE:
-    from rigor.models.registry import build_model
+    from rigor.models.build import build_model
 
     sets = [f"pretrain.mask_ratio={mask_ratio}", f"pretrain.norm_pix_loss={str(norm_pix).lower()}"]
     cfg = load_config(MAE_CONFIG, sets=sets, environ={}).config

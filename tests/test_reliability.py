@@ -234,11 +234,11 @@ CHECK_NUMBA = """
 import os
 real = os.access
 os.access = lambda p, m, *a, **k: (
-    False if m == os.W_OK and str(p).endswith("evaluation") else real(p, m, *a, **k)
+    False if m == os.W_OK and str(p).endswith("metrics") else real(p, m, *a, **k)
 )
 import numba
-from rigor.evaluation import _kernels
-from rigor.evaluation.classification import confusions
+from rigor.metrics import kernels_numba as _kernels
+from rigor.metrics.classification import confusions
 print(numba.config.CACHE_DIR)
 """
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, SMOKE
 
 from rigor.config import load_config
-from rigor.evaluation.scores import softmax
+from rigor.metrics.scores import softmax
 from rigor.training.run import train
 
 pytestmark = pytest.mark.smoke

@@ -15,8 +15,8 @@ import torch
 from conftest import SMOKE, short_run
 from test_data_files import data_cfg, make_images
 
+from rigor.data.build import build_dataset
 from rigor.data.readers import BadSample
-from rigor.data.registry import build_dataset
 
 
 def folder_cfg(root: Path, *sets: str):  # type: ignore[no-untyped-def]

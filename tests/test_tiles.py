@@ -11,10 +11,11 @@ import pytest
 from conftest import CONFIGS
 
 from rigor.config import load_config
-from rigor.data.registry import DATASETS, raw_dataset
+from rigor.data.build import raw_dataset
+from rigor.data.registry import DATASETS
 from rigor.data.splits import make_splits
 from rigor.data.tiles import GENES, PATIENTS, TILES_PER_PATIENT, generate
-from rigor.evaluation.regression import pearson
+from rigor.metrics.regression import pearson
 
 TILES = CONFIGS / "experiment" / "tiles_genes.yaml"
 

@@ -15,7 +15,7 @@ from torch import nn
 from rigor.config import load_config
 from rigor.data.registry import TaskSpec
 from rigor.errors import ConfigError
-from rigor.models.registry import backbone_spec, build_model
+from rigor.models.build import backbone_spec, build_model
 from rigor.training.run import train
 from rigor.xai.attributions import METHODS, attribute, find_layer
 from rigor.xai.sanity import mask_mass, pointing_game, spearman_rows

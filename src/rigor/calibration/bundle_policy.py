@@ -11,8 +11,8 @@ from typing import Any
 
 from rigor.calibration.guarantee_schema import validate_record
 from rigor.errors import UsageError
-from rigor.evaluation.policies import GUARANTEES
-from rigor.evaluation.sets import variant_name
+from rigor.metrics.sets import variant_name
+from rigor.policies.apply import GUARANTEES
 
 THRESHOLDS = "calibration/thresholds.json"
 PLATT = "calibration/platt.json"

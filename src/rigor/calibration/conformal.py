@@ -1,5 +1,5 @@
 """Split conformal prediction: the finite-sample quantile, classification prediction sets
-(LAC, APS, RAPS; scores in :mod:`rigor.evaluation.sets`) and per-task regression intervals.
+(LAC, APS, RAPS; scores in :mod:`rigor.metrics.sets`) and per-task regression intervals.
 
 Guarantee (split conformal, Vovk et al. 2005; Lei et al. 2018): if the calibration scores and
 a new sample's score are exchangeable (e.g. val_calib and val_test drawn from the same
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from rigor.evaluation.sets import (
+from rigor.metrics.sets import (
     check_probs,
     label_scores,
     prediction_sets,

@@ -23,9 +23,9 @@ from rigor.calibration.risk_control import (
     scrc_fit,
 )
 from rigor.errors import UsageError
-from rigor.evaluation.policies import selection_score
-from rigor.evaluation.scores import sigmoid, softmax
-from rigor.evaluation.sets import SET_METHODS, SET_VARIANTS, label_scores, true_label_scores
+from rigor.metrics.scores import sigmoid, softmax
+from rigor.metrics.sets import SET_METHODS, SET_VARIANTS, label_scores, true_label_scores
+from rigor.policies.apply import selection_score
 
 ALPHA_CURVE = [round(a, 3) for a in np.linspace(0.01, 0.3, 30)]
 COVERAGE_CURVE = [round(c, 3) for c in np.linspace(0.5, 1.0, 26)]

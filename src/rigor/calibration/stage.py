@@ -19,12 +19,12 @@ from rigor.calibration.stage_b import resolve_stage_b
 from rigor.calibration.temperature import choose_temperature
 from rigor.config import apply_overrides
 from rigor.errors import UsageError
-from rigor.evaluation import figures
-from rigor.evaluation.bootstrap import bootstrap_ci
-from rigor.evaluation.calibration import ece, nll
-from rigor.evaluation.plotpool import PlotPool, draw
-from rigor.evaluation.scores import sigmoid, softmax
 from rigor.io import atomic_write_json, atomic_write_text, finite_json
+from rigor.metrics.bootstrap import bootstrap_ci
+from rigor.metrics.calibration import ece, nll
+from rigor.metrics.scores import sigmoid, softmax
+from rigor.plotting import figures
+from rigor.plotting.pool import PlotPool, draw
 from rigor.stages import RunContext, finish_stage, open_run
 
 READS = "predictions/val_calib.npz"

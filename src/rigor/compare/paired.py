@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from rigor.compare.runs import Run, Variant
-from rigor.evaluation.bootstrap import CHUNK, draw, summarize
-from rigor.evaluation.scores import softmax
+from rigor.metrics.bootstrap import CHUNK, draw, summarize
+from rigor.metrics.scores import softmax
 
 MetricFn = Callable[[np.ndarray], np.ndarray]  # (B, n) sample indices -> (B,) values
 
@@ -49,8 +49,8 @@ def _bind(batched: Callable[..., np.ndarray], *arrays: np.ndarray) -> MetricFn:
 def run_metrics(run: Run) -> dict[str, MetricFn]:
     """Per classification task: accuracy, MCC, macro-F1 and AUGRC (max-softmax confidence);
     over the regression tasks: the mean Pearson's r. Each maps draws to values."""
-    from rigor.evaluation.classification import macro_f1, mcc
-    from rigor.evaluation.selective import augrc
+    from rigor.metrics.classification import macro_f1, mcc
+    from rigor.metrics.selective import augrc
 
     out: dict[str, MetricFn] = {}
     regression = []

@@ -1,1 +1,2 @@
-"""Metrics (selective, calibration, classification, regression), bootstrap CIs, reports."""
+"""The eval stage and its reports: it applies what calibrate fitted to val_test and fits
+nothing (metrics live in rigor.metrics, figures in rigor.plotting)."""

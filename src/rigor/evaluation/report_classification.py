@@ -9,18 +9,13 @@ from typing import Any
 import numpy as np
 
 from rigor.config.models import EvaluationConfig
-from rigor.evaluation import figures
-from rigor.evaluation.bootstrap import bootstrap_ci, summarize, with_batched
-from rigor.evaluation.classification import confusions, macro_f1, mcc
-from rigor.evaluation.plotpool import draw
-from rigor.evaluation.scores import policy_confidence, sigmoid, softmax
-from rigor.evaluation.summary import score_replicates
+from rigor.metrics.bootstrap import bootstrap_ci, ci_options, summarize, with_batched
+from rigor.metrics.classification import confusions, macro_f1, mcc
+from rigor.metrics.scores import policy_confidence, sigmoid, softmax
+from rigor.metrics.summary import score_replicates
+from rigor.plotting import figures
+from rigor.plotting.pool import draw
 from rigor.stages import RunContext
-
-
-def ci_options(options: EvaluationConfig) -> dict[str, Any]:
-    """The bootstrap settings every CI of an eval stage uses."""
-    return {"n_resamples": options.n_resamples, "level": options.level, "seed": options.seed}
 
 
 def confidence_scores(

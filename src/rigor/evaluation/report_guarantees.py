@@ -12,17 +12,17 @@ from typing import Any
 import numpy as np
 
 from rigor.config.models import EvaluationConfig
-from rigor.evaluation import figures
-from rigor.evaluation.bootstrap import replicates, summarize
-from rigor.evaluation.plotpool import draw
-from rigor.evaluation.policies import apply_policy, platt_gate
-from rigor.evaluation.scores import sigmoid, softmax
-from rigor.evaluation.sets import (
+from rigor.metrics.bootstrap import replicates, summarize
+from rigor.metrics.scores import sigmoid, softmax
+from rigor.metrics.sets import (
     APPLY,
     label_scores,
     prediction_sets,
     randomization,
 )
+from rigor.plotting import figures
+from rigor.plotting.pool import draw
+from rigor.policies.apply import apply_policy, platt_gate
 
 
 def _ratio_ci(num: np.ndarray, den: np.ndarray, options: EvaluationConfig) -> dict[str, Any]:

@@ -9,9 +9,8 @@ from typing import Any
 import numpy as np
 
 from rigor.config.models import EvaluationConfig
-from rigor.evaluation.bootstrap import bootstrap_ci, cluster_ci
-from rigor.evaluation.regression import pearson
-from rigor.evaluation.report_classification import ci_options
+from rigor.metrics.bootstrap import bootstrap_ci, ci_options, cluster_ci
+from rigor.metrics.regression import pearson
 
 
 def regression_report(

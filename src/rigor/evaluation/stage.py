@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from rigor.config import apply_overrides
-from rigor.evaluation.plotpool import PlotPool
 from rigor.evaluation.report_classification import classification_report
 from rigor.evaluation.report_guarantees import (
     guarantees_figures,
@@ -24,6 +23,7 @@ from rigor.evaluation.report_guarantees import (
 )
 from rigor.evaluation.report_regression import interval_report, regression_report
 from rigor.io import atomic_write_json, atomic_write_text, read_json
+from rigor.plotting.pool import PlotPool
 from rigor.stages import BEST, RunContext, finish_stage, open_run
 
 READS = "predictions/val_test.npz"

@@ -16,14 +16,14 @@ from rigor.config import apply_overrides, run_config
 from rigor.config.models import Config, TopVariableConfig
 from rigor.data.dataset import ImageDataset
 from rigor.errors import UsageError
-from rigor.evaluation.policies import GUARANTEES, apply_policy, kind_of
 from rigor.export.load import Bundle, load_bundle
 from rigor.io import atomic_write_text
 from rigor.models.registry import AUX, GATE
+from rigor.policies.apply import GUARANTEES, apply_policy, kind_of
 
 
 def _model(bundle: Bundle, config: Config) -> torch.nn.Module:
-    from rigor.models.registry import build_model
+    from rigor.models.build import build_model
     from rigor.runs.restore import architecture, task_specs
 
     c, h, w = bundle.record["input_shape"]
@@ -41,7 +41,7 @@ def _model(bundle: Bundle, config: Config) -> torch.nn.Module:
 
 
 def _split_rows(bundle: Bundle, config: Config, split: str) -> tuple[ImageDataset, list[int]]:
-    from rigor.data.registry import build_dataset
+    from rigor.data.build import build_dataset
 
     ids = json.loads((bundle.root / bundle.record["splits"]).read_text())["splits"].get(split)
     if ids is None:

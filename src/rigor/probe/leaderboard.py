@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rigor.evaluation.bootstrap import replicates, summarize
 from rigor.io import atomic_write_json, atomic_write_text, finite_json
+from rigor.metrics.bootstrap import replicates, summarize
 from rigor.probe.ridge import FoldPredictions, UnitMoments, nanmean_rows
 
 if TYPE_CHECKING:

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from rigor.errors import ConfigError
-from rigor.evaluation.bootstrap import replicates, summarize
 from rigor.io import finite_json
+from rigor.metrics.bootstrap import replicates, summarize
 
 MAX_ITER = 1000
 # A side whose s.d. is below this share of its mean's magnitude is constant: its Pearson r

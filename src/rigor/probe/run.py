@@ -23,10 +23,10 @@ from rigor.config import ResolvedConfig, apply_overrides, config_from_run
 from rigor.config.models import Config
 from rigor.data.registry import TaskSpec
 from rigor.errors import ConfigError, UsageError
-from rigor.evaluation.report_classification import ci_options
 from rigor.io import atomic_write_json, finite_json
 from rigor.manifest import write_manifest
 from rigor.manifest.rundir import create_run_dir
+from rigor.metrics.bootstrap import ci_options
 from rigor.probe import features as feats
 from rigor.probe.encoder import encoder_record
 from rigor.probe.ridge import (

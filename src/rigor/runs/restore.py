@@ -11,11 +11,13 @@ import torch
 
 from rigor.config import apply_overrides
 from rigor.config.models import Config, ModelConfig, TopVariableConfig
+from rigor.data.build import build_dataset
 from rigor.data.dataset import ImageDataset
 from rigor.data.loader import InputPipeline, make_loader
-from rigor.data.registry import TaskSpec, build_dataset
+from rigor.data.registry import TaskSpec
 from rigor.data.transforms import pipeline_from_record
-from rigor.models.registry import RigorModel, build_model
+from rigor.models.build import build_model
+from rigor.models.registry import RigorModel
 from rigor.runs.checkpoint import load_checkpoint
 from rigor.runs.device import pick_device
 from rigor.runs.predict import predict, prediction_arrays

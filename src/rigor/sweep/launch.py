@@ -22,7 +22,7 @@ from rigor.errors import ConfigError, RigorError, UsageError
 from rigor.io import atomic_write_json
 from rigor.manifest.rundir import create_run_dir, iso, utc_now
 from rigor.sweep.grid import expand
-from rigor.sweep.processes import finished, run_local
+from rigor.sweep.processes import finished, run_local, write_specs
 from rigor.sweep.space import Range, sample_points
 
 FORBIDDEN = ("run.output_root", "run.name")
@@ -170,7 +170,7 @@ def sweep(
         optuna_search(folder, record, space, common, options)
         return folder
     todo = pending_points(folder, record["points"])
-    specs = _write_specs(folder, [record["points"][i] for i in todo], common, options)
+    specs = write_specs(folder, [record["points"][i] for i in todo], common, options)
     atomic_write_json(folder / "sweep.json", record)
     if _launch(folder, specs, options, record):
         _raise_on_failures(folder, len(points))
@@ -210,30 +210,6 @@ def pending_points(folder: Path, points: list[dict[str, Any]]) -> list[int]:
             file=sys.stderr,
         )
     return todo
-
-
-def _write_specs(
-    folder: Path, points: list[dict[str, Any]], common: dict[str, Any], options: LaunchOptions
-) -> list[dict[str, Any]]:
-    """One ``points/<i>.spec.json`` per point: what its job process needs to run it (a point
-    resumes the newest unfinished run of its config, if one was left by a killed sweep)."""
-    specs = []
-    for point in points:
-        index = point["index"]
-        spec = {
-            "index": index,
-            **common,
-            "overrides": point["overrides"],
-            "config_hash": point["config_hash"],
-            "resume": "auto",
-            "launcher": options.launcher,
-            "nproc_per_node": options.nproc_per_node,
-            "cwd": os.getcwd(),
-            "status": str((folder / "points" / f"{index}.json").resolve()),
-        }
-        atomic_write_json(folder / "points" / f"{index}.spec.json", spec)
-        specs.append(spec)
-    return specs
 
 
 def _launch(

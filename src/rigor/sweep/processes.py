@@ -25,6 +25,7 @@ from types import FrameType
 from typing import IO, Any
 
 from rigor.errors import RigorError
+from rigor.io import atomic_write_json
 
 GRACE_S = 30.0
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -185,3 +186,27 @@ def point_outcome(spec: dict[str, Any]) -> str:
     if status["status"] != "ok":
         return f"{status['status']}: {status.get('error')}"
     return f"ok ({status['manifest']})"
+
+
+def write_specs(
+    folder: Path, points: list[dict[str, Any]], common: dict[str, Any], options: Any
+) -> list[dict[str, Any]]:
+    """One ``points/<i>.spec.json`` per point: what its job process needs to run it (a point
+    resumes the newest unfinished run of its config, if one was left by a killed sweep)."""
+    specs = []
+    for point in points:
+        index = point["index"]
+        spec = {
+            "index": index,
+            **common,
+            "overrides": point["overrides"],
+            "config_hash": point["config_hash"],
+            "resume": "auto",
+            "launcher": options.launcher,
+            "nproc_per_node": options.nproc_per_node,
+            "cwd": os.getcwd(),
+            "status": str((folder / "points" / f"{index}.json").resolve()),
+        }
+        atomic_write_json(folder / "points" / f"{index}.spec.json", spec)
+        specs.append(spec)
+    return specs

@@ -23,7 +23,7 @@ from rigor.config import load_config
 from rigor.errors import ConfigError, UsageError
 from rigor.io import atomic_write_json
 from rigor.run_kinds import RUN_KINDS
-from rigor.sweep.processes import start_point, stop_groups, stopping_points
+from rigor.sweep.processes import start_point, stop_groups, stopping_points, write_specs
 from rigor.sweep.space import suggest
 from rigor.tracking import monitor_to_key, read_epoch_rows
 
@@ -46,7 +46,6 @@ def optuna_search(
     """Run ``space.optuna`` trials into the sweep ``folder`` and summarise it."""
     from optuna.trial import TrialState
 
-    from rigor.sweep.launch import _write_specs
     from rigor.sweep.summary import summarize
 
     if options.launcher != "local" or options.nproc_per_node != 1:
@@ -87,7 +86,7 @@ def optuna_search(
         entry = {"index": len(record["points"]), "overrides": point, "config_hash": config_hash}
         record["points"].append(entry | {"trial": trial.number})
         atomic_write_json(previous, record)
-        spec = _write_specs(folder, [entry], common, options)[0]
+        spec = write_specs(folder, [entry], common, options)[0]
         state, value = _run_trial(folder, spec, trial, column)
         states = {"ok": TrialState.COMPLETE, "pruned": TrialState.PRUNED}
         study.tell(trial, value, state=states.get(state, TrialState.FAIL))

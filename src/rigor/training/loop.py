@@ -18,8 +18,8 @@ from rigor.config.models import GateConfig
 from rigor.data.dataset import Batch
 from rigor.data.registry import TaskSpec
 from rigor.errors import RigorError
-from rigor.evaluation.regression import pearson
-from rigor.evaluation.selective import augrc
+from rigor.metrics.regression import pearson
+from rigor.metrics.selective import augrc
 from rigor.models.registry import AUX, GATE, module_key, task_name
 from rigor.tracking import metric_key
 from rigor.training.policy import EMA, Precision

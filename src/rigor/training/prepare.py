@@ -15,19 +15,20 @@ from torch.utils.data import DataLoader
 
 from rigor.config import ResolvedConfig
 from rigor.config.models import AugmentConfig, Config
+from rigor.data.build import build_dataset
 from rigor.data.dataset import ImageDataset
 from rigor.data.loader import InputPipeline, channel_stats
 from rigor.data.loader import make_loader as make_data_loader
 from rigor.data.panels import resolve_panel
-from rigor.data.registry import build_dataset
 from rigor.data.splits import fraction_warning, make_splits, splits_record
 from rigor.data.transforms import build_pipeline, preset_stats, transforms_record
 from rigor.errors import ConfigError
 from rigor.io import atomic_write_json, atomic_write_text
 from rigor.manifest.env import Lock, check_lock
 from rigor.manifest.rundir import utc_now
+from rigor.models.build import backbone_spec, build_model
 from rigor.models.lineage import resolve_init_from
-from rigor.models.registry import BackboneSpec, RigorModel, backbone_spec, build_model, model_size
+from rigor.models.registry import BackboneSpec, RigorModel, model_size
 from rigor.runs.device import pick_device
 from rigor.training.distributed import DistInfo
 from rigor.training.loop import available_monitors

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from rigor.evaluation.plots import plt, save
+from rigor.plotting.plots import plt, save
 
 
 def _image(raw: np.ndarray) -> np.ndarray:

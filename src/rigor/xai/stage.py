@@ -12,7 +12,7 @@ from rigor.config import apply_overrides
 from rigor.config.models import XaiConfig
 from rigor.errors import UsageError
 from rigor.io import atomic_write_json, atomic_write_with
-from rigor.models.registry import backbone_spec
+from rigor.models.build import backbone_spec
 from rigor.stages import BEST, RunContext, finish_stage, open_run
 from rigor.tracking import Tracker
 from rigor.xai import render, sanity

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rigor.evaluation.engine import NUMPY_CELLS
+from rigor.metrics.engine import NUMPY_CELLS
 
 CHUNK = 40
 KEPT_CELLS = 2_000_000  # resamples up to this many draws (16 MB) are kept for reuse
@@ -200,3 +200,9 @@ def bootstrap_ci(
 
     values = replicates(batched, n, n_resamples, seed)["value"]
     return summarize(values, metric(*data), level)
+
+
+def ci_options(options: Any) -> dict[str, Any]:
+    """The bootstrap settings (n_resamples, level, seed) of an ``evaluation`` config section:
+    what every CI of a stage uses."""
+    return {"n_resamples": options.n_resamples, "level": options.level, "seed": options.seed}

@@ -4,7 +4,7 @@ Samples are sorted once by the selective confidence (ties grouped); calibration 
 are laid out in the same order. :meth:`MetricEngine.run` takes draws (B, d) of sample
 indices: the point estimate is the single draw 0..n-1, a bootstrap resample is a row of n
 indices drawn with replacement. Small inputs run the numpy twin of the kernels
-(:mod:`rigor.evaluation._exact`, equal bit for bit) and never import numba.
+(:mod:`rigor.metrics.kernels_numpy`, equal bit for bit) and never import numba.
 """
 
 from __future__ import annotations
@@ -172,11 +172,11 @@ class MetricEngine:
             calib = self.calib
         kernel: Any  # a numba dispatcher (typed by its arguments) or its numpy twin
         if draws.shape[0] == 1 or draws.size <= NUMPY_CELLS:
-            from rigor.evaluation import _exact
+            from rigor.metrics import kernels_numpy as _exact
 
             kernel = _exact.resample_stats
         else:
-            from rigor.evaluation import _kernels
+            from rigor.metrics import kernels_numba as _kernels
 
             kernel = _kernels.resample_stats
         out = kernel(

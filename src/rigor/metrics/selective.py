@@ -8,7 +8,7 @@ errors accepted / accepted; generalized risk is errors accepted / all samples. A
 trapezoid rule over coverage, unscaled. AURC closes the curve at (coverage 0, the last
 selective risk); AUGRC at (coverage 0, risk 0). See docs/metrics.md for the formulas.
 
-The values come from :class:`rigor.evaluation.engine.MetricEngine` (shared with the bootstrap:
+The values come from :class:`rigor.metrics.engine.MetricEngine` (shared with the bootstrap:
 compiled kernels, or their numpy twin for small inputs); :func:`risk_coverage_curve` computes
 the curve itself for plots.
 """
@@ -19,8 +19,8 @@ import math
 
 import numpy as np
 
-from rigor.evaluation.bootstrap import with_batched
-from rigor.evaluation.engine import MetricEngine, check_correct
+from rigor.metrics.bootstrap import with_batched
+from rigor.metrics.engine import MetricEngine, check_correct
 
 
 def _curve(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, ...]:

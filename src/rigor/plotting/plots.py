@@ -16,8 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rigor.evaluation.calibration import reliability  # noqa: E402
 from rigor.io import atomic_write_with  # noqa: E402
+from rigor.metrics.calibration import reliability  # noqa: E402
 
 
 def save(fig: Any, path: Path, tight: bool = True) -> None:

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from rigor.errors import UsageError
-from rigor.evaluation.scores import policy_confidence, sigmoid, softmax
-from rigor.evaluation.sets import APPLY, label_scores, prediction_sets, randomization
+from rigor.metrics.scores import policy_confidence, sigmoid, softmax
+from rigor.metrics.sets import APPLY, label_scores, prediction_sets, randomization
 
 GUARANTEES = {
     "threshold": "empirical: selective risk <= target_risk on val_calib; no finite-sample "

@@ -1,6 +1,6 @@
 """The compiled kernels' arithmetic in numpy, vectorised over resamples, equal bit for bit.
 
-:func:`resample_stats` takes the arguments of :func:`rigor.evaluation._kernels.resample_stats`
+:func:`resample_stats` takes the arguments of :func:`rigor.metrics.kernels_numba.resample_stats`
 and returns the same array. Every sum the kernels accumulate in a loop is taken here with
 ``np.cumsum`` (sequential, in the same order); sums of integer counts are exact in any order.
 Terms a kernel skips (samples drawn zero times, samples outside a bin) are added here as
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-TOL = 1e-12  # as rigor.evaluation._kernels.TOL
+TOL = 1e-12  # as rigor.metrics.kernels_numba.TOL
 
 
 def _last(terms: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rigor.evaluation.bootstrap import with_batched
+from rigor.metrics.bootstrap import with_batched
 
 
 def confusions(

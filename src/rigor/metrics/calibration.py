@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rigor.evaluation.bootstrap import with_batched
-from rigor.evaluation.engine import MetricEngine, bin_index, check_probs
+from rigor.metrics.bootstrap import with_batched
+from rigor.metrics.engine import MetricEngine, bin_index, check_probs
 
 
 def _calibration_b(name: str) -> object:

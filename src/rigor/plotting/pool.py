@@ -2,13 +2,13 @@
 
 Importing matplotlib (about 0.5 s on two cores) and drawing a figure (about 0.1 s each) cost
 more than the metrics of a few hundred samples. Inside ``with PlotPool():`` every
-:func:`draw` call (a figure job of :mod:`rigor.evaluation.figures` and its arguments) is sent
+:func:`draw` call (a figure job of :mod:`rigor.plotting.figures` and its arguments) is sent
 to plot workers: one process forked when the pool opens imports matplotlib while the stage
 computes, then forks the other workers from itself (they share that import), and all of them
 take figure jobs from one queue, compute each figure's curves and draw it beside the stage.
 Leaving the block waits for every figure and re-raises the first error, so a stage hashes its
 outputs only once they are all written (each figure is written atomically by
-:func:`rigor.evaluation.plots.save`). A stage that fails first takes back the figures not
+:func:`rigor.plotting.plots.save`). A stage that fails first takes back the figures not
 started yet; a worker that dies is an error, not a wait.
 
 Outside a pool, on a single core, where ``fork`` is not available, or with
@@ -95,8 +95,8 @@ def _serve(
 def _first_worker(jobs: Any, results: _Channel, cancel: Any, workers: int) -> None:
     """Import matplotlib and the figure jobs once, fork the other workers, serve. A worker
     of its own that dies is reported as key -1 (its figure will never be answered)."""
-    import rigor.evaluation.figures  # noqa: F401
-    import rigor.evaluation.plots  # noqa: F401
+    import rigor.plotting.figures  # noqa: F401
+    import rigor.plotting.plots  # noqa: F401
 
     parent, me, children = os.getppid(), os.getpid(), set()
     for _ in range(workers - 1):
@@ -226,7 +226,7 @@ class PlotPool:
 
 
 def draw(job: Callable[..., None], *args: Any) -> None:
-    """Run a figure job (a module-level function of :mod:`rigor.evaluation.figures`): in the
+    """Run a figure job (a module-level function of :mod:`rigor.plotting.figures`): in the
     open pool's workers, else here."""
     if _ACTIVE:
         _ACTIVE[-1].submit(job, *args)

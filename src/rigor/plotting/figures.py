@@ -1,6 +1,6 @@
 """What each figure of calibrate and eval shows: the curves behind it and the drawing.
 
-Each function here is one figure job for :func:`rigor.evaluation.plotpool.draw`: it computes
+Each function here is one figure job for :func:`rigor.plotting.pool.draw`: it computes
 what only the figure needs (bootstrap bands, set-size and FNR curves) and draws it, in a plot
 worker when a pool is open. Nothing in this module is imported by the stages' own numbers,
 and matplotlib is imported only where a figure is drawn.
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from rigor.evaluation.policies import apply_policy
-from rigor.evaluation.selective import generalized_risk_coverage_curve, risk_coverage_curve
-from rigor.evaluation.sets import SET_METHODS, label_scores, prediction_sets
+from rigor.metrics.selective import generalized_risk_coverage_curve, risk_coverage_curve
+from rigor.metrics.sets import SET_METHODS, label_scores, prediction_sets
+from rigor.policies.apply import apply_policy
 
 BAND_RESAMPLES = 200
 GRID = np.linspace(0.01, 1.0, 100)
@@ -68,7 +68,7 @@ def risk_coverage_bands(
     path: Path,
 ) -> None:
     """Selective (or generalized) risk against coverage of every score, with 95% bands."""
-    from rigor.evaluation import plots
+    from rigor.plotting import plots
 
     bands = {name: _band(conf, correct, seed, generalized) for name, conf in scores.items()}
     label = "generalized risk" if generalized else "selective risk"
@@ -94,7 +94,7 @@ def sets_against_alpha(
     conformal: dict[str, Any], probs: np.ndarray, labels: np.ndarray, title: str, path: Path
 ) -> None:
     """Test coverage and set size of each conformal method over calibrate's alpha grid."""
-    from rigor.evaluation import plots
+    from rigor.plotting import plots
 
     plots.sets_against_alpha(_alpha_curve(conformal, probs, labels), title, path)
 
@@ -120,7 +120,7 @@ def fnr_against_coverage(
     scrc: dict[str, Any], heads: tuple[Any, Any, Any], labels: np.ndarray, title: str, path: Path
 ) -> None:
     """SCRC's test FNR among accepted samples against the share accepted."""
-    from rigor.evaluation import plots
+    from rigor.plotting import plots
 
     plots.fnr_against_coverage(_coverage_curve(scrc, heads, labels), scrc["alpha"], title, path)
 
@@ -128,7 +128,7 @@ def fnr_against_coverage(
 def reliability_diagram(
     probs: np.ndarray, labels: np.ndarray, title: str, n_bins: int, path: Path
 ) -> None:
-    from rigor.evaluation import plots
+    from rigor.plotting import plots
 
     plots.reliability_diagram(probs, labels, title, n_bins, path)
 
@@ -136,7 +136,7 @@ def reliability_diagram(
 def reliability_before_after(
     before: np.ndarray, after: np.ndarray, labels: np.ndarray, record: dict[str, Any], path: Path
 ) -> None:
-    from rigor.evaluation import plots
+    from rigor.plotting import plots
 
     plots.reliability_before_after(before, after, labels, record, path)
 
@@ -144,12 +144,12 @@ def reliability_before_after(
 def histogram(
     values: np.ndarray, estimate: float, ci: tuple[float, float], title: str, path: Path
 ) -> None:
-    from rigor.evaluation import plots
+    from rigor.plotting import plots
 
     plots.histogram(values, estimate, ci, title, path)
 
 
 def confusion(matrix: np.ndarray, classes: list[str], title: str, path: Path) -> None:
-    from rigor.evaluation import plots
+    from rigor.plotting import plots
 
     plots.confusion(matrix, classes, title, path)

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from rigor.evaluation.bootstrap import replicates, summarize
-from rigor.evaluation.engine import MetricEngine
+from rigor.metrics.bootstrap import replicates, summarize
+from rigor.metrics.engine import MetricEngine
 
 COVERAGES = (0.5, 0.6, 0.7, 0.8, 0.9)
 RISKS = (0.01, 0.02, 0.05, 0.10)

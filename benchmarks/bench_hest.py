@@ -51,7 +51,7 @@ def make_set(root: Path, patches: int, samples: int) -> Path:
     import anndata
     import h5py
 
-    from rigor.data.tiles import GENES, iter_tiles
+    from rigor.data.sources.tiles import GENES, iter_tiles
 
     folder = root / f"hest-{patches}"
     if (folder / ".complete").is_file():

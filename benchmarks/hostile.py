@@ -603,7 +603,7 @@ def hest_group(r: Runner) -> None:
     import anndata
     import h5py
 
-    from rigor.data.hest_write import write_tiles_hest
+    from rigor.data.hest.write import write_tiles_hest
 
     base = r.out / "hest-base"
     write_tiles_hest(base, 8, 10, 16)

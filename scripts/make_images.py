@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     add_common_flags(parser, env=False)
     args = parser.parse_args(argv)
-    from rigor.data.shapes import write_shapes
+    from rigor.data.sources.shapes import write_shapes
     from rigor.errors import UsageError
 
     try:

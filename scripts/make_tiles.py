@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(args.patients, args.tiles_per_patient) < 1 or args.size < 8:
         raise UsageError("--patients and --tiles-per-patient must be >= 1, --size >= 8")
     if args.bench_tasks is not None:
-        from rigor.data.hest_write import write_hest_bench
+        from rigor.data.hest.write import write_hest_bench
 
         if not 2 <= args.splits <= args.patients:
             raise UsageError("--splits must be at least 2 and at most --patients")
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {len(tasks)} task folders", file=sys.stderr)
         print(args.out)
         return 0
-    from rigor.data.hest_write import write_tiles_hest
+    from rigor.data.hest.write import write_tiles_hest
 
     samples = write_tiles_hest(args.out, args.patients, args.tiles_per_patient, args.size)
     print(f"wrote {len(samples)} samples", file=sys.stderr)

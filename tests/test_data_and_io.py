@@ -411,7 +411,7 @@ def test_digits_read_as_scikit_learn_reads_them_without_importing_it() -> None:
     import numpy as np
     from sklearn.datasets import load_digits as reference
 
-    from rigor.data.digits import load_digits
+    from rigor.data.sources.digits import load_digits
 
     images, labels = load_digits()
     expected = reference()

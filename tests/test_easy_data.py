@@ -15,7 +15,7 @@ from conftest import CONFIGS
 
 from rigor.calibration.temperature import NoFiniteOptimum, choose_temperature, fit_temperature
 from rigor.config import load_config
-from rigor.data.shapes import write_shapes
+from rigor.data.sources.shapes import write_shapes
 from rigor.export.load import load_bundle
 from rigor.manifest import load_manifest
 

@@ -102,7 +102,7 @@ def test_a_missing_key_is_exit_2_naming_the_key(
     with pytest.raises(ConfigError, match=r"missing 1: \['blocks.3.mlp.fc2.bias'\]"):
         build_model(model_cfg(*VIT_TINY, f"model.weights_path={path}"), TASKS, (3, 32, 32))
     root = tmp_path / "hest"
-    from rigor.data.hest_write import write_tiles_hest
+    from rigor.data.hest.write import write_tiles_hest
 
     write_tiles_hest(root, 10, 2, 32)
     sets = [*VIT_TINY, f"model.weights_path={path}", f"data.root={root}"]

@@ -26,7 +26,7 @@ SHRINK = [
 @pytest.fixture(scope="module")
 def hest_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small HEST-layout folder for experiments on the hest dataset."""
-    from rigor.data.hest_write import write_tiles_hest
+    from rigor.data.hest.write import write_tiles_hest
 
     root = tmp_path_factory.mktemp("hest")
     write_tiles_hest(root, patients=16, tiles_per_patient=10)
@@ -36,7 +36,7 @@ def hest_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def bench_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small HEST-Benchmark task folder for experiments on hest_bench."""
-    from rigor.data.hest_write import write_hest_bench
+    from rigor.data.hest.write import write_hest_bench
 
     root = tmp_path_factory.mktemp("hest_bench")
     (task,) = write_hest_bench(root, ["TASK"], 4, 2, tiles_per_patient=6, size=32)
@@ -46,7 +46,7 @@ def bench_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated imagefolder for experiments on imagefolder data."""
-    from rigor.data.shapes import write_shapes
+    from rigor.data.sources.shapes import write_shapes
 
     root = tmp_path_factory.mktemp("shapes")
     write_shapes(root, classes=3, images=120, size=16, seed=0)

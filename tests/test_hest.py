@@ -16,7 +16,7 @@ from conftest import CONFIGS
 
 from rigor.config import load_config
 from rigor.data.build import build_dataset
-from rigor.data.tiles import GENES, iter_tiles
+from rigor.data.sources.tiles import GENES, iter_tiles
 from rigor.errors import UsageError
 
 EXPERIMENT = CONFIGS / "experiment" / "tiles_hest.yaml"
@@ -25,7 +25,7 @@ PATIENTS, TILES = 5, 8
 
 @pytest.fixture(scope="module")
 def hest_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rigor.data.hest_write import write_tiles_hest
+    from rigor.data.hest.write import write_tiles_hest
 
     root = tmp_path_factory.mktemp("hest")
     assert write_tiles_hest(root, PATIENTS, TILES, 32) == [f"TILES-P{p:02d}" for p in range(5)]

@@ -29,7 +29,7 @@ VIT_TINY = [
 @pytest.fixture(scope="module")
 def bench_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two generated task folders of 6 patients (20 tiles of 32 px each), 3 splits."""
-    from rigor.data.hest_write import write_hest_bench
+    from rigor.data.hest.write import write_hest_bench
 
     root = tmp_path_factory.mktemp("hest_bench")
     write_hest_bench(root, ["TILES_A", "TILES_B"], 6, 3, tiles_per_patient=20, size=32)

@@ -22,7 +22,7 @@ TASKS = {"digit": TaskSpec("digit", "classification", 10), "ink": TaskSpec("ink"
 def test_digits_offers_parity_and_ink_derived_from_image_and_label() -> None:
     from sklearn.datasets import load_digits
 
-    from rigor.data.digits import derived_targets
+    from rigor.data.sources.digits import derived_targets
 
     bunch = load_digits()
     images = (bunch.images / 16.0).astype(np.float32)

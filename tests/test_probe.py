@@ -209,7 +209,7 @@ def test_cluster_ci_of_an_unrelated_predictor_covers_zero_at_its_level() -> None
 
 @pytest.fixture(scope="module")
 def hest_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rigor.data.hest_write import write_tiles_hest
+    from rigor.data.hest.write import write_tiles_hest
 
     root = tmp_path_factory.mktemp("hest")
     write_tiles_hest(root, 10, 8, 32)

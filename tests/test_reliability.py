@@ -202,7 +202,7 @@ def test_a_non_finite_target_is_exit_2_naming_the_sample(
     import numpy as np
     from conftest import CONFIGS
 
-    from rigor.data.hest_write import write_tiles_hest
+    from rigor.data.hest.write import write_tiles_hest
 
     root = tmp_path / "hest"
     write_tiles_hest(root, 2, 4, 16)
@@ -360,7 +360,7 @@ def test_a_non_finite_loss_stops_the_run_at_once_with_exit_1(
     import numpy as np
     from conftest import CONFIGS
 
-    from rigor.data.hest_write import write_tiles_hest
+    from rigor.data.hest.write import write_tiles_hest
 
     root = tmp_path / "hest"
     write_tiles_hest(root, 4, 4, 16)

@@ -13,8 +13,8 @@ from conftest import CONFIGS
 from rigor.config import load_config
 from rigor.data.build import raw_dataset
 from rigor.data.registry import DATASETS
+from rigor.data.sources.tiles import GENES, PATIENTS, TILES_PER_PATIENT, generate
 from rigor.data.splits import make_splits
-from rigor.data.tiles import GENES, PATIENTS, TILES_PER_PATIENT, generate
 from rigor.metrics.regression import pearson
 
 TILES = CONFIGS / "experiment" / "tiles_genes.yaml"

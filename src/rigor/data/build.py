@@ -19,11 +19,11 @@ if TYPE_CHECKING:
 
 
 def _builtins() -> None:
-    import rigor.data.digits  # noqa: F401  (registers the built-in datasets)
-    import rigor.data.files  # noqa: F401
-    import rigor.data.hest  # noqa: F401
-    import rigor.data.hest_bench  # noqa: F401
-    import rigor.data.tiles  # noqa: F401
+    import rigor.data.hest.bench  # noqa: F401
+    import rigor.data.hest.reader  # noqa: F401
+    import rigor.data.sources.digits  # noqa: F401  (registers the built-in datasets)
+    import rigor.data.sources.files  # noqa: F401
+    import rigor.data.sources.tiles  # noqa: F401
 
 
 def raw_dataset(cfg: DataConfig) -> RawData:

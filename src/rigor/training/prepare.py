@@ -17,9 +17,9 @@ from rigor.config import ResolvedConfig
 from rigor.config.models import AugmentConfig, Config
 from rigor.data.build import build_dataset
 from rigor.data.dataset import ImageDataset
+from rigor.data.hest.panels import resolve_panel
 from rigor.data.loader import InputPipeline, channel_stats
 from rigor.data.loader import make_loader as make_data_loader
-from rigor.data.panels import resolve_panel
 from rigor.data.splits import fraction_warning, make_splits, splits_record
 from rigor.data.transforms import build_pipeline, preset_stats, transforms_record
 from rigor.errors import ConfigError
@@ -78,7 +78,7 @@ def prepare(
     dataset.raw.content_hash()  # fingerprinted before anything reads it, cache or not
     _check_monitor(cfg, dataset)
     if dataset.name == "hest_bench":
-        from rigor.data.hest_bench import first_split_rows
+        from rigor.data.hest.bench import first_split_rows
 
         if not probe:
             raise ConfigError(

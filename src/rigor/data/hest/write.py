@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rigor.data.tiles import GENES, TILE, TILES_PER_PATIENT, TILES_SEED, iter_tiles
+from rigor.data.sources.tiles import GENES, TILE, TILES_PER_PATIENT, TILES_SEED, iter_tiles
 from rigor.io import atomic_write_text
 
 

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from rigor.config.models import DataConfig, TopVariableConfig
-from rigor.data.hest import hest_reader
-from rigor.data.hest_files import SampleTable
+from rigor.data.hest.files import SampleTable
+from rigor.data.hest.reader import hest_reader
 from rigor.data.registry import FileList, RawData, TaskSpec, register_dataset
 from rigor.errors import UsageError
 

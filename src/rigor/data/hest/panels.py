@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from rigor.config.models import DataConfig, HestConfig, TopVariableConfig
-from rigor.data.hest import sample_group, sample_ids
-from rigor.data.hest_files import read_patch_index
+from rigor.data.hest.files import read_patch_index
+from rigor.data.hest.reader import sample_group, sample_ids
 from rigor.errors import UsageError
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from rigor.config.models import DataConfig, HestConfig, TopVariableConfig
-from rigor.data.hest_files import SampleTable, decode_text
+from rigor.data.hest.files import SampleTable, decode_text
 from rigor.data.readers import BadSample, resize_tensor
 from rigor.data.registry import (
     FileList,
@@ -116,7 +116,7 @@ def gene_panel(cfg: DataConfig) -> list[str]:
     if isinstance(cfg.genes, TopVariableConfig):
         raise UsageError(
             "data.genes: {top_variable: K} is picked on the train split when training "
-            "(rigor.data.panels); a finished run's panel is in its genes.json"
+            "(rigor.data.hest.panels); a finished run's panel is in its genes.json"
         )
     if cfg.genes is None:
         raise UsageError("data.genes: the hest dataset needs a gene panel (a list or a file)")

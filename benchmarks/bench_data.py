@@ -145,7 +145,7 @@ def rigor_pass(folder: Path, workers: int, limit: int) -> Callable[[], int]:
     from rigor.data.build import build_dataset
     from rigor.data.loader import make_loader
     from rigor.data.transforms import build_pipeline
-    from rigor.training.policy import EpochSampler
+    from rigor.training.seeding import EpochSampler
 
     cfg = data_config(folder, workers, cache=False)
     dataset = build_dataset(cfg, None)

@@ -98,7 +98,7 @@ def rigor_pass(folder: Path, workers: int, limit: int) -> Any:
     from rigor.data.build import build_dataset
     from rigor.data.loader import make_loader
     from rigor.data.transforms import build_pipeline
-    from rigor.training.policy import EpochSampler
+    from rigor.training.seeding import EpochSampler
 
     cfg = load_config(CONFIG, sets=hest_sets(folder, workers), environ={}).config.data
     dataset = build_dataset(cfg, None)

@@ -40,7 +40,7 @@ def extraction(
     from rigor.data.loader import InputPipeline, make_loader
     from rigor.models.build import build_model
     from rigor.probe.features import EncoderInput, extract, ready_encoder
-    from rigor.training.policy import Precision
+    from rigor.training.optim import Precision
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sets = [*hest_sets(folder, args.workers), *ENCODERS[encoder]]

@@ -14,7 +14,7 @@ from rigor.config.models import SchedulerConfig, SplitFractions
 from rigor.data.splits import SPLITS, make_splits
 from rigor.errors import ConfigError
 from rigor.io import atomic_write_text
-from rigor.training.policy import lr_factor
+from rigor.training.optim import lr_factor
 
 FRACTIONS = SplitFractions(train=0.6, val_select=0.1, val_calib=0.15, val_test=0.15)
 

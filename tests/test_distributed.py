@@ -16,8 +16,8 @@ import torch
 from conftest import ROOT, SMOKE, assert_same_checkpoints
 
 from rigor.config import load_config
-from rigor.training.policy import EpochSampler
 from rigor.training.run import train
+from rigor.training.seeding import EpochSampler
 
 # A tiny DINOv3 with no dropout and no BatchNorm: with the same seed its updates do not depend
 # on how the global batch is split across processes.

@@ -32,7 +32,7 @@ def model_cfg(*sets: str):  # type: ignore[no-untyped-def]
 
 
 def test_unfrozen_last_block_trains_in_full_without_adapters_at_its_own_rate() -> None:
-    from rigor.training.policy import build_optimizer
+    from rigor.training.optim import build_optimizer
 
     resolved = load_config(
         LORA,

@@ -84,8 +84,8 @@ def test_a_live_writer_is_never_joined_and_a_dead_one_is_taken_over(tmp_path: Pa
 
 
 def test_temporaries_of_killed_writes_are_never_listed_and_are_cleaned(tmp_path: Path) -> None:
-    from rigor.training.record import _files
     from rigor.training.resume import remove_temporaries
+    from rigor.training.run_record import _files
 
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()

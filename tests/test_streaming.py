@@ -279,7 +279,7 @@ def test_a_loader_without_workers_yields_what_dataloader_yields() -> None:
 
     from rigor.config import load_config
     from rigor.data.loader import SafeLoader, make_loader
-    from rigor.training.policy import EpochSampler
+    from rigor.training.seeding import EpochSampler
 
     cfg = load_config(SMOKE, environ={}).config
     dataset = build_dataset(cfg.data, None)

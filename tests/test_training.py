@@ -22,7 +22,8 @@ from rigor.errors import ArtifactError, ConfigError, UsageError
 from rigor.models.registry import RigorModel, register_backbone
 from rigor.runs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rigor.training.loop import OutOfMemoryFloor, Stepper, task_loss
-from rigor.training.policy import EMA, EarlyStopping, Precision, build_scheduler, param_groups
+from rigor.training.optim import Precision, build_scheduler, param_groups
+from rigor.training.regularizers import EMA, EarlyStopping
 from rigor.training.run import train
 
 CLS = TaskSpec("digit", "classification", 3)

@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 
 from rigor.calibration.bundle_policy import THRESHOLDS, build_policy
+from rigor.calibration.cascade_run import resolve_stage_b
 from rigor.calibration.conformal import regression_intervals
 from rigor.calibration.guarantee_schema import validate_record
 from rigor.calibration.guarantees import guarantee_records
 from rigor.calibration.policy import choose, sweep
 from rigor.calibration.schema import validate_thresholds
-from rigor.calibration.stage_b import resolve_stage_b
 from rigor.calibration.temperature import choose_temperature
 from rigor.config import apply_overrides
 from rigor.errors import UsageError

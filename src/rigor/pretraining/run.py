@@ -32,10 +32,10 @@ from rigor.pretraining.mae import MAE
 from rigor.runs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rigor.runs.device import peak_memory
 from rigor.tracking import Tracker
-from rigor.training.epochs import EpochPlan, plan_epochs, start_epoch
-from rigor.training.policy import Precision
+from rigor.training.optim import Precision
 from rigor.training.prepare import Prepared, make_loader, prepare, write_run_inputs
 from rigor.training.resume import check_same_splits, find_resume, remove_temporaries
+from rigor.training.seeding import EpochPlan, plan_epochs, start_epoch
 
 TRAIN_KEY, VAL_KEY = "loss/mae/train", "loss/mae/val_select"
 HF_DIR = "pretrain/hf"
@@ -122,7 +122,7 @@ def _pretrain_into(
     save_figure(run_dir / FIGURE, prepared, mae)
     metrics = {f"best/{VAL_KEY}": best_value}
     atomic_write_json(run_dir / "metrics.json", {"metrics": metrics, "training": summary})
-    from rigor.training.record import RunOutputs, build_manifest
+    from rigor.training.run_record import RunOutputs, build_manifest
 
     weights = sorted(
         str(p.relative_to(run_dir)) for p in (run_dir / HF_DIR).rglob("*") if p.is_file()

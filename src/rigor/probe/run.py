@@ -37,7 +37,7 @@ from rigor.probe.ridge import (
     pearson_report,
 )
 from rigor.runs.predict import save_npz
-from rigor.training.policy import Precision
+from rigor.training.optim import Precision
 from rigor.training.prepare import Prepared, prepare, write_run_inputs
 
 REPORT, PREDICTIONS = "probe/report.json", "probe/predictions.npz"
@@ -289,7 +289,7 @@ def _write_run(
     arrays: tuple[np.ndarray, FoldPredictions, np.ndarray],
 ) -> Path:
     """The run folder: configs, splits, features, predictions, report; the manifest last."""
-    from rigor.training.record import RunOutputs, build_manifest
+    from rigor.training.run_record import RunOutputs, build_manifest
 
     cfg = prepared.resolved.config
     run_id, run_dir = create_run_dir(

@@ -22,7 +22,8 @@ from rigor.metrics.regression import pearson
 from rigor.metrics.selective import augrc
 from rigor.models.registry import AUX, GATE, module_key, task_name
 from rigor.tracking import metric_key
-from rigor.training.policy import EMA, Precision
+from rigor.training.optim import Precision
+from rigor.training.regularizers import EMA
 
 
 def task_loss(output: torch.Tensor, target: torch.Tensor, spec: TaskSpec) -> torch.Tensor:

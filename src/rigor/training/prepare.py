@@ -32,7 +32,7 @@ from rigor.models.registry import BackboneSpec, RigorModel, model_size
 from rigor.runs.device import pick_device
 from rigor.training.distributed import DistInfo
 from rigor.training.loop import available_monitors
-from rigor.training.policy import EpochSampler, seed_everything
+from rigor.training.seeding import EpochSampler, seed_everything
 
 PANEL = "genes.json"
 

@@ -16,8 +16,8 @@ from rigor.runs.checkpoint import load_checkpoint
 from rigor.training.distributed import DistInfo, barrier, broadcast, init_distributed
 from rigor.training.predictions import write_predictions
 from rigor.training.prepare import Prepared, prepare, write_run_inputs
-from rigor.training.record import RunOutputs, build_manifest
 from rigor.training.resume import check_same_splits, find_resume, remove_temporaries
+from rigor.training.run_record import RunOutputs, build_manifest
 from rigor.training.session import Session
 
 

@@ -23,10 +23,10 @@ from rigor.runs.device import peak_memory
 from rigor.runs.predict import predict
 from rigor.tracking import NullTracker, Tracker, monitor_to_key
 from rigor.training.distributed import sum_over_ranks
-from rigor.training.epochs import plan_epochs, start_epoch
 from rigor.training.loop import Stepper, UncertaintyWeights, split_metrics
-from rigor.training.policy import EMA
 from rigor.training.prepare import Prepared, make_loader
+from rigor.training.regularizers import EMA
+from rigor.training.seeding import plan_epochs, start_epoch
 
 
 class Session:

@@ -135,6 +135,10 @@ def test_error_in_a_default_layer_names_that_layer(tree: Path) -> None:
 def test_cross_field_rule(tree: Path) -> None:
     message = _error(tree / "experiment" / "smoke.yaml", sets=["scheduler.warmup_epochs=5"])
     assert "warmup_epochs (5.0) must be shorter than training.epochs (2)" in message
+    assert "add --set scheduler.warmup_epochs=1 (or 0 for none)" in message
+    # the provenance names each field's real layer, not "not set by any config layer"
+    assert "scheduler.warmup_epochs from override --set scheduler.warmup_epochs=5" in message
+    assert "training.epochs from " in message and "not set by any" not in message
 
 
 def test_missing_file(tree: Path) -> None:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from rigor.config import load_config
 from rigor.data.build import build_dataset
-from rigor.errors import UsageError
+from rigor.errors import ConfigError, UsageError
 
 
 def make_images(root: Path, classes: dict[str, int], size: int = 12, seed: int = 0) -> list[Path]:
@@ -247,3 +247,28 @@ def test_v1_and_v2_resize_agree_and_batches_are_normalised(tmp_path: Path) -> No
     pipeline = build_pipeline(cfg, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
     pixels = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     assert torch.allclose(pipeline(pixels, torch.device("cpu")), torch.full((1, 3, 2, 2), 2.0))
+
+
+def test_group_pattern_keeps_one_slides_tiles_in_one_split(tmp_path: Path) -> None:
+    from rigor.data.splits import make_splits
+
+    rng = np.random.default_rng(0)
+    for label in ("tumour", "normal"):
+        (tmp_path / "tiles" / label).mkdir(parents=True)
+        for slide in range(10):
+            for tile in range(4):
+                pixels = rng.integers(0, 255, size=(8, 8, 3), dtype=np.uint8)
+                name = f"{label}_slide{slide:02d}_tile{tile}.png"
+                Image.fromarray(pixels).save(tmp_path / "tiles" / label / name)
+    sets = ["data.name=imagefolder", f"data.root={tmp_path / 'tiles'}", "data.tasks=[label]"]
+    dataset = build_dataset(data_cfg(*sets, r"data.group_pattern=(\w+_slide\d+)_tile"), None)
+    assert len(set(dataset.groups)) == 20 and dataset.groups.count("tumour_slide03") == 4
+    splits = make_splits(dataset.groups, data_cfg(*sets).splits, seed=0)
+    for rows in splits.values():
+        others = set().union(*(set(r) for r in splits.values() if r is not rows))
+        slides = {dataset.groups[r] for r in rows}
+        assert not slides & {dataset.groups[r] for r in others}  # no slide crosses splits
+    with pytest.raises(UsageError, match=r"does not match 'normal/normal_slide00_tile0.png'"):
+        build_dataset(data_cfg(*sets, "data.group_pattern=tumour_slide"), None)
+    with pytest.raises(ConfigError, match="data.group_pattern"):
+        data_cfg(*sets, "data.group_pattern=(unclosed")

@@ -44,3 +44,19 @@ def test_pre_commit_hooks_are_local_and_use_the_pinned_tools() -> None:
 def test_the_ci_script_runs_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_a_closed_pipe_ends_a_script_quietly(tmp_path: Path) -> None:
+    """``manifest.py diff A B | head`` must not print a BrokenPipeError."""
+    code = (
+        "import sys\nfrom rigor.cli import run_main\n"
+        "def main(argv):\n    for i in range(10**6):\n        print('line', i)\n    return 0\n"
+        "sys.exit(run_main(main, []))\n"
+    )
+    script = tmp_path / "many.py"
+    script.write_text(code)
+    done = subprocess.run(
+        f"{sys.executable} {script} | head -1", shell=True, capture_output=True, text=True
+    )
+    assert done.stdout == "line 0\n"
+    assert "BrokenPipeError" not in done.stderr and "Traceback" not in done.stderr

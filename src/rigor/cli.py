@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -109,6 +110,10 @@ def _run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as SIGPIPE would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush into the closed pipe
+        return 141
     except Exception as err:  # noqa: BLE001 - the one place that turns crashes into exit 1
         if debug:
             traceback.print_exc()

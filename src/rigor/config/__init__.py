@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,7 +114,13 @@ def _describe(error: Any, composed: Composed) -> str:
         message = error["msg"]
         if "input" in error and not isinstance(error["input"], dict):
             message += f" (got {error['input']!r})"
-    return f"{field}: {message} [from {composed.origin_of(loc)}]"
+    if loc:
+        return f"{field}: {message} [from {composed.origin_of(loc)}]"
+    # a check across fields: name where each field it mentions came from
+    keys = dict.fromkeys(re.findall(r"\b[a-z_]+(?:\.[a-z0-9_]+)+\b", message))
+    known = [key for key in keys if composed.knows(key.split("."))]
+    origins = "; ".join(f"{key} from {composed.origin_of(key.split('.'))}" for key in known)
+    return f"{field}: {message}" + (f" [{origins}]" if origins else "")
 
 
 DEFAULTS = Path(__file__).resolve().parents[3] / "configs" / "default.yaml"

@@ -74,6 +74,11 @@ class Composed:
             target[path[-1]] = copy.deepcopy(value)
         self.origins[path] = source
 
+    def knows(self, loc: Iterable[Any]) -> bool:
+        """Whether some layer set ``loc`` or a section above it."""
+        parts = tuple(str(part) for part in loc)
+        return any(parts[:end] in self.origins for end in range(len(parts), 0, -1))
+
     def origin_of(self, loc: Iterable[Any]) -> str:
         """The source of the deepest known prefix of ``loc`` (a pydantic error location)."""
         parts = tuple(str(part) for part in loc)

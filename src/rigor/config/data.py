@@ -213,6 +213,12 @@ class DataConfig(Section):
         "the run stops (exit 1) saying a worker is stuck (stopped, swapped out, hung in I/O); "
         "null waits forever.",
     )
+    group_pattern: str | None = Field(
+        description="imagefolder and csv: a regular expression over each image's path "
+        "relative to data.root (or the CSV's folder) whose first group, or whole match, is "
+        "the sample's group, e.g. '(slide\\d+)_tile' keeps one slide's tiles in one split; "
+        "null: each image is its own group (csv: data.csv.group_column)."
+    )
     on_bad_sample: Literal["error", "skip"] = Field(
         description="An unreadable or truncated image: error stops the run (exit 2) naming the "
         "file; skip leaves it out, counts it and lists it in the manifest."
@@ -223,4 +229,20 @@ class DataConfig(Section):
         hest_like = self.name in ("hest", "hest_bench")
         if hest_like and (self.hest is None or self.genes is None or not self.root):
             raise ValueError(f"data.name {self.name} needs data.root, data.hest and data.genes")
+        return self
+
+    @model_validator(mode="after")
+    def _group_pattern_compiles(self) -> DataConfig:
+        if self.group_pattern is None:
+            return self
+        import re
+
+        try:
+            re.compile(self.group_pattern)
+        except re.error as err:
+            raise ValueError(f"data.group_pattern {self.group_pattern!r}: {err}") from None
+        if self.name not in ("imagefolder", "csv"):
+            raise ValueError("data.group_pattern applies to imagefolder and csv data only")
+        if self.name == "csv" and self.csv is not None and self.csv.group_column:
+            raise ValueError("data.group_pattern and data.csv.group_column exclude each other")
         return self

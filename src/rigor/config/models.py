@@ -284,7 +284,8 @@ class Config(Section):
         if self.scheduler.name == "cosine" and self.scheduler.warmup_epochs >= self.training.epochs:
             raise ValueError(
                 f"scheduler.warmup_epochs ({self.scheduler.warmup_epochs}) must be shorter than "
-                f"training.epochs ({self.training.epochs})"
+                f"training.epochs ({self.training.epochs}); for a shortened run add --set "
+                f"scheduler.warmup_epochs={self.training.epochs / 2:g} (or 0 for none)"
             )
         gate = self.model.gate.task
         if gate is not None and self.training.min_batch_size < 2:

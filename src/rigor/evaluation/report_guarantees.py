@@ -23,6 +23,7 @@ from rigor.metrics.sets import (
 from rigor.plotting import figures
 from rigor.plotting.pool import draw
 from rigor.policies.apply import apply_policy, platt_gate
+from rigor.stages import RunContext
 
 
 def _ratio_ci(num: np.ndarray, den: np.ndarray, options: EvaluationConfig) -> dict[str, Any]:
@@ -205,7 +206,7 @@ def guarantees_report(
 
 
 def guarantees_figures(
-    ctx: Any, task: str, records: dict[str, Any], outputs: dict[str, Any], labels: np.ndarray
+    ctx: RunContext, task: str, records: dict[str, Any], outputs: dict[str, Any], labels: np.ndarray
 ) -> list[str]:
     """Send the plots of set size and coverage against alpha, and of FNR against coverage,
     to the plot workers; returns their paths."""

@@ -21,7 +21,7 @@ from rigor.io import (
 )
 from rigor.manifest import verify_manifest
 from rigor.manifest.rundir import iso, utc_now
-from rigor.stages import finish_stage, open_run
+from rigor.stages import RunContext, finish_stage, open_run
 
 POLICY = "calibration/thresholds.json"
 BUNDLE_VERSION = 2  # sealed: record_sha256 required (version 1 bundles predate the rule)
@@ -127,7 +127,7 @@ def _swap_in(building: Path, bundle: Path) -> Path:
 
 def _fill(
     bundle: Path,
-    ctx: Any,
+    ctx: RunContext,
     reads: list[str],
     policy: dict[str, Any] | None,
     force: bool,
@@ -179,13 +179,13 @@ def _fill(
     return task
 
 
-def _classification_task(ctx: Any) -> str:
+def _classification_task(ctx: RunContext) -> str:
     """The task a --policy none bundle answers: calibration.task, or the first
     classification task."""
     tasks = ctx.manifest["dataset"]["tasks"]
     wanted = ctx.config.calibration.task
     names = [name for name, spec in tasks.items() if spec["kind"] == "classification"]
-    return wanted if wanted in names else names[0]
+    return wanted if wanted is not None and wanted in names else str(names[0])
 
 
 def _write(handle: Any, payload: bytes) -> None:
@@ -198,7 +198,7 @@ def _sha(path: Path) -> str:
     return sha256_file(path)
 
 
-def _input_shape(ctx: Any) -> list[int]:
+def _input_shape(ctx: RunContext) -> list[int]:
     """(C, H, W) of the model's inputs: the configured size, or the data's native one."""
     sizes = ctx.config.data.transforms.image_size
     if sizes is None:  # the native size: read it back from the data the run trained on
@@ -209,7 +209,7 @@ def _input_shape(ctx: Any) -> list[int]:
 
 
 def _adapted_weights(
-    bundle: Path, ctx: Any, state: dict[str, torch.Tensor], shape: list[int], merge: bool
+    bundle: Path, ctx: RunContext, state: dict[str, torch.Tensor], shape: list[int], merge: bool
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A PEFT run's weights for the bundle: the adapters merged into the base weights with
     peft (a plain model's state), or the base weights with the trained part written to
@@ -233,7 +233,9 @@ def _adapted_weights(
     return base, {"method": method, "merged": False, "file": "adapter.safetensors"}
 
 
-def _record(ctx: Any, task: str | None, metrics: list[str], shape: list[int]) -> dict[str, Any]:
+def _record(
+    ctx: RunContext, task: str | None, metrics: list[str], shape: list[int]
+) -> dict[str, Any]:
     manifest = ctx.manifest
     return {
         "bundle_version": BUNDLE_VERSION,

@@ -33,6 +33,25 @@ def _classes(values: pd.Series) -> tuple[np.ndarray, tuple[str, ...]]:
     return values.astype(str).map(lookup).to_numpy(np.int64), names
 
 
+def pattern_groups(pattern: str | None, paths: list[str], where: str) -> list[str] | None:
+    """Each path's group under ``data.group_pattern`` (its first capture group, or the whole
+    match), or None without a pattern. A path it does not match is exit 2, naming it."""
+    if pattern is None:
+        return None
+    import re
+
+    compiled, groups = re.compile(pattern), []
+    for path in paths:
+        found = compiled.search(path)
+        if found is None:
+            raise UsageError(
+                f"{where}: data.group_pattern {pattern!r} does not match {path!r}; every image "
+                "needs a group"
+            )
+        groups.append(found.group(1) if compiled.groups else found.group(0))
+    return groups
+
+
 @register_dataset("imagefolder")
 def build_imagefolder(cfg: DataConfig) -> RawData:
     """``root/<class>/<image>``: one classification task, ``label``; each file its own group."""
@@ -83,7 +102,7 @@ def build_imagefolder(cfg: DataConfig) -> RawData:
         offered={"label": spec},
         targets={"label": targets},
         ids=ids,
-        groups=ids,
+        groups=pattern_groups(cfg.group_pattern, ids, f"data.root {root}") or ids,
         reader=file_reader(refs, cfg),
         files=FileList(refs, "\n".join(ids) + "\n" + "\n".join(labels)),
     )
@@ -171,7 +190,12 @@ def build_csv(cfg: DataConfig) -> RawData:
             f"{csv.path}: row {row}: empty value in column {csv.group_column!r} (named by "
             "data.csv.group_column): every sample needs its group"
         )
-    groups = frame[csv.group_column].astype(str).tolist() if csv.group_column else ids
+    paths = frame[csv.image_column].astype(str).tolist()
+    groups = (
+        frame[csv.group_column].astype(str).tolist()
+        if csv.group_column
+        else pattern_groups(cfg.group_pattern, paths, str(csv.path)) or ids
+    )
     return RawData(
         name="csv",
         version=f"csv:{Path(csv.path).resolve()}",

@@ -481,3 +481,27 @@ def test_predictions_read_an_earlier_best_only_once_the_slow_writer_has_written_
     assert metrics["loss/val_select"] == pytest.approx(float(rows[0]["loss/val_select"]))
     assert metrics["loss/val_select"] != pytest.approx(float(rows[1]["loss/val_select"]))
     assert torch.load(path.parent / "checkpoints" / "best.pt", weights_only=True)["epoch"] == 1
+
+
+def test_an_epoch_line_reads_in_a_piped_log(
+    tmp_path: Path, run_script, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
+) -> None:
+    from rigor.tracking import epoch_line
+
+    values = {"loss/train": 0.41234, "acc/val_select": 0.93333}
+    assert epoch_line(2, 12, values, "acc/val_select", 1.8) == (
+        "epoch 3/12: train loss 0.4123, acc/val_select 0.9333, 1.80 s, ETA 16 s"
+    )
+    assert epoch_line(0, 100, values, "acc/val_select", 2.0).endswith("ETA 3 min 18 s")
+    flags = [
+        "--config",
+        str(SMOKE),
+        "--env-policy",
+        "ignore",
+        "--set",
+        f"run.output_root={tmp_path}",
+    ]
+    assert run_script("train", *flags, "--set", "logging.progress=never") == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2: train loss ")
+    assert "acc/val_select" in lines[0] and lines[1].endswith("ETA 0 s")

@@ -31,7 +31,7 @@ from rigor.pretraining.figure import save_figure
 from rigor.pretraining.mae import MAE
 from rigor.runs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rigor.runs.device import peak_memory
-from rigor.tracking import Tracker
+from rigor.tracking import Tracker, epoch_line
 from rigor.training.optim import Precision
 from rigor.training.prepare import Prepared, make_loader, prepare, write_run_inputs
 from rigor.training.resume import check_same_splits, find_resume, remove_temporaries
@@ -176,12 +176,15 @@ def _fit(
     epoch, last = first - 1, first if plan.early.should_stop else cfg.training.epochs
     started = time.perf_counter()
     for epoch in range(first, last):
+        epoch_started = time.perf_counter()
         start_epoch(train_loader, cfg.run.seed, epoch)
         train_loss = _train_epoch(loop, train_loader, epoch)
         value = _validate(mae, val_loader, plan.precision, prepared, cfg.run.seed)
         lr = float(plan.scheduler.get_last_lr()[-1])
         loop.tracker.log_epoch(epoch, loop.step, {TRAIN_KEY: train_loss, VAL_KEY: value, "lr": lr})
-        print(f"epoch {epoch}: {VAL_KEY}={value:.4f}", file=sys.stderr)
+        took = time.perf_counter() - epoch_started
+        values = {"loss/train": train_loss, VAL_KEY: value}
+        print(epoch_line(epoch, cfg.training.epochs, values, VAL_KEY, took), file=sys.stderr)
         if plan.early.update(value):
             best_epoch, best_state = epoch, copy.deepcopy(mae.state_dict())
         saved = _state(loop, epoch, best_epoch)

@@ -26,6 +26,22 @@ def metric_key(metric: str, split: str, task: str | None = None) -> str:
     return f"{metric}/{task}/{split}" if task else f"{metric}/{split}"
 
 
+def epoch_line(
+    epoch: int, epochs: int, values: dict[str, float], monitor: str, seconds: float
+) -> str:
+    """The line an epoch prints (the same on a terminal and in a piped Slurm log): the train
+    loss, the monitored metric, the epoch's time and the time the remaining epochs take at
+    this pace, e.g. ``epoch 3/12: train loss 0.4123, acc/val_select 0.9333, 1.80 s, ETA 16 s``."""
+    parts = [f"epoch {epoch + 1}/{epochs}:"]
+    if "loss/train" in values:
+        parts.append(f"train loss {values['loss/train']:.4f},")
+    parts.append(f"{monitor} {values[monitor]:.4f}, {seconds:.2f} s,")
+    left = max(epochs - epoch - 1, 0) * seconds
+    minutes, secs = divmod(round(left), 60)
+    parts.append(f"ETA {minutes} min {secs:02d} s" if minutes else f"ETA {secs} s")
+    return " ".join(parts)
+
+
 def monitor_to_key(monitor: str) -> str:
     """Turn a monitor ``val_select/acc`` into its metric key ``acc/val_select``."""
     split, metric = monitor.split("/", 1)

@@ -21,7 +21,7 @@ from rigor.runs.checkpoint import (
 )
 from rigor.runs.device import peak_memory
 from rigor.runs.predict import predict
-from rigor.tracking import NullTracker, Tracker, monitor_to_key
+from rigor.tracking import NullTracker, Tracker, epoch_line, monitor_to_key
 from rigor.training.distributed import sum_over_ranks
 from rigor.training.loop import Stepper, UncertaintyWeights, split_metrics
 from rigor.training.prepare import Prepared, make_loader
@@ -35,6 +35,7 @@ class Session:
     def __init__(self, run_dir: Path, prepared: Prepared, state: dict[str, Any] | None) -> None:
         cfg = prepared.resolved.config
         self.run_dir, self.prepared, self.cfg = run_dir, prepared, cfg
+        self.epoch_started = time.perf_counter()  # reset as each epoch starts (run)
         self.train_loader = make_loader(prepared, prepared.splits["train"], train=True)
         self.select_loader = make_loader(prepared, prepared.splits["val_select"], train=False)
         model = prepared.model
@@ -127,6 +128,7 @@ class Session:
         started = time.perf_counter()
         try:
             while not self.finished():
+                self.epoch_started = time.perf_counter()
                 self._train_epoch()
                 self._end_epoch()
         except BaseException:
@@ -222,7 +224,9 @@ class Session:
         improved = self.early.update(values[self.monitor])
         self.tracker.log_epoch(self.epoch, self.step, values)
         if self.main:
-            print(f"epoch {self.epoch}: {self.monitor}={values[self.monitor]:.4f}", file=sys.stderr)
+            took = time.perf_counter() - self.epoch_started
+            line = epoch_line(self.epoch, self.cfg.training.epochs, values, self.monitor, took)
+            print(line, file=sys.stderr)
         finished = self.epoch
         if improved:
             self.best_epoch = finished

@@ -2,6 +2,7 @@
 
     python scripts/train.py --config configs/experiment/digits_baseline.yaml [--set k=v ...]
     python scripts/train.py --config ... --list-tasks     # the tasks (genes, labels) offered
+    python scripts/train.py --config ... --print-config   # every value and its layer
 
 Exit codes: 0 ok, 1 unexpected, 2 invalid config, 4 env mismatch (strict), 5 artifact.
 """
@@ -33,12 +34,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--list-tasks", action="store_true", help="print the tasks the dataset offers, then exit"
     )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config, each value with the layer it came from, then exit",
+    )
     add_common_flags(parser)
     args = parser.parse_args(argv)
 
     from rigor.config import load_config
 
     resolved = load_config(args.config, sets=args.sets)
+    if args.print_config:
+        from rigor.config import config_lines
+
+        print("\n".join(config_lines(resolved)))
+        return 0
     if args.list_tasks:
         from rigor.data.build import describe_tasks
 

@@ -167,7 +167,10 @@ def test_invalid_yaml_names_line(tree: Path) -> None:
         ("Training.LR=1", "malformed override"),
         ("training.lr=[1", "value is not valid YAML"),
         ("training.lr.x=1", "training.lr is not a section"),
-        ("training.lrr=1", "training.lrr: unknown key [from override --set training.lrr=1]"),
+        (
+            "training.lrr=1",
+            "training.lrr: unknown key; did you mean training.lr? [from override --set training.lrr=1]",
+        ),
     ],
 )
 def test_malformed_set(item: str, expected: str) -> None:
@@ -178,7 +181,11 @@ def test_malformed_set(item: str, expected: str) -> None:
     "name, value, expected",
     [
         ("RIGOR__TRAINING__EPOCHS", "abc", "[from environment variable RIGOR__TRAINING__EPOCHS]"),
-        ("RIGOR__TRAINING__LRR", "1", "training.lrr: unknown key [from environment variable"),
+        (
+            "RIGOR__TRAINING__LRR",
+            "1",
+            "training.lrr: unknown key; did you mean training.lr? [from environment variable",
+        ),
         ("RIGOR____X", "1", "malformed environment override RIGOR____X"),
         ("RIGOR__TRAINING__LR", "[1", "malformed environment override RIGOR__TRAINING__LR"),
     ],
@@ -284,3 +291,19 @@ def test_configcheck_finds_nothing_in_the_shipped_tree_and_catches_a_typo(tmp_pa
     (tmp_path / "configs" / "bench" / "tiles.yaml").write_text(yaml.safe_dump(bench))
     bad = [line for line in problems(tmp_path) if line.startswith("configs/bench/tiles.yaml")]
     assert len(bad) == 2 and all("x vit_s16" in line and "pooling" in line for line in bad)
+
+
+def test_unknown_keys_get_a_did_you_mean_and_print_config_names_each_layer(
+    run_script, capsys  # type: ignore[no-untyped-def]
+) -> None:
+    flags = ["--config", "configs/experiment/smoke.yaml"]
+    assert run_script("train", *flags, "--set", "optimizer.weight_decy=0.1") == 2
+    assert "optimizer.weight_decy: unknown key; did you mean optimizer.weight_decay?" in (
+        capsys.readouterr().err
+    )
+    assert run_script("train", *flags, "--set", "training.lr=1e-3", "--print-config") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "training.lr: 0.001  # override --set training.lr=1e-3" in lines
+    assert "training.epochs: 2  # configs/experiment/smoke.yaml" in lines
+    assert 'optimizer.name: "adamw"  # configs/default.yaml' in lines
+    assert 'data.name: "digits"  # configs/data/digits.yaml' in lines

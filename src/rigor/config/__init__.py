@@ -7,7 +7,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +32,7 @@ class ResolvedConfig:
     raw: dict[str, Any]
     sources: list[str]
     config_file: str
+    origins: dict[tuple[str, ...], str] = field(default_factory=dict)  # key -> layer
 
     @property
     def resolved(self) -> dict[str, Any]:
@@ -88,7 +89,7 @@ def load_config(
     for dotted, value in (sweep or {}).items():
         composed.set_path(tuple(dotted.split(".")), value, f"sweep override {dotted}={value!r}")
     config = validate(composed, display(path))
-    return ResolvedConfig(config=config, raw=raw, sources=sources, config_file=display(path))
+    return ResolvedConfig(config, raw, sources, display(path), dict(composed.origins))
 
 
 def validate(composed: Composed, label: str) -> Config:
@@ -107,7 +108,7 @@ def _describe(error: Any, composed: Composed) -> str:
     field = ".".join(loc) or "<top level>"
     kind = error["type"]
     if kind == "extra_forbidden":
-        message = "unknown key"
+        message = "unknown key" + _did_you_mean(loc)
     elif kind == "missing":
         message = "required key is missing"
     else:
@@ -121,6 +122,47 @@ def _describe(error: Any, composed: Composed) -> str:
     known = [key for key in keys if composed.knows(key.split("."))]
     origins = "; ".join(f"{key} from {composed.origin_of(key.split('.'))}" for key in known)
     return f"{field}: {message}" + (f" [{origins}]" if origins else "")
+
+
+def _did_you_mean(loc: list[str]) -> str:
+    """``; did you mean training.lr?`` for a misspelt key, from the keys of its section."""
+    import difflib
+
+    section: Any = Config
+    for part in loc[:-1]:
+        fields = getattr(section, "model_fields", {})
+        if part not in fields:
+            return ""
+        annotation = fields[part].annotation
+        choices = [annotation, *getattr(annotation, "__args__", ())]
+        section = next((c for c in choices if hasattr(c, "model_fields")), None)
+        if section is None:
+            return ""
+    close = difflib.get_close_matches(loc[-1], list(getattr(section, "model_fields", {})), n=1)
+    return f"; did you mean {'.'.join([*loc[:-1], close[0]])}?" if close else ""
+
+
+def config_lines(resolved: ResolvedConfig) -> list[str]:
+    """The resolved config as ``key: value  # layer`` lines, one per leaf, in order."""
+    lines: list[str] = []
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, (*path, str(key)))
+            return
+        layer = next(
+            (
+                resolved.origins[path[:end]]
+                for end in range(len(path), 0, -1)
+                if path[:end] in resolved.origins
+            ),
+            "configs/default.yaml",
+        )
+        lines.append(f"{'.'.join(path)}: {json.dumps(node)}  # {layer}")
+
+    walk(resolved.resolved, ())
+    return lines
 
 
 DEFAULTS = Path(__file__).resolve().parents[3] / "configs" / "default.yaml"

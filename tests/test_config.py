@@ -169,7 +169,8 @@ def test_invalid_yaml_names_line(tree: Path) -> None:
         ("training.lr.x=1", "training.lr is not a section"),
         (
             "training.lrr=1",
-            "training.lrr: unknown key; did you mean training.lr? [from override --set training.lrr=1]",
+            "training.lrr: unknown key; did you mean training.lr? "
+            "[from override --set training.lrr=1]",
         ),
     ],
 )

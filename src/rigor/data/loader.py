@@ -60,7 +60,8 @@ class SafeLoader(DataLoader[Any]):
         iterator = None
         while True:
             try:  # starting an epoch waits on the persistent workers too
-                iterator = iterator or super().__iter__()
+                if iterator is None:
+                    iterator = super().__iter__()
                 batch = next(iterator)
             except StopIteration:
                 return

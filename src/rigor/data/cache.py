@@ -123,7 +123,7 @@ class CachedReader:
             if len(mean) == len(std) == self.shape[0] and all(v > 0 for v in std):
                 return [float(v) for v in mean], [float(v) for v in std]
         except (OSError, RigorError, KeyError, TypeError):
-            pass
+            pass  # missing or damaged: computed again below and stored over it
         mean, std = compute()
         atomic_write_json(path, {"train_rows": len(train_ids), "mean": mean, "std": std})
         return mean, std

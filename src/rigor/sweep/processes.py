@@ -168,7 +168,7 @@ def orphan_finished(spec: dict[str, Any]) -> bool:
     started again."""
     status = Path(spec["status"])
     with point_lock(status, spec["index"]) as first:
-        pass
+        pass  # holding it only proves that no earlier process of the point still runs
     if first or not status.is_file():
         return False
     if finished(json.loads(status.read_text()), spec["config_hash"]):

@@ -91,6 +91,11 @@ class Runner:
         self.results.append(Result(group, f"(check) {name}", problem is None, problem or ""))
 
 
+def sets(*items: str) -> list[str]:
+    """``--set`` flags for each item."""
+    return [flag for item in items for flag in ("--set", item)]
+
+
 def stdout_path(done: Any) -> Path:
     return Path(done.stdout.strip().splitlines()[-1])
 
@@ -251,16 +256,13 @@ def init_from_case(r: Runner) -> None:
             "--config",
             str(ROOT / "configs/experiment/digits_mae.yaml"),
             *FAST,
-            "--set",
-            f"run.output_root={r.out / 'mae'}",
-            "--set",
-            "training.epochs=1",
-            "--set",
-            "training.max_steps_per_epoch=2",
-            "--set",
-            "scheduler.warmup_epochs=0",
-            "--set",
-            "logging.tensorboard=false",
+            *sets(
+                f"run.output_root={r.out / 'mae'}",
+                "training.epochs=1",
+                "training.max_steps_per_epoch=2",
+                "scheduler.warmup_epochs=0",
+                "logging.tensorboard=false",
+            ),
         ],
     )
     if done.returncode != 0:
@@ -275,16 +277,13 @@ def init_from_case(r: Runner) -> None:
             "--config",
             str(ROOT / "configs/experiment/digits_dinov3_lora.yaml"),
             *FAST,
-            "--set",
-            f"model.init_from={manifest}",
-            "--set",
-            f"run.output_root={r.out / 'initfrom'}",
-            "--set",
-            "training.epochs=1",
-            "--set",
-            "scheduler.warmup_epochs=0",
-            "--set",
-            "training.max_steps_per_epoch=2",
+            *sets(
+                f"model.init_from={manifest}",
+                f"run.output_root={r.out / 'initfrom'}",
+                "training.epochs=1",
+                "scheduler.warmup_epochs=0",
+                "training.max_steps_per_epoch=2",
+            ),
         ],
         5,
         "record_sha256 is missing",
@@ -339,10 +338,7 @@ def finite_group(r: Runner, base: Path) -> None:
                     "--config",
                     str(SMOKE),
                     *FAST,
-                    "--set",
-                    f"{key}={value}",
-                    "--set",
-                    f"run.output_root={out}",
+                    *sets(f"{key}={value}", f"run.output_root={out}"),
                 ],
                 2,
                 "finite number",
@@ -426,12 +422,11 @@ def intervals_group(r: Runner) -> None:
             "--config",
             str(ROOT / "configs/experiment/tiles_genes.yaml"),
             *FAST,
-            "--set",
-            f"run.output_root={r.out / 'tiles'}",
-            "--set",
-            "training.epochs=2",
-            "--set",
-            "logging.tensorboard=false",
+            *sets(
+                f"run.output_root={r.out / 'tiles'}",
+                "training.epochs=2",
+                "logging.tensorboard=false",
+            ),
         ],
     )
     if done.returncode != 0:
@@ -482,7 +477,7 @@ DAMAGE: dict[str, Callable[[Path], None]] = {
 
 
 def images_args(root: Path, out: Path, *extra: str) -> list[str]:
-    sets = [
+    overrides = [
         f"data.root={root}",
         f"run.output_root={out}",
         "training.epochs=1",
@@ -494,7 +489,7 @@ def images_args(root: Path, out: Path, *extra: str) -> list[str]:
         "--config",
         str(ROOT / "configs/experiment/shapes.yaml"),
         *FAST,
-        *[item for s in sets for item in ("--set", s)],
+        *sets(*overrides),
     ]
 
 
@@ -622,10 +617,7 @@ def hest_group(r: Runner) -> None:
                 "--config",
                 str(config),
                 *FAST,
-                "--set",
-                f"data.root={root}",
-                "--set",
-                f"run.output_root={out}",
+                *sets(f"data.root={root}", f"run.output_root={out}"),
             ],
             2,
             needle,
@@ -702,16 +694,13 @@ def hest_group(r: Runner) -> None:
             "--config",
             str(config),
             *FAST,
-            "--set",
-            f"data.root={dotted}",
-            "--set",
-            "data.genes=[EPCAM, AC009501.4]",
-            "--set",
-            "training.epochs=2",
-            "--set",
-            f"run.output_root={r.out / 'hest-out' / 'dotted'}",
-            "--set",
-            "logging.tensorboard=false",
+            *sets(
+                f"data.root={dotted}",
+                "data.genes=[EPCAM, AC009501.4]",
+                "training.epochs=2",
+                f"run.output_root={r.out / 'hest-out' / 'dotted'}",
+                "logging.tensorboard=false",
+            ),
         ],
     )
     if done.returncode == 0:
@@ -825,14 +814,12 @@ def races_group(r: Runner, base: Path) -> None:
         "--config",
         str(SMOKE),
         *FAST,
-        "--set",
-        f"run.output_root={sweep_out}",
-        "--set",
-        "training.epochs=50",
-        "--set",
-        "training.max_steps_per_epoch=null",
-        "--set",
-        "logging.tensorboard=false",
+        *sets(
+            f"run.output_root={sweep_out}",
+            "training.epochs=50",
+            "training.max_steps_per_epoch=null",
+            "logging.tensorboard=false",
+        ),
         "--grid",
         "training.lr=1e-3,3e-3",
         "--max-parallel",
@@ -871,12 +858,11 @@ def races_group(r: Runner, base: Path) -> None:
             "--config",
             str(SMOKE),
             *FAST,
-            "--set",
-            f"run.output_root={r.out / 'races' / 'optuna'}",
-            "--set",
-            "training.epochs=1",
-            "--set",
-            "logging.tensorboard=false",
+            *sets(
+                f"run.output_root={r.out / 'races' / 'optuna'}",
+                "training.epochs=1",
+                "logging.tensorboard=false",
+            ),
             "--grid",
             "model.dropout=0.0,0.2",
             "--optuna",
@@ -904,8 +890,7 @@ def errors_group(r: Runner, base: Path, images: Path) -> None:
             [
                 "--config",
                 str(SMOKE),
-                "--set",
-                f"run.output_root={out / 'sweep'}",
+                *sets(f"run.output_root={out / 'sweep'}"),
                 "--grid",
                 "training.lr=1e-3",
                 flag,
@@ -945,14 +930,12 @@ def errors_group(r: Runner, base: Path, images: Path) -> None:
                 "--config",
                 str(SMOKE),
                 *FAST,
-                "--set",
-                "data.name=csv",
-                "--set",
-                f"data.csv={csv}",
-                "--set",
-                "data.tasks=[score]",
-                "--set",
-                f"run.output_root={folder / 'out'}",
+                *sets(
+                    "data.name=csv",
+                    f"data.csv={csv}",
+                    "data.tasks=[score]",
+                    f"run.output_root={folder / 'out'}",
+                ),
             ],
             2,
             "is not a finite number",
@@ -1059,16 +1042,13 @@ def prepare(r: Runner) -> tuple[Path, Path]:
             "--config",
             str(SMOKE),
             *FAST,
-            "--set",
-            f"run.output_root={r.out / 'base'}",
-            "--set",
-            "training.epochs=3",
-            "--set",
-            "training.max_steps_per_epoch=null",
-            "--set",
-            "logging.tensorboard=false",
-            "--set",
-            "evaluation.n_resamples=50",
+            *sets(
+                f"run.output_root={r.out / 'base'}",
+                "training.epochs=3",
+                "training.max_steps_per_epoch=null",
+                "logging.tensorboard=false",
+                "evaluation.n_resamples=50",
+            ),
         ],
     )
     if done.returncode != 0:

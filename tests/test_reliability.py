@@ -32,9 +32,8 @@ def _append(args: tuple[str, int]) -> None:
 
 
 def test_parallel_stages_on_one_run_all_land(smoke_manifest: Path, tmp_path: Path) -> None:
-    run = tmp_path / smoke_manifest.parent.name
-    shutil.copytree(smoke_manifest.parent, run)
-    manifest_path = run / "manifest.json"
+    manifest_path = _copy_run(smoke_manifest, tmp_path)
+    run = manifest_path.parent
     before = len(load_manifest(manifest_path)["stages"])
     with multiprocessing.get_context("fork").Pool(8) as pool:
         pool.map(_append, [(str(manifest_path), i) for i in range(48)], chunksize=1)
@@ -288,12 +287,17 @@ def test_a_completed_run_leaves_no_lock_and_is_never_taken_again(tmp_path: Path)
         RunLock(run).acquire()
 
 
+def _copy_run(manifest: Path, tmp_path: Path) -> Path:
+    """A private copy of the run of ``manifest``; returns the copy's manifest."""
+    run = tmp_path / manifest.parent.name
+    shutil.copytree(manifest.parent, run)
+    return run / "manifest.json"
+
+
 def test_an_edited_manifest_field_outside_the_hashed_files_is_caught(
     smoke_manifest: Path, tmp_path: Path, run_script, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run = tmp_path / smoke_manifest.parent.name
-    shutil.copytree(smoke_manifest.parent, run)
-    manifest_path = run / "manifest.json"
+    manifest_path = _copy_run(smoke_manifest, tmp_path)
     assert run_script("manifest", "verify", str(manifest_path)) == 0
     manifest = json.loads(manifest_path.read_text())
     manifest["transforms"]["mean"] = [m + 0.1 for m in manifest["transforms"]["mean"]]
@@ -308,9 +312,7 @@ def test_an_edited_manifest_field_outside_the_hashed_files_is_caught(
 def test_a_removed_seal_is_exit_5_everywhere_and_never_resealed(
     smoke_manifest: Path, tmp_path: Path, run_script, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run = tmp_path / smoke_manifest.parent.name
-    shutil.copytree(smoke_manifest.parent, run)
-    manifest_path = run / "manifest.json"
+    manifest_path = _copy_run(smoke_manifest, tmp_path)
     manifest = json.loads(manifest_path.read_text())
     assert manifest["manifest_version"] == "1.1" and "record_sha256" in manifest
     del manifest["record_sha256"]
@@ -339,9 +341,8 @@ def test_a_removed_seal_is_exit_5_everywhere_and_never_resealed(
 
 
 def test_a_sealed_record_appended_to_stays_sealed(smoke_manifest: Path, tmp_path: Path) -> None:
-    run = tmp_path / smoke_manifest.parent.name
-    shutil.copytree(smoke_manifest.parent, run)
-    manifest_path = run / "manifest.json"
+    manifest_path = _copy_run(smoke_manifest, tmp_path)
+    run = manifest_path.parent
     stage = dict(load_manifest(manifest_path)["stages"][0], name="note")
     written = append_stage(manifest_path, stage, [])
     assert written["record_sha256"] and written["manifest_version"] == "1.1"

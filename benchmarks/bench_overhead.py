@@ -12,6 +12,10 @@ that far from the machine's).
 
     make bench               # digits_baseline (41 pairs), digits_resnet18 (3 epochs, 7 pairs)
     python benchmarks/bench_overhead.py --pairs 3 --workloads digits_baseline
+    python benchmarks/bench_overhead.py --without gc   # rigor with one fast path turned off
+
+``--without`` runs scripts/train.py with one of rigor's process-level fast paths turned off
+(:data:`ABLATIONS`), to show what it is worth against the same twin.
 """
 
 from __future__ import annotations
@@ -35,6 +39,13 @@ WORKLOADS: dict[str, tuple[str, list[str]]] = {
 # Pairs per workload by default: the digits loop is short (about 1.5 s), so its pair ratios
 # scatter more (0.8-1.3 for the twin against itself); its pairs are cheap, so there are more.
 PAIRS = {"digits_baseline": 41, "digits_resnet18": 7}
+# Fast paths that --without turns off, as code run before scripts/train.py in its process.
+ABLATIONS = {
+    # rigor.cli.run_main: the collector off during set-up, objects frozen at exit
+    "gc": "import gc; gc.freeze = lambda: None; gc.disable = lambda: None",
+    # rigor.allocator.keep_freed_memory, which rigor.cli.settle calls
+    "allocator": "import rigor.cli; rigor.cli.keep_freed_memory = lambda: False",
+}
 
 
 def _run(command: list[str]) -> tuple[float, str]:
@@ -46,10 +57,17 @@ def _run(command: list[str]) -> tuple[float, str]:
     return wall, result.stdout
 
 
-def rigor_run(config: str, sets: list[str], out: Path) -> tuple[float, float, Path]:
-    """Whole-process wall time, loop time and the run folder of one scripts/train.py run."""
+def rigor_run(
+    config: str, sets: list[str], out: Path, without: str | None = None
+) -> tuple[float, float, Path]:
+    """Whole-process wall time, loop time and the run folder of one scripts/train.py run
+    (with the fast path ``without`` turned off)."""
     flags = [arg for item in [f"run.output_root={out}", *sets] for arg in ("--set", item)]
-    wall, stdout = _run([sys.executable, "scripts/train.py", "--config", config, *flags])
+    script = ["scripts/train.py"]
+    if without is not None:
+        prelude = f"{ABLATIONS[without]}; import runpy, sys; sys.argv = sys.argv[1:]; "
+        script = ["-c", prelude + "runpy.run_path(sys.argv[0], run_name='__main__')", *script]
+    wall, stdout = _run([sys.executable, *script, "--config", config, *flags])
     run = Path(stdout.strip().splitlines()[-1]).parent
     loop = json.loads((run / "metrics.json").read_text())["training"]["wall_time_s"]
     return wall, float(loop), run
@@ -93,7 +111,7 @@ def _ratio(values: list[float], draws: int = 4000) -> dict[str, float]:
     }
 
 
-def measure(name: str, pairs: int, scratch: Path) -> dict[str, Any]:
+def measure(name: str, pairs: int, scratch: Path, without: str | None = None) -> dict[str, Any]:
     """``pairs`` alternating rigor/twin pairs of one workload (after one warm-up run each)."""
     config, sets = WORKLOADS[name]
     rows: list[dict[str, float]] = []
@@ -102,11 +120,11 @@ def measure(name: str, pairs: int, scratch: Path) -> dict[str, Any]:
     for index in range(pairs):
         out, weights = scratch / f"pair{index}", scratch / f"twin{index}.pt"
         if index % 2 == 0:  # alternate who goes first; the twin reads the warm-up run's
-            rigor_wall, rigor_loop, run = rigor_run(config, sets, out)  # config and splits,
-            twin_wall, twin_loop = twin_run(warm, weights)  # the same as every run's
+            rigor_wall, rigor_loop, run = rigor_run(config, sets, out, without)  # config and
+            twin_wall, twin_loop = twin_run(warm, weights)  # splits, as every run's
         else:
             twin_wall, twin_loop = twin_run(warm, weights)
-            rigor_wall, rigor_loop, run = rigor_run(config, sets, out)
+            rigor_wall, rigor_loop, run = rigor_run(config, sets, out, without)
         if not same_weights(weights, run):
             raise SystemExit(f"{name}: the twin's weights differ from {run}/checkpoints/last.pt")
         rows.append(
@@ -119,7 +137,7 @@ def measure(name: str, pairs: int, scratch: Path) -> dict[str, Any]:
         )
         print(f"{name} pair {index}: " + json.dumps({k: round(v, 3) for k, v in rows[-1].items()}))
     return {
-        "workload": name,
+        "workload": name + (f" without {without}" if without else ""),
         "config": config,
         "sets": sets,
         "pairs": rows,
@@ -162,11 +180,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pairs", type=int, default=None, help="for every workload")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
+    parser.add_argument("--without", choices=ABLATIONS, help="turn off one fast path in rigor")
     parser.add_argument("--report", type=Path, default=ROOT / "results/bench/overhead.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rigor-overhead-") as scratch:
         reports = [
-            measure(name, args.pairs or PAIRS[name], Path(scratch)) for name in args.workloads
+            measure(name, args.pairs or PAIRS[name], Path(scratch), args.without)
+            for name in args.workloads
         ]
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(reports, indent=2) + "\n")

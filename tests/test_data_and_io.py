@@ -135,77 +135,13 @@ def test_a_hashed_write_streams_the_bytes_it_hashes(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
-def test_checkpoints_are_torch_saves_bytes_pickled_without_its_hook() -> None:
-    """save_state writes what torch.save writes, byte for byte, with CRC32s on and off: a
-    model and AdamW state, views that share a storage, every dtype of the classic storages,
-    0-d and empty tensors, strings that torch's own persistent ids hold. The tensors torch
-    reduces another way go to torch.save itself (same bytes) and leave its CRC switch as it
-    was."""
-    import io
-
-    import torch
-    from torch import nn
-
-    from rigor.runs import serialize
-    from rigor.runs.checkpoint import rng_state
-
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 3))
-    optimizer = torch.optim.AdamW(model.parameters())
-    model(torch.randn(2, 1, 8, 8)).sum().backward()
-    optimizer.step()
-    base = torch.arange(12, dtype=torch.float32)
-    dtypes = [torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-              torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64]  # fmt: skip
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "rng": rng_state(),
-        "views": [base[2:5], base.view(3, 4).t(), (base, base[0])],
-        "dtypes": {str(d): torch.ones(3, dtype=d) for d in dtypes},
-        "scalars": [torch.tensor(1.5), torch.zeros(0, 4), 2, 0.5, None, True],
-        "strings": {"0": "storage", "cpu": "1", "top_k": [{"path": "cpu", "epoch": 0}]},
-    }
-
-    def bytes_of(save, value, crc32: bool) -> bytes:  # type: ignore[no-untyped-def]
-        buffer = io.BytesIO()
-        save(value, buffer, crc32)
-        return buffer.getvalue()
-
-    def torch_save(value, handle, crc32: bool) -> None:  # type: ignore[no-untyped-def]
-        before = torch.serialization.get_crc32_options()
-        torch.serialization.set_crc32_options(crc32)
-        torch.save(value, handle)
-        torch.serialization.set_crc32_options(before)
-
-    assert serialize._pickled(state, {})  # the fast path takes this state
-    for crc32 in (False, True):
-        assert bytes_of(serialize.save_state, state, crc32) == bytes_of(torch_save, state, crc32)
-    loaded = torch.load(io.BytesIO(bytes_of(serialize.save_state, state, False)), weights_only=True)
-    assert torch.equal(loaded["views"][1], base.view(3, 4).t())
-    shared = {view.untyped_storage()._cdata for view in (loaded["views"][0], *loaded["views"][2])}
-    assert len(shared) == 1  # one storage, as saved
-    for other in (
-        nn.Parameter(torch.ones(2)),
-        torch.ones(2, requires_grad=True),
-        torch.ones(2, dtype=torch.complex64).conj(),
-        torch.ones(2, dtype=torch.uint16),
-    ):
-        with pytest.raises(serialize._Unsupported):
-            serialize._pickled({"x": other}, {})
-        value = {"x": other, "model": model.state_dict()}
-        assert bytes_of(serialize.save_state, value, False) == bytes_of(torch_save, value, False)
-        assert torch.serialization.get_crc32_options() is True
-
-
-def test_checkpoints_hash_on_the_way_when_large_and_carry_no_zip_crc(
+def test_checkpoints_hash_on_the_way_when_large_and_are_torch_saves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A checkpoint of HASH_WHILE_WRITING bytes of tensors or more is hashed while written;
-    a smaller one is hashed when recorded. Either way the recorded digest is the file's, the
-    file loads with weights_only, its zip records carry no CRC32 and torch's process-wide
-    CRC option is left as it was."""
-    import zipfile
+    a smaller one is hashed when recorded. Either way the recorded digest is the file's, and
+    the file is what ``torch.save`` writes, read back with weights_only."""
+    import io
 
     import torch
 
@@ -224,8 +160,9 @@ def test_checkpoints_hash_on_the_way_when_large_and_carry_no_zip_crc(
     assert sha256_recorded(small) == sha256_file(small)
     loaded = torch.load(small, weights_only=True)
     assert torch.equal(loaded["model"]["w"], state["model"]["w"]) and loaded["epoch"] == 3
-    assert {info.CRC for info in zipfile.ZipFile(small).infolist()} == {0}
-    assert torch.serialization.get_crc32_options() is True
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    assert small.read_bytes() == buffer.getvalue()
 
 
 def test_the_run_writer_keeps_order_and_stops_at_the_first_error(tmp_path: Path) -> None:
@@ -278,7 +215,7 @@ def test_checkpoints_snapshot_into_the_previous_ones_tensors_only_once_it_is_wri
     from rigor.runs.checkpoint import BackgroundWriter, snapshot
 
     state = {"w": torch.zeros(4), "epoch": 0, "rows": [torch.ones(2)]}
-    writer = BackgroundWriter(serialise_inline=0)  # every state copied and serialised there
+    writer = BackgroundWriter()
     gate = threading.Event()
     writer.submit(lambda: gate.wait(5))  # the writer is busy: this checkpoint is queued
     writer.checkpoint(tmp_path, state, ["a.pt"])
@@ -307,12 +244,9 @@ def test_checkpoints_snapshot_into_the_previous_ones_tensors_only_once_it_is_wri
     assert again["w"].stride() == (1, 2) and torch.equal(again["w"], state["w"])
 
 
-def test_a_small_checkpoint_is_serialised_at_the_call_and_written_in_order(
-    tmp_path: Path,
-) -> None:
-    """Under the inline threshold the state is serialised when :meth:`checkpoint` is called
-    (it returns while the writer is still busy), into the bytes a checkpoint of a copy of
-    the state has always had; the next checkpoint waits until that one is on disk (so the
+def test_a_checkpoint_is_copied_at_the_call_and_written_in_order(tmp_path: Path) -> None:
+    """The state is copied when :meth:`checkpoint` is called (it returns while the writer
+    is still busy) and written as ``torch.save`` writes that copy; the next checkpoint waits until that one is on disk (so the
     run's predictions can read an earlier best.pt back, and a slow disk does not pile up
     states in memory); the files are written in the order they were submitted."""
     import threading
@@ -345,44 +279,6 @@ def test_a_small_checkpoint_is_serialised_at_the_call_and_written_in_order(
     assert (tmp_path / "a.pt").stat().st_ino == (tmp_path / "b.pt").stat().st_ino
     later = torch.load(tmp_path / "c.pt", weights_only=True)
     assert later["epoch"] == 1 and torch.equal(later["model"]["weight"], model.weight)
-
-
-def test_a_state_serialised_as_its_copy_has_the_copys_bytes() -> None:
-    """:func:`snapshot_bytes` writes what the state's copy would, byte for byte, without the
-    copy: a model's state dict (an OrderedDict with metadata), optimizer state, tensors
-    that share a storage, views at an offset, transposed, expanded, overlapping and empty
-    ones, the same tensor twice, a tensor that requires grad; and through the copy for what
-    only torch.save writes (a conjugated view)."""
-    import io
-
-    import torch
-
-    from rigor.runs.checkpoint import snapshot, snapshot_bytes, state_bytes
-    from rigor.runs.serialize import NeedsCopy, save_state
-
-    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
-    optimizer = torch.optim.AdamW(model.parameters())
-    model(torch.randn(5, 3)).sum().backward()
-    optimizer.step()
-    base = torch.arange(24, dtype=torch.float32)
-    shared = torch.ones(3)
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "views": [base[4:10], base.view(4, 6)[:, 1], base.view(4, 6).t(), base[:0]],
-        "expanded": torch.ones(1, 3).expand(2, 3),
-        "overlapping": torch.arange(4.0).as_strided((2, 2), (1, 1)),  # its storage's size
-        "twice": (shared, shared, {"again": shared}),
-        "grad": torch.zeros(2, requires_grad=True),
-        "scalar": torch.tensor(2.5),
-        "plain": {"epoch": 3, "value": 0.5, "name": "x", "none": None, "flags": [True, 1]},
-    }
-    assert snapshot_bytes(state) == state_bytes(snapshot(state))
-
-    state["conjugated"] = torch.tensor([1 + 2j, 3 - 1j]).conj()  # only torch.save writes it
-    with pytest.raises(NeedsCopy):
-        save_state(snapshot(state, clone=False), io.BytesIO(), own_storages=True)
-    assert snapshot_bytes(state) == state_bytes(snapshot(state))
 
 
 def test_an_epoch_checkpoint_is_serialised_once_and_linked(smoke_manifest: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import io
 import queue
 import random
 import threading
@@ -16,7 +15,6 @@ import torch
 
 from rigor.errors import ArtifactError, UsageError
 from rigor.io import atomic_link, atomic_write_hashed, atomic_write_with
-from rigor.runs.serialize import NeedsCopy, save_state
 
 REQUIRED_KEYS = (
     "model",
@@ -85,21 +83,16 @@ WRITE_BUFFER = 1 << 20
 
 
 def save_checkpoint(path: Path, state: dict[str, Any], kept: bool = True) -> None:
-    """Write ``state`` atomically: a kill leaves the old file or the new one, never a torn one.
-    ``torch.save``'s bytes (:func:`rigor.runs.serialize.save_state`, pickled faster) go
-    straight into the file, a large state's sha256 taken on the way (the manifest does not
-    read the file again), without the zip records' CRC32s:
-    ``torch.load`` does not check them, the manifest's sha256 covers the whole file, and
-    they cost a pass over every byte (measured: ResNet-18 with AdamW, 133 MB, 145-180 ms of
-    CPU with them, 84 without; digits 3.9 ms, 3.3 without). ``unzip -t`` reports them as
-    bad.
+    """Write ``state`` with ``torch.save``, atomically: a kill leaves the old file or the new
+    one, never a torn one. A large state's sha256 is taken on the way (the manifest does
+    not read the file again).
 
     ``kept=False`` says this process's manifest will not record the file (a ``last.pt``
     that the next epoch replaces, a mid-epoch one): it is then never hashed on the way
     (ResNet-18: 100 of the 155 ms of CPU a checkpoint costs). A resumed run hashes what
     it records by reading it, whatever was hashed before."""
     hashed = kept and tensor_bytes(state) >= HASH_WHILE_WRITING
-    _write_atomically(path, lambda handle: save_state(state, handle), hashed)
+    _write_atomically(path, lambda handle: torch.save(state, handle), hashed)
 
 
 def _write_atomically(path: Path, fill: Callable[[IO[bytes]], object], hashed: bool) -> None:
@@ -107,31 +100,6 @@ def _write_atomically(path: Path, fill: Callable[[IO[bytes]], object], hashed: b
         atomic_write_hashed(path, fill, WRITE_BUFFER)
     else:
         atomic_write_with(path, fill, WRITE_BUFFER)
-
-
-# Below this many bytes of tensors, an epoch's checkpoint is serialised into memory on the
-# training thread (digits: 0.7-1.2 ms for 1.1 MB), see BackgroundWriter.
-SERIALISE_INLINE = 16 << 20
-
-
-def state_bytes(state: dict[str, Any]) -> bytes:
-    """The bytes :func:`save_checkpoint` would write for ``state``."""
-    buffer = io.BytesIO()
-    save_state(state, buffer)
-    return buffer.getvalue()
-
-
-def snapshot_bytes(state: dict[str, Any]) -> bytes:
-    """``state_bytes(snapshot(state))``, without copying the tensors that a copy would write
-    the same (``snapshot(state, clone=False)``; ``own_storages`` in
-    :func:`rigor.runs.serialize.save_state`): digits, 0.3 ms less per checkpoint (1.45
-    against 1.7 ms in a run's loop)."""
-    buffer = io.BytesIO()
-    try:
-        save_state(snapshot(state, clone=False), buffer, own_storages=True)
-    except NeedsCopy:  # a GPU tensor, a subclass: torch.save writes the copy
-        return state_bytes(snapshot(state))
-    return buffer.getvalue()
 
 
 def tensor_bytes(value: Any) -> int:
@@ -145,31 +113,27 @@ def tensor_bytes(value: Any) -> int:
     return 0
 
 
-def snapshot(value: Any, reuse: Any = None, clone: bool = True) -> Any:
+def snapshot(value: Any, reuse: Any = None) -> Any:
     """A copy of a state dict that training can no longer change: every tensor copied
     (detached), containers rebuilt, plain values kept. Cloning costs a third of serialising
     (ResNet-18 with AdamW: 52 against 146 ms), so the rest can happen in the background.
     ``reuse``, an earlier snapshot of a state of the same shape that nothing reads any more,
     lends its tensors: each one with the same shape, stride, dtype and device is overwritten
     instead of allocating a new one (ResNet-18 with AdamW: 10 ms against 37-62 ms, most of
-    it the page faults of 134 MB of fresh memory). ``clone=False`` builds the same
-    containers with each tensor only detached (a new tensor object over the same memory),
-    for a state serialised at once (:func:`snapshot_bytes`)."""
+    it the page faults of 134 MB of fresh memory)."""
     if isinstance(value, int | float | str | bool | None):  # immutable: nothing to copy
         return value
     if isinstance(value, torch.Tensor):
-        if not clone:
-            return value.detach()
         if isinstance(reuse, torch.Tensor) and _same_layout(reuse, value):
             return reuse.copy_(value.detach())
         return value.detach().clone()
     if isinstance(value, dict):
         earlier = reuse if isinstance(reuse, dict) else {}
-        return {key: snapshot(item, earlier.get(key), clone) for key, item in value.items()}
+        return {key: snapshot(item, earlier.get(key)) for key, item in value.items()}
     if isinstance(value, list | tuple):
         same = isinstance(reuse, list | tuple) and len(reuse) == len(value)
         return type(value)(
-            snapshot(item, reuse[index] if same else None, clone)
+            snapshot(item, reuse[index] if same else None)
             for index, item in enumerate(value)
         )
     return copy.deepcopy(value)
@@ -189,15 +153,9 @@ class BackgroundWriter:
     on: each epoch's state serialised once, written and fsynced under its first name, and
     published under the others as hard links.
 
-    A checkpoint holds the bytes of a copy of the state (:func:`snapshot`: plain dicts, a
-    storage per tensor). Under :data:`SERIALISE_INLINE` bytes of tensors the state is
-    serialised on the caller's thread, as its copy would be (:func:`snapshot_bytes`), and
-    only the bytes go to the writer's: on a machine whose cores all run the training's
-    threads, pickling beside them takes CPU from their parallel kernels, which then wait for
-    the slowest thread, and the interpreter lock goes back and forth between the two threads
-    at every call (digits: 3.0-3.6 ms of the writer's CPU per epoch before, 1.0 after). A larger
-    state is copied and the copy serialised on the writer's thread, where its tens of
-    milliseconds overlap the next epoch.
+    A checkpoint holds a copy of the state (:func:`snapshot`: plain dicts, a storage per
+    tensor), written with ``torch.save`` on the writer's thread, where it overlaps the next
+    epoch.
 
     Jobs run first in, first out, so files appear in the order they were submitted. The
     first job that raises stops the rest (they are dropped), and :meth:`submit`,
@@ -206,12 +164,10 @@ class BackgroundWriter:
     :meth:`checkpoint` waits for the previous checkpoint (not for other jobs queued since)
     before it queues its own, so the bytes held in memory stay bounded on a slow disk, and
     once it returns every earlier checkpoint's files are on disk (the run's predictions read
-    an earlier best.pt back). A small state is serialised before that wait; a large one is
-    copied after it, into the previous copy's tensors, which that write no longer reads."""
+    an earlier best.pt back). The state is copied after that wait, into the previous
+    copy's tensors, which that write no longer reads."""
 
-    def __init__(self, serialise_inline: int | None = None) -> None:
-        # Bytes of tensors (see the class docstring); SERIALISE_INLINE unless given.
-        self.serialise_inline = SERIALISE_INLINE if serialise_inline is None else serialise_inline
+    def __init__(self) -> None:
         self._jobs: queue.Queue[tuple[Callable[[], None], threading.Event | None] | None]
         self._jobs = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -236,27 +192,16 @@ class BackgroundWriter:
         remove: Sequence[str] = (),
         kept: bool = True,
     ) -> None:
-        """Serialise ``state`` once as its copy (training may change it once this returns;
-        here or on the writer's thread, see the class docstring) and publish it under
-        ``names`` (relative to ``run_dir``), in that order, then delete ``remove`` (top-k
-        files that fell out: only once their successor exists). ``kept``: as in
+        """Copy ``state`` (training may change it once this returns) and publish the copy
+        under ``names`` (relative to ``run_dir``), in that order, then delete ``remove``
+        (top-k files that fell out: only once their successor exists). ``kept``: as in
         :func:`save_checkpoint`."""
         self._raise()
-        size = tensor_bytes(state)
-        if size < self.serialise_inline:
-            payload = snapshot_bytes(state)  # the bytes of a copy: what checkpoints hold
-            hashed = kept and size >= HASH_WHILE_WRITING
-            self._wait_previous()
+        self._wait_previous()
+        copied = self._snapshot = snapshot(state, self._snapshot)
 
-            def save(path: Path) -> None:
-                _write_atomically(path, lambda handle: handle.write(payload), hashed)
-
-        else:
-            self._wait_previous()
-            copied = self._snapshot = snapshot(state, self._snapshot)
-
-            def save(path: Path) -> None:
-                save_checkpoint(path, copied, kept)
+        def save(path: Path) -> None:
+            save_checkpoint(path, copied, kept)
 
         def write() -> None:
             first = run_dir / names[0]

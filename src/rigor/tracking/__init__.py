@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 import json
 import math
 import os
-import socket
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -169,70 +167,29 @@ class Tracker:
 
 
 class Events:
-    """A TensorBoard event file of scalars, in tensorboard's own record format
-    (``RecordWriter``) and protos: one event per step holding that step's values, as
-    ``simple_value`` summaries, like ``SummaryWriter.add_scalar`` writes them one event each.
-    The records go through one open file on the caller's thread: tensorboard's
-    ``EventFileWriter`` hands them to a thread of its own that opens the file again for
-    every write. ``purge_step`` (a resumed run's first step) marks a restart there, so
-    TensorBoard drops the earlier run's later events."""
+    """TensorBoard scalars through torch's ``SummaryWriter``: each finite value at its step.
+    ``purge_step`` (a resumed run's first step) marks a restart there, so TensorBoard drops
+    the earlier run's later events."""
 
     def __init__(self, logdir: Path, purge_step: int = 0) -> None:
-        from tensorboard.compat.proto import event_pb2, summary_pb2
-        from tensorboard.summary.writer.record_writer import RecordWriter
+        from torch.utils.tensorboard import SummaryWriter
 
-        self._event, self._summary = event_pb2.Event, summary_pb2.Summary
-        logdir.mkdir(parents=True, exist_ok=True)
-        self.path, handle = _new_event_file(logdir)
-        self.file = RecordWriter(handle)
-        source = event_pb2.SourceMetadata(writer="rigor.tracking")
-        self._add(
-            self._event(wall_time=time.time(), file_version="brain.Event:2", source_metadata=source)
-        )
-        if purge_step:
-            restart = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
-            self._add(self._event(step=purge_step, file_version="brain.Event:2"))
-            self._add(self._event(step=purge_step, session_log=restart))
-        self.flush()
+        self.writer = SummaryWriter(str(logdir), purge_step=purge_step or None)
 
     def scalars(self, step: int, values: dict[str, Any]) -> None:
-        """The finite numbers among ``values`` at ``step``, as one event."""
-        kept = [
-            self._summary.Value(tag=key, simple_value=float(value))
-            for key, value in values.items()
-            if isinstance(value, int | float) and math.isfinite(value)
-        ]
-        if kept:
-            summary = self._summary(value=kept)
-            self._add(self._event(wall_time=time.time(), step=step, summary=summary))
-
-    def _add(self, event: Any) -> None:
-        self.file.write(event.SerializeToString())
+        """The finite numbers among ``values`` at ``step``."""
+        wall_time = time.time()
+        for key, value in values.items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                self.writer.add_scalar(key, value, step, walltime=wall_time)
 
     def flush(self) -> None:
-        """Every event added so far, handed to the kernel."""
-        self.file.flush()
+        """Every event added so far, on disk."""
+        self.writer.flush()
 
     def close(self) -> None:
         """Flush and close the file (again: nothing)."""
-        self.file.close()
-
-
-_EVENT_FILES = itertools.count()  # the per-process part of an event file's name
-
-
-def _new_event_file(logdir: Path) -> tuple[Path, IO[bytes]]:
-    """A new event file named as tensorboard names them (TensorBoard reads a folder's files
-    in name order: time, host, process, then a counter), created, never reused."""
-    while True:
-        name = (
-            f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
-            f"{os.getpid()}.{next(_EVENT_FILES)}"
-        )
-        try:
-            return logdir / name, open(logdir / name, "xb")  # noqa: SIM115
-        except FileExistsError:  # another writer's, in this process and second
-            continue
+        self.writer.close()
 
 
 def _clean(value: Any) -> Any:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rigor.calibration.guarantees import fit_conformal, fit_scrc
 from rigor.config import run_config
-from rigor.policies.apply import apply_policy
+from rigor.policies import scrc as scrc_policy
+from rigor.policies import sets as sets_policy
+from rigor.policies.registry import apply_policy
 
 
 def _pooled(run: Path, task: str) -> tuple[np.ndarray, np.ndarray]:
@@ -48,9 +49,7 @@ def main() -> None:
         order = rng.permutation(len(labels))
         cal, test = order[:half], order[half:]
         rows = np.arange(len(test))
-        conformal = fit_conformal(
-            task, logits[cal], labels[cal], calibration.conformal, calibration.risk_control
-        )
+        conformal = sets_policy.fit(task, logits[cal], labels[cal], None, calibration)
         for name, fitted in conformal["sets"].items():
             policy = {"kind": "sets", "task": task, **fitted}
             policy["q_hat"] = np.inf if policy["q_hat"] is None else policy["q_hat"]
@@ -59,7 +58,7 @@ def main() -> None:
         crc = {"kind": "crc", "task": task, **conformal["crc"]}
         sets = apply_policy(crc, logits[test]).sets
         found.setdefault("risk/crc", []).append(1 - sets[rows, labels[test]].mean())
-        scrc = fit_scrc(task, logits[cal], labels[cal], None, calibration.risk_control)
+        scrc = scrc_policy.fit(task, logits[cal], labels[cal], None, calibration)
         decided = apply_policy({"kind": "scrc", **scrc}, logits[test])
         kept = decided.accepted
         missed = ~decided.sets[rows, labels[test]]

@@ -20,10 +20,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from rigor.cli import add_common_flags, add_set_flag, run_main
-from rigor.config.stages import PolicyKind
+from rigor.policies.registry import KINDS as POLICY_KINDS
 
 
 def _nested(overrides: dict[str, Any], item: str) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--policy",
-        choices=get_args(PolicyKind),
+        choices=POLICY_KINDS,
         help="override calibration.policy: the kind export puts in the bundle (must be feasible)",
     )
     add_set_flag(parser, "calibration.conformal.alpha=0.05")

@@ -21,10 +21,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import get_args
 
 from rigor.cli import add_common_flags, run_main
-from rigor.config.stages import PolicyKind
+from rigor.policies.registry import KINDS as POLICY_KINDS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--from-manifest", required=True, type=Path, help="the run's manifest.json")
     parser.add_argument(
         "--policy",
-        choices=get_args(PolicyKind),
+        choices=POLICY_KINDS,
         help="the one active policy of the bundle (default: calibration.policy of the run); "
         "none: no policy, the classification task answered without abstention (needs no "
         "calibration)",

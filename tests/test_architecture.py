@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 from collections import defaultdict
 
-import pytest
 from conftest import ROOT
 
 SRC = ROOT / "src" / "rigor"

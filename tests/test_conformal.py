@@ -8,9 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from rigor.calibration.conformal import conformal_quantile, label_scores, prediction_sets
-from rigor.calibration.platt import fit_platt
-from rigor.calibration.risk_control import crc_lambda, fnr_losses, scrc_fit, selection_threshold
+from rigor.metrics.sets import label_scores, prediction_sets
+from rigor.policies.crc import crc_lambda, fnr_losses
+from rigor.policies.gate import fit_platt
+from rigor.policies.scrc import scrc_fit, selection_threshold
+from rigor.policies.sets import conformal_quantile
 
 SCORES = np.arange(1, 21, dtype=np.float64)  # 1, 2, ..., 20 shuffled below
 

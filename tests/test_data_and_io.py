@@ -246,9 +246,10 @@ def test_checkpoints_snapshot_into_the_previous_ones_tensors_only_once_it_is_wri
 
 def test_a_checkpoint_is_copied_at_the_call_and_written_in_order(tmp_path: Path) -> None:
     """The state is copied when :meth:`checkpoint` is called (it returns while the writer
-    is still busy) and written as ``torch.save`` writes that copy; the next checkpoint waits until that one is on disk (so the
-    run's predictions can read an earlier best.pt back, and a slow disk does not pile up
-    states in memory); the files are written in the order they were submitted."""
+    is still busy) and written as ``torch.save`` writes that copy; the next checkpoint
+    waits until that one is on disk (so the run's predictions can read an earlier best.pt
+    back, and a slow disk does not pile up states in memory); the files are written in the
+    order they were submitted."""
     import threading
 
     import torch

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import CONFIGS, short_run
 
-from rigor.calibration.conformal import conformal_quantile
+from rigor.policies.sets import conformal_quantile
 
 
 @pytest.mark.parametrize(

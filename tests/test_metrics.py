@@ -385,3 +385,26 @@ def test_small_evaluations_never_import_numba() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_docs_metric_agrees_with_scikit_learn_and_bootstraps_in_one_pass() -> None:
+    """docs/extending.md's "A metric" example: its value is scikit-learn's balanced
+    accuracy, and its batched form gives bootstrap_ci the values one call per resample
+    would."""
+    from conftest import ROOT
+    from sklearn.metrics import balanced_accuracy_score
+
+    from rigor.metrics.bootstrap import bootstrap_ci
+
+    text = (ROOT / "docs" / "extending.md").read_text()
+    section = text.split("\n## A metric\n", 1)[1]
+    namespace: dict[str, object] = {}
+    exec(compile(section.split("```")[1].split("\n", 1)[1], "docs/extending.md", "exec"), namespace)
+    metric = namespace["balanced_accuracy"]
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 300)
+    predicted = np.where(rng.random(300) < 0.7, labels, rng.integers(0, 4, 300))
+    assert metric(predicted, labels) == pytest.approx(balanced_accuracy_score(labels, predicted))
+    batched = bootstrap_ci(metric, predicted, labels, n_resamples=200, seed=3)
+    plain = bootstrap_ci(lambda p, y: metric(p, y), predicted, labels, n_resamples=200, seed=3)
+    assert batched == pytest.approx(plain)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from conftest import CONFIGS, load_script
 
-from rigor.calibration.platt import fit_platt
 from rigor.metrics.scores import sigmoid, softmax
+from rigor.policies.gate import fit_platt
 
 GATED = CONFIGS / "experiment" / "digits_gate.yaml"
 KINDS = ("threshold", "gate", "cascade", "sets", "crc", "scrc")
@@ -92,7 +92,9 @@ def test_eval_reports_every_policy_side_by_side(calibrated: Path, run_script) ->
 
 
 def test_each_policy_exports_alone_and_predict_applies_it(
-    calibrated: Path, run_script, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
+    calibrated: Path,
+    run_script,
+    capsys: pytest.CaptureFixture[str],  # type: ignore[no-untyped-def]
 ) -> None:
     run = calibrated.parent
     test = _arrays(run, "val_test")
@@ -144,7 +146,12 @@ def _aps(p: np.ndarray) -> np.ndarray:
     ],
 )
 def test_an_infeasible_target_is_exit_2_with_the_best_value_and_no_output(
-    calibrated: Path, run_script, capsys, policy: str, setting: str, message: str  # type: ignore[no-untyped-def]
+    calibrated: Path,
+    run_script,
+    capsys,
+    policy: str,
+    setting: str,
+    message: str,  # type: ignore[no-untyped-def]
 ) -> None:
     run = calibrated.parent
     before = {p.name: p.stat().st_mtime_ns for p in (run / "calibration").iterdir()}
@@ -175,7 +182,12 @@ def _no_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     ids=["nan", "empty"],
 )
 def test_bad_val_calib_predictions_are_exit_2_and_nothing_is_calibrated(
-    calibrated: Path, tmp_path: Path, run_script, capsys, damage, message  # type: ignore[no-untyped-def]
+    calibrated: Path,
+    tmp_path: Path,
+    run_script,
+    capsys,
+    damage,
+    message,  # type: ignore[no-untyped-def]
 ) -> None:
     from rigor.io import record_hash, sha256_file
     from rigor.runs.predict import save_npz
@@ -203,7 +215,10 @@ def test_bad_val_calib_predictions_are_exit_2_and_nothing_is_calibrated(
 
 @pytest.mark.slow
 def test_a_second_run_can_be_stage_b_of_the_cascade(
-    calibrated: Path, tmp_path: Path, run_script, capsys  # type: ignore[no-untyped-def]
+    calibrated: Path,
+    tmp_path: Path,
+    run_script,
+    capsys,  # type: ignore[no-untyped-def]
 ) -> None:
     from rigor.config import load_config
     from rigor.training.run import train
@@ -360,3 +375,69 @@ def test_scripts_defer_collection_until_the_stage_settles() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "OK True"
+
+
+def _docs_block(heading: str, index: int) -> str:
+    """The ``index``-th code block of docs/extending.md's section ``heading``."""
+    from conftest import ROOT
+
+    text = (ROOT / "docs" / "extending.md").read_text()
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```")[1 + 2 * index].split("\n", 1)[1]
+
+
+@pytest.mark.slow
+def test_the_docs_policy_is_one_module_and_one_registry_line(
+    calibrated: Path, tmp_path: Path
+) -> None:
+    """docs/extending.md's margin policy, added to a copy of the package exactly as the docs
+    say (its module, and its name in MODULES), goes through the real scripts: calibrate fits
+    and checks its record, export builds its policy.json against the schema, predict applies
+    it, eval reports it beside the others and puts it in the table; the CLI offers it."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    package = tmp_path / "src" / "rigor"
+    shutil.copytree(ROOT / "src" / "rigor", package, ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("schema", "locks", "configs"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    (package / "policies" / "margin.py").write_text(_docs_block("A calibration policy", 0))
+    registry = package / "policies" / "registry.py"
+    before = registry.read_text()
+    assert _docs_block("A calibration policy", 1).rstrip().endswith('"margin",\n)')
+    registry.write_text(before.replace('    "none",\n)', '    "none",\n    "margin",\n)'))
+    assert len(registry.read_text().splitlines()) == len(before.splitlines()) + 1
+    run = tmp_path / "run"
+    shutil.copytree(calibrated.parent, run)
+    manifest = run / "manifest.json"
+    env = os.environ | {"PYTHONPATH": str(tmp_path / "src")}
+
+    def script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, str(ROOT / "scripts" / f"{name}.py"), *args]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    assert "margin" in script("export", "--help").stdout
+    flags = ["--from-manifest", str(manifest), "--env-policy", "ignore"]
+    script("calibrate", *flags, "--target-risk", "0.2", "--policy", "margin")
+    fitted = json.loads((run / "calibration" / "margin.json").read_text())
+    assert 0 < fitted["threshold"] < 1 and fitted["fitted_on"]["n"] > 0
+    script("eval", *flags)
+    report = json.loads((run / "eval" / "metrics.json").read_text())["tasks"]["digit"]
+    assert set(report["guarantees"]) == {"platt_gate", "cascade", "sets", "crc", "scrc", "margin"}
+    assert "| margin |" in (run / "eval" / "digit_policies.md").read_text()
+    script("export", *flags, "--policy", "margin")
+    policy = json.loads((run / "bundle" / "policy.json").read_text())
+    assert policy["kind"] == "margin" and policy["threshold"] == fitted["threshold"]
+    script("predict", "--bundle", str(run / "bundle"), "--split", "val_test")
+    rows = list(csv.DictReader((run / "predict" / "val_test.csv").open()))
+    test = _arrays(run, "val_test")
+    top = np.sort(softmax(test["logits_digit"]), axis=1)
+    accepted = top[:, -1] - top[:, -2] >= fitted["threshold"]
+    by_id = {i: row for row, i in enumerate(test["ids"])}
+    assert [r["abstained"] == "no" for r in rows] == [accepted[by_id[r["id"]]] for r in rows]
+    assert 0 < accepted.mean() < 1

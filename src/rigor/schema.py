@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from rigor.calibration.guarantee_schema import SCHEMAS as GUARANTEE_SCHEMAS
 from rigor.calibration.guarantee_schema import render as render_guarantee
 from rigor.calibration.schema import render_thresholds_schema
 from rigor.config import render_config_schema
@@ -26,7 +27,7 @@ SCHEMAS: dict[str, Callable[[], str]] = {
     "bundle.schema.json": render_bundle_schema,
     **{
         f"{name}.schema.json": functools.partial(render_guarantee, name)
-        for name in ("platt", "conformal", "scrcparams", "policy", "intervals")
+        for name in GUARANTEE_SCHEMAS
     },
 }
 

@@ -11,10 +11,9 @@ import numpy as np
 
 from rigor.calibration.bundle_policy import THRESHOLDS, build_policy
 from rigor.calibration.cascade_run import resolve_stage_b
-from rigor.calibration.conformal import regression_intervals
 from rigor.calibration.guarantee_schema import validate_record
 from rigor.calibration.guarantees import guarantee_records
-from rigor.calibration.policy import choose, sweep
+from rigor.calibration.intervals import regression_intervals
 from rigor.calibration.schema import validate_thresholds
 from rigor.calibration.temperature import choose_temperature
 from rigor.config import apply_overrides
@@ -25,6 +24,7 @@ from rigor.metrics.calibration import ece, nll
 from rigor.metrics.scores import sigmoid, softmax
 from rigor.plotting import figures
 from rigor.plotting.pool import PlotPool, draw
+from rigor.policies.threshold import choose, sweep
 from rigor.stages import RunContext, finish_stage, open_run
 
 READS = "predictions/val_calib.npz"

@@ -24,12 +24,15 @@ from rigor.evaluation.report_guarantees import (
 from rigor.evaluation.report_regression import interval_report, regression_report
 from rigor.io import atomic_write_json, atomic_write_text, read_json
 from rigor.plotting.pool import PlotPool
+from rigor.policies.base import record_name
+from rigor.policies.registry import POLICIES
 from rigor.stages import BEST, RunContext, finish_stage, open_run
 
 READS = "predictions/val_test.npz"
 POLICY = "calibration/thresholds.json"
 INTERVALS = "calibration/intervals.json"
-GUARANTEES = {name: f"calibration/{name}.json" for name in ("platt", "conformal", "scrcparams")}
+# the records the policies fit, by name (calibration/platt.json: "platt")
+GUARANTEES = {record_name(p.record): p.record for p in POLICIES.values() if p.record is not None}
 
 
 def evaluate(

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from rigor.calibration.bundle_policy import SOURCES, build_policy
+from rigor.calibration.bundle_policy import build_policy, sources
 from rigor.errors import UsageError
 from rigor.export.load import has_classification
 from rigor.io import (
@@ -57,14 +57,14 @@ def export(
             "scripts/calibrate.py first (a bundle carries exactly one active policy), or "
             "export with --policy none for predictions without abstention"
         )
-    sources = [rel for rel in SOURCES[kind] if rel in manifest["sha256"]] if calibrated else []
-    reads = [manifest["best_checkpoint"], *sources]
+    needed = [rel for rel in sources(kind) if rel in manifest["sha256"]] if calibrated else []
+    reads = [manifest["best_checkpoint"], *needed]
     reads += [INTERVALS] if INTERVALS in manifest["sha256"] else []
     reads += ["splits.json", "metrics.json"]
     reads += ["eval/metrics.json"] if "eval/metrics.json" in manifest["sha256"] else []
     verify_manifest(manifest, ctx.run_dir, only=reads)
     built = (
-        build_policy(kind, {rel: read_json(ctx.path(rel)) for rel in sources})
+        build_policy(kind, {rel: read_json(ctx.path(rel)) for rel in needed})
         if calibrated
         else None
     )

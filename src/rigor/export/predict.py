@@ -19,7 +19,8 @@ from rigor.errors import UsageError
 from rigor.export.load import Bundle, load_bundle
 from rigor.io import atomic_write_text
 from rigor.models.registry import AUX, GATE
-from rigor.policies.apply import GUARANTEES, apply_policy, kind_of
+from rigor.policies.base import kind_of
+from rigor.policies.registry import POLICIES, apply_policy
 
 
 def _model(bundle: Bundle, config: Config) -> torch.nn.Module:
@@ -225,7 +226,7 @@ def _selective(
         columns["set_size"] = [str(int(n)) for n in decisions.sets.sum(axis=1)]
     summary |= {
         "policy": kind,
-        "guarantee": policy.get("guarantee", GUARANTEES["threshold"]),
+        "guarantee": policy.get("guarantee", POLICIES["threshold"].guarantee),
         "accepted": int(accepted.sum()),
         "coverage": float(accepted.mean()),
     }

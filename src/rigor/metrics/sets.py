@@ -1,8 +1,8 @@
 """Conformity scores of every candidate label and the prediction sets they give.
 
 These are the primitives of split-conformal classification (LAC, APS, RAPS). They live in
-evaluation, below calibration, so that eval and predict apply a fitted set policy without
-importing the stage that fits it; :mod:`rigor.calibration.conformal` is their public home.
+metrics, below the policies, so that :mod:`rigor.policies.sets` and
+:mod:`rigor.policies.crc` fit and apply them and eval and predict never import calibration.
 
 Scores are "non-conformity" scores: a low score means the label conforms. Label j is in the
 set of a sample when its score is at most the fitted q_hat.

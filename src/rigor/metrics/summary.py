@@ -55,3 +55,35 @@ def score_replicates(
         engine = MetricEngine.build(confidence, correct, coverages=coverages, risks=risks)
     estimates = {name: float(values[0]) for name, values in engine.run().items()}
     return estimates, replicates(engine.run, engine.n, n_resamples, seed)
+
+
+def task_metrics(
+    kind: str, output: np.ndarray, target: np.ndarray, gate: np.ndarray | None = None
+) -> dict[str, float]:
+    """What training logs of one task on one split, by metric name: accuracy and the AUGRC
+    of the max softmax probability (classification; with the gate's AUGRC, and its coverage
+    and selective risk at g >= 0.5, when the task has a gate), or MAE and Pearson's r of the
+    first output (regression; r left out when a prediction is constant). Accuracy and MAE
+    are float32 means, as the outputs are."""
+    from rigor.metrics.regression import pearson
+    from rigor.metrics.scores import sigmoid, softmax
+    from rigor.metrics.selective import augrc
+
+    if kind != "classification":
+        error = np.abs(output.astype(np.float32) - target.astype(np.float32))
+        values = {"mae": float(np.float32(error.mean(dtype=np.float64)))}
+        r = pearson(output.reshape(len(target), -1)[:, 0], target)
+        return values | ({"pearson": r} if np.isfinite(r) else {})
+    hits = output.argmax(axis=1) == target
+    values = {
+        "acc": float(np.float32(np.count_nonzero(hits) * (1.0 / hits.size))),
+        "augrc": augrc(softmax(output).max(axis=1), hits),
+    }
+    if gate is None:
+        return values
+    selection = sigmoid(gate)
+    accepted = selection >= 0.5
+    values |= {"gate_augrc": augrc(selection, hits), "gate_coverage": float(accepted.mean())}
+    if accepted.any():
+        values["gate_risk"] = float((~hits[accepted]).mean())
+    return values

@@ -16,7 +16,7 @@ import numpy as np
 
 from rigor.metrics.selective import generalized_risk_coverage_curve, risk_coverage_curve
 from rigor.metrics.sets import SET_METHODS, label_scores, prediction_sets
-from rigor.policies.apply import apply_policy
+from rigor.policies.registry import apply_policy
 
 BAND_RESAMPLES = 200
 GRID = np.linspace(0.01, 1.0, 100)

@@ -1,2 +1,3 @@
-"""Abstention policies as bundles carry them: how each kind answers a sample (apply), the
-guarantee it states. Calibration fits them; eval, export and predict apply them."""
+"""Abstention policies, one module each (threshold, gate, cascade, sets, crc, scrc, none),
+listed once in :mod:`rigor.policies.registry`: how each is fitted on val_calib, built into a
+bundle, applied to new outputs, reported on val_test, and the guarantee it states."""

@@ -133,8 +133,7 @@ def snapshot(value: Any, reuse: Any = None) -> Any:
     if isinstance(value, list | tuple):
         same = isinstance(reuse, list | tuple) and len(reuse) == len(value)
         return type(value)(
-            snapshot(item, reuse[index] if same else None)
-            for index, item in enumerate(value)
+            snapshot(item, reuse[index] if same else None) for index, item in enumerate(value)
         )
     return copy.deepcopy(value)
 

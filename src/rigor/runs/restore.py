@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from rigor.models.registry import RigorModel
 from rigor.runs.checkpoint import load_checkpoint
 from rigor.runs.device import pick_device
 from rigor.runs.predict import predict, prediction_arrays
+
+if TYPE_CHECKING:
+    from rigor.stages import RunContext
 
 
 def task_specs(manifest: dict[str, Any]) -> dict[str, TaskSpec]:
@@ -75,7 +78,7 @@ def split_rows(run_dir: Path, dataset: ImageDataset, split: str) -> list[int]:
     return [index[sample_id] for sample_id in ids]
 
 
-def predict_split(ctx: Any, split: str) -> dict[str, np.ndarray]:
+def predict_split(ctx: RunContext, split: str) -> dict[str, np.ndarray]:
     """Run the best checkpoint on ``split``; arrays shaped like predictions/<split>.npz."""
     config, manifest, run_dir = ctx.config, ctx.manifest, ctx.run_dir
     dataset, pipeline = run_dataset(run_dir, config, manifest)

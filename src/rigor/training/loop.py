@@ -1,5 +1,5 @@
 """The plain-PyTorch loop: losses, optimizer steps with accumulation and OOM fallback,
-prediction, and split metrics."""
+prediction, and a split's losses with its metrics."""
 
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ from rigor.config.models import GateConfig
 from rigor.data.dataset import Batch
 from rigor.data.registry import TaskSpec
 from rigor.errors import RigorError
-from rigor.metrics.regression import pearson
-from rigor.metrics.selective import augrc
+from rigor.metrics.summary import task_metrics
 from rigor.models.registry import AUX, GATE, module_key, task_name
 from rigor.tracking import metric_key
 from rigor.training.optim import Precision
@@ -281,62 +280,29 @@ class Stepper:
 def split_metrics(
     preds: dict[str, Any], tasks: dict[str, TaskSpec], split: str
 ) -> dict[str, float]:
-    """Loss per task and in total; accuracy and AUGRC of the MSP (classification), or MAE and
-    Pearson's r (regression: per gene when each gene is a task); means over tasks; per split."""
+    """Loss per task and in total, each task's metrics
+    (:func:`rigor.metrics.summary.task_metrics`), and their means over tasks; per split."""
     metrics: dict[str, float] = {}
-    accs: list[float] = []
-    maes: list[float] = []
-    pearsons: list[float] = []
-    augrcs: list[float] = []
+    per_kind: dict[str, list[dict[str, float]]] = {"classification": [], "regression": []}
     total = 0.0
     for name, spec in tasks.items():
-        output = torch.from_numpy(preds["outputs"][name])
-        target = torch.from_numpy(preds["targets"][name])
-        loss = task_loss(output, target, spec).item()
+        output, target = preds["outputs"][name], preds["targets"][name]
+        loss = task_loss(torch.from_numpy(output), torch.from_numpy(target), spec).item()
         metrics[metric_key("loss", split, name)] = loss
         total += loss
-        if spec.kind == "classification":
-            hits = output.argmax(dim=1) == target
-            acc = float(hits.float().mean())
-            metrics[metric_key("acc", split, name)] = acc
-            confidence = torch.softmax(output.double(), dim=1).max(dim=1).values.numpy()
-            metrics[metric_key("augrc", split, name)] = augrc(confidence, hits.numpy())
-            accs.append(acc)
-            augrcs.append(metrics[metric_key("augrc", split, name)])
-            if GATE + name in preds["outputs"]:
-                metrics |= gate_metrics(preds["outputs"][GATE + name], hits.numpy(), name, split)
-        else:
-            mae = float((output - target.float()).abs().mean())
-            metrics[metric_key("mae", split, name)] = mae
-            maes.append(mae)
-            r = pearson(output.reshape(len(target), -1)[:, 0].numpy(), target.numpy())
-            if np.isfinite(r):  # left out when a prediction is constant (no NaN in manifests)
-                metrics[metric_key("pearson", split, name)] = r
-            pearsons.append(r)
+        kind = "classification" if spec.kind == "classification" else "regression"
+        values = task_metrics(kind, output, target, preds["outputs"].get(GATE + name))
+        metrics |= {metric_key(key, split, name): value for key, value in values.items()}
+        per_kind[kind].append(values)
     metrics[metric_key("loss", split)] = total
-    if accs:
-        metrics[metric_key("acc", split)] = float(np.mean(accs))
-        metrics[metric_key("augrc", split)] = float(np.mean(augrcs))
-    if maes:
-        metrics[metric_key("mae", split)] = float(np.mean(maes))
+    means = (("acc", "classification"), ("augrc", "classification"), ("mae", "regression"))
+    for key, kind in means:
+        if per_kind[kind]:
+            metrics[metric_key(key, split)] = float(np.mean([v[key] for v in per_kind[kind]]))
+    if per_kind["regression"]:
         # A constant prediction has no correlation; it counts as 0 in the mean, not NaN.
-        metrics[metric_key("pearson", split)] = float(np.mean(np.nan_to_num(pearsons)))
-    return metrics
-
-
-def gate_metrics(
-    gate_logits: np.ndarray, correct: np.ndarray, task: str, split: str
-) -> dict[str, float]:
-    """AUGRC of the selection score, and coverage and selective risk at g >= 0.5 (the risk
-    is left out when the gate accepts nothing)."""
-    selection = 1.0 / (1.0 + np.exp(-gate_logits.astype(np.float64)))
-    accepted = selection >= 0.5
-    metrics = {
-        metric_key("gate_augrc", split, task): augrc(selection, correct),
-        metric_key("gate_coverage", split, task): float(accepted.mean()),
-    }
-    if accepted.any():
-        metrics[metric_key("gate_risk", split, task)] = float((~correct[accepted]).mean())
+        rs = [v.get("pearson", 0.0) for v in per_kind["regression"]]
+        metrics[metric_key("pearson", split)] = float(np.mean(rs))
     return metrics
 
 

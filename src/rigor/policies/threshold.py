@@ -1,4 +1,5 @@
-"""Selective threshold policy: accept when calibrated confidence >= threshold.
+"""The threshold policy: accept when the calibrated confidence (temperature-scaled max
+softmax probability, or the gate's sigmoid) is at least a threshold chosen on val_calib.
 
 Candidates are all distinct calibrated confidences (never a fixed grid). The chosen threshold
 gives the largest coverage whose selective risk is <= the target and whose coverage is >= the
@@ -14,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from rigor.errors import UsageError
+from rigor.metrics.scores import policy_confidence, softmax
+from rigor.policies.base import ALPHA, PROB, THRESHOLDS, Decisions, Policy, cell
 
 POSITIVE = 1  # binary tasks: class 1 is the positive class
 
@@ -89,3 +92,39 @@ def choose(s: Sweep, target_risk: float, min_coverage: float, fnr_target: float 
     best_coverage = s.coverage[candidates].max()
     top = candidates[s.coverage[candidates] == best_coverage]
     return int(top[np.argmin(s.risk[top])])
+
+
+def apply(
+    policy: dict[str, Any], logits: np.ndarray, gate: np.ndarray | None, aux: np.ndarray | None
+) -> Decisions:
+    """The argmax class, accepted when the policy's confidence is at least its threshold."""
+    predicted = softmax(logits).argmax(axis=1)
+    confidence = policy_confidence(logits, gate, policy)
+    return Decisions(predicted, confidence, confidence >= policy["threshold"])
+
+
+def rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The plain threshold's row: eval's ``policy`` section."""
+    if "policy" not in result:
+        return []
+    plain = result["policy"]
+    return [("threshold", cell(plain["coverage"]), cell(plain["selective_risk"]), "1")]
+
+
+POLICY = Policy(
+    kind="threshold",
+    guarantee="empirical: selective risk <= target_risk on val_calib; no finite-sample "
+    "guarantee on new data",
+    sources=(THRESHOLDS,),
+    schema={
+        "required": ["score", "threshold", "target_risk"],
+        "properties": {
+            "score": {"enum": ["msp_temperature", "gate"]},
+            "threshold": PROB,
+            "target_risk": ALPHA,
+        },
+    },
+    build=lambda records: records[THRESHOLDS],  # thresholds.json is the policy record
+    apply=apply,
+    rows=rows,
+)

@@ -39,11 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_common_flags(parser, env=False)
     args = parser.parse_args(argv)
-    from rigor.export.predict import predict_with_bundle
+    from rigor.export.predict import predict_screen, predict_with_bundle
 
     path, summary = predict_with_bundle(
         args.bundle, args.input, args.split, args.output, args.stage_b
     )
+    print(predict_screen(path, summary), file=sys.stderr)
     print(f"{path}\n{json.dumps(summary)}")
     return 0
 

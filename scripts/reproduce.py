@@ -4,7 +4,9 @@
         [--output-root DIR]
 
 Reports whether data hashes, weights and metrics are bitwise identical, or lists the
-differences; writes reproduction.json in the new run folder.
+differences; writes reproduction.json in the new run folder. The re-run goes beside the
+original: under <the original's output root>/reproduce/ (the folder holding its runs/),
+wherever the command runs from, unless --output-root says otherwise.
 Exit codes: 0 compared (see "bitwise"), 2 bad usage, 3 invalid manifest, 4 env mismatch, 5 artifact.
 """
 
@@ -26,7 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--from-manifest", required=True, type=Path)
     parser.add_argument(
-        "--output-root", type=Path, default=Path("results/reproduce"), help="where the re-run goes"
+        "--output-root",
+        type=Path,
+        help="where the re-run goes (default: <original output root>/reproduce)",
     )
     add_common_flags(parser)
     args = parser.parse_args(argv)

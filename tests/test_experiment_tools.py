@@ -76,3 +76,21 @@ def test_reproduce_refuses_a_changed_artifact_and_names_each_difference(
     assert not report["bitwise"] and not report["weights_identical"]["checkpoints/best.pt"]
     assert any(".optimizer.state." in d for d in report["artifact_differences"])
     assert report["weights_identical"]["checkpoints/last.pt"]
+
+
+def test_reproduce_writes_beside_the_original_run_by_default(
+    smoke_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from another folder, the re-run still lands in <output root>/reproduce/runs/."""
+    root = tmp_path / "out"
+    shutil.copytree(smoke_manifest.parent, root / "runs" / smoke_manifest.parent.name)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    manifest = root / "runs" / smoke_manifest.parent.name / "manifest.json"
+    report = reproduce(manifest, env_policy="ignore")
+    assert report["bitwise"] is True
+    assert [p.parent.parent for p in (root / "reproduce" / "runs").glob("*/manifest.json")] == [
+        root / "reproduce" / "runs"
+    ]
+    assert not any(elsewhere.iterdir())

@@ -69,11 +69,11 @@ def test_cli_train_writes_a_valid_complete_run(tmp_path: Path, python: str) -> N
 def test_logs_follow_the_schedule_and_metric_keys(smoke_manifest: Path) -> None:
     run = smoke_manifest.parent
     rows = [json.loads(line) for line in (run / "logs" / "steps.jsonl").read_text().splitlines()]
-    # smoke: 2 epochs x 5 steps, a row every 2 steps
-    assert [row["step"] for row in rows] == [2, 4, 6, 8, 10]
+    # smoke: 2 epochs x 5 steps, a row every 2 steps and at each epoch's last step
+    assert [row["step"] for row in rows] == [2, 4, 5, 6, 8, 10]
     assert {"loss/train", "loss/digit/train", "lr", "grad_norm", "samples_per_s"} <= set(rows[0])
     # cosine: 0.5 epoch = round(2.5) = 2 warmup steps, peak 3e-3, floor 1%; row s used step s-1
-    cosine = [0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * k / 8)) for k in (1, 3, 5, 7)]
+    cosine = [0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * k / 8)) for k in (1, 2, 3, 5, 7)]
     expected = [3e-3 * factor for factor in [1.0, *cosine]]
     assert [row["lr"] for row in rows] == pytest.approx(expected)
     with open(run / "logs" / "epochs.csv") as handle:

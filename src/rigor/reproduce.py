@@ -16,10 +16,15 @@ from rigor.stages import open_run
 
 
 def reproduce(
-    manifest_path: Path, output_root: Path, env_policy: str | None = None, force: bool = False
+    manifest_path: Path,
+    output_root: Path | None = None,
+    env_policy: str | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train (or pretrain) again with the recorded config and seed under ``output_root``
-    and compare."""
+    (by default ``reproduce/`` beside the original's ``runs/`` folder) and compare."""
+    if output_root is None:
+        output_root = Path(manifest_path).resolve().parent.parent.parent / "reproduce"
     from rigor.run_kinds import kind_of
 
     ctx = open_run(

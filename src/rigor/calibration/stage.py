@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from rigor.calibration.guarantee_schema import validate_record
 from rigor.calibration.guarantees import guarantee_records
 from rigor.calibration.intervals import regression_intervals
 from rigor.calibration.schema import validate_thresholds
+from rigor.calibration.screen import calibrate_screen, classifier_warnings
 from rigor.calibration.temperature import choose_temperature
 from rigor.config import apply_overrides
 from rigor.errors import UsageError
@@ -26,6 +28,7 @@ from rigor.plotting import figures
 from rigor.plotting.pool import PlotPool, draw
 from rigor.policies.threshold import choose, sweep
 from rigor.stages import RunContext, finish_stage, open_run
+from rigor.tracking.tensorboard import last_step, log_stage
 
 READS = "predictions/val_calib.npz"
 INTERVALS = "calibration/intervals.json"
@@ -61,14 +64,17 @@ def calibrate(
     kinds = {spec["kind"] for spec in ctx.manifest["dataset"]["tasks"].values()}
     writes: list[tuple[str, Any]] = []
     summary: dict[str, Any] = {}
+    record, intervals, warnings = None, None, []
     with PlotPool(most=1):  # the reliability diagram is drawn beside the fitting
         if "classification" in kinds or options.task is not None:
             record, writes = _calibrate_classifier(ctx, options)
+            warnings = classifier_warnings(record, dict(writes))
             summary |= _summary(record)
         if "regression" in kinds:
             intervals = _intervals(ctx, options.interval_alpha)
             writes.append((INTERVALS, intervals))
             summary["interval_alpha"] = intervals["alpha"]
+        summary["warnings"] = warnings
         (ctx.run_dir / "calibration").mkdir(exist_ok=True)
         outputs = []
         for rel, content in writes:
@@ -77,7 +83,12 @@ def calibrate(
             else:
                 atomic_write_json(ctx.path(rel), content)
             outputs.append(rel)
+    if ctx.config.logging.tensorboard:
+        values = {k: v for k, v in summary.items() if k != "warnings"}
+        log_stage(ctx.run_dir, "calibrate", last_step(ctx.manifest), values, outputs)
     finish_stage(ctx, "calibrate", {"reads": [READS], **options.model_dump()}, outputs, summary)
+    folder = ctx.run_dir / "calibration"
+    print(calibrate_screen(options.policy, record, intervals, warnings, folder), file=sys.stderr)
     return ctx.path(outputs[0])
 
 

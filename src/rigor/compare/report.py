@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,24 @@ def run_compare(
     atomic_write_text(output / "report.csv", _csv(result))
     _forest(result, output / "forest.png")
     atomic_write_text(output / "report.md", _markdown(result))
+    print(_screen(result, output), file=sys.stderr)
     return output / "report.md"
+
+
+def _screen(result: dict[str, Any], output: Path, most: int = 12) -> str:
+    """The summary on stderr: each pair's differences with their CIs (and McNemar's p)."""
+    rows = _rows(result)
+    lines = [f"compare: {len(result['manifests'])} runs, {len(rows)} paired differences (b - a)"]
+    for row in rows[:most]:
+        p = f", McNemar p {row['mcnemar_p']}" if row["mcnemar_p"] else ""
+        lines.append(
+            f"  {row['b']} - {row['a']}: {row['metric']} {row['difference']:+.4f} "
+            f"[{row['ci_lower']:+.4f}, {row['ci_upper']:+.4f}]{p}"
+        )
+    if len(rows) > most:
+        lines.append(f"  ... and {len(rows) - most} more (report.csv)")
+    lines.append(f"  files: {output}/ (report.md, report.csv, compare.json, forest.png)")
+    return "\n".join(lines)
 
 
 def _rows(result: dict[str, Any]) -> list[dict[str, Any]]:

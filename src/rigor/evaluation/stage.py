@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rigor.config import apply_overrides
+from rigor.evaluation.caveats import interval_caveats, task_caveats
 from rigor.evaluation.report_classification import classification_report
 from rigor.evaluation.report_guarantees import (
     guarantees_figures,
@@ -22,11 +24,14 @@ from rigor.evaluation.report_guarantees import (
     policy_table,
 )
 from rigor.evaluation.report_regression import interval_report, regression_report
+from rigor.evaluation.screen import eval_screen
 from rigor.io import atomic_write_json, atomic_write_text, read_json
 from rigor.plotting.pool import PlotPool
 from rigor.policies.base import record_name
 from rigor.policies.registry import POLICIES
 from rigor.stages import BEST, RunContext, finish_stage, open_run
+from rigor.tracking import Progress
+from rigor.tracking.tensorboard import estimates, last_step, log_stage
 
 READS = "predictions/val_test.npz"
 POLICY = "calibration/thresholds.json"
@@ -66,7 +71,9 @@ def evaluate(
         out.mkdir(exist_ok=True)
         report: dict[str, Any] = {"split": "val_test", "recomputed": recompute, "tasks": {}}
         outputs: list[str] = []
+        progress = Progress(len(ctx.manifest["dataset"]["tasks"]), "eval", "tasks")
         for task, spec in ctx.manifest["dataset"]["tasks"].items():
+            progress.tick()
             logits, targets = predictions[f"logits_{task}"], predictions[f"targets_{task}"]
             if spec["kind"] == "classification":
                 task_policy = policy if policy and policy["task"] == task else None
@@ -80,13 +87,18 @@ def evaluate(
                     result["interval"] = interval_report(
                         logits, targets, groups, intervals, task, options
                     )
+                    result["warnings"] = interval_caveats(task, result["interval"])
             report["tasks"][task] = result
             outputs += files
     atomic_write_json(out / "metrics.json", report)
     atomic_write_text(out / "metrics.csv", _csv(report))
     outputs = ["eval/metrics.json", "eval/metrics.csv", *outputs]
     stage_options = {"reads": reads, "recompute": recompute, **options.model_dump()}
+    if ctx.config.logging.tensorboard:  # the numbers and figures, beside training's
+        values = estimates(report["tasks"])
+        log_stage(ctx.run_dir, "eval", last_step(ctx.manifest), values, outputs)
     finish_stage(ctx, "eval", stage_options, outputs, _summary(report))
+    print(eval_screen(report, out), file=sys.stderr)
     return out / "metrics.json"
 
 
@@ -117,6 +129,7 @@ def _classification(
         result["guarantees"] = guarantees_report(task, records, outputs_of, labels, options)
         atomic_write_text(ctx.path(f"eval/{task}_policies.md"), policy_table(result))
         files += [*more, f"eval/{task}_policies.md"]
+    result["warnings"] = task_caveats(task, result, logits, labels, policy, records)
     return result, files
 
 
@@ -173,4 +186,5 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
                 ]
         else:
             summary[f"{task}/mae_mean"] = result["mae_mean"]
+    summary["warnings"] = sum(len(r.get("warnings", [])) for r in report["tasks"].values())
     return summary

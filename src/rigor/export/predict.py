@@ -249,3 +249,30 @@ def _table(columns: dict[str, list[str]]) -> str:
     writer.writerow(list(columns))
     writer.writerows(zip(*columns.values(), strict=True))
     return buffer.getvalue()
+
+
+def predict_screen(path: Path, summary: dict[str, Any]) -> str:
+    """predict's summary on stderr: what was answered under which policy and guarantee,
+    the selective risk and set coverage when labels were known, the regression errors."""
+    lines = [f"predict: {summary['n']} rows -> {path}"]
+    if "policy" in summary:
+        lines.append(f"  policy {summary['policy']}: {summary['guarantee']}")
+        lines.append(
+            f"  answered {summary['accepted']} of {summary['n']} ({summary['coverage']:.3f})"
+            + (
+                f", selective risk {summary['selective_risk']:.4f}"
+                if "selective_risk" in summary
+                else ""
+            )
+            + (
+                f", set coverage {summary['set_coverage']:.3f}, mean set size "
+                f"{summary['mean_set_size']:.2f}"
+                if "set_coverage" in summary
+                else ""
+            )
+        )
+    maes = list(summary.get("mae", {}).items())
+    lines += [f"  {task}: MAE {value:.4g}" for task, value in maes[:8]]
+    if len(maes) > 8:
+        lines.append(f"  ... and {len(maes) - 8} more tasks (the summary JSON on stdout)")
+    return "\n".join(lines)

@@ -99,7 +99,9 @@ class Policy:
     - ``report`` and ``report_key``: its val_test results in eval's ``guarantees`` section,
       from the fitted records by name (``platt``, ``conformal``, ...);
     - ``rows``: its rows of eval's side-by-side policy table (policy, answered, error among
-      answered, set size), from the eval result of one task.
+      answered, set size), from the eval result of one task;
+    - ``caveats``: the warnings its val_test results call for (a CI beyond the nominal
+      value, empty sets), each naming the number and what to do.
     """
 
     kind: str
@@ -114,6 +116,7 @@ class Policy:
     record_schema: dict[str, Any] | None = None
     report: Report | None = None
     report_key: str = ""
+    caveats: Callable[[dict[str, Any]], list[str]] | None = None
 
 
 def common(
@@ -210,6 +213,41 @@ def complement(node: dict[str, Any]) -> dict[str, Any]:
         "ci_lower": 1 - node["ci_upper"],
         "ci_upper": 1 - node["ci_lower"],
     }
+
+
+def interval(node: dict[str, Any]) -> str:
+    """``0.856 [0.811, 0.893]``: an estimate with its CI, for a warning."""
+    return f"{node['estimate']:.3f} [{node['ci_lower']:.3f}, {node['ci_upper']:.3f}]"
+
+
+def risk_above(name: str, node: dict[str, Any], nominal: float, what: str, fix: str) -> list[str]:
+    """A warning when the whole CI of a risk on val_test lies above its nominal bound."""
+    if node["ci_lower"] <= nominal:
+        return []
+    return [
+        f"{name}: val_test {what} {interval(node)} lies above its nominal {nominal:g} (the "
+        f"whole CI): {fix}"
+    ]
+
+
+def empty_sets(name: str, node: dict[str, Any], alpha: float, error: float | None) -> list[str]:
+    """A warning when some prediction sets are empty (counted as abstentions in the table),
+    saying when alpha exceeds the model's val_test error rate (then a set may be empty
+    exactly where the model is confident)."""
+    share = node["estimate"]
+    if share <= 0:
+        return []
+    text = (
+        f"{name}: {share:.1%} of val_test sets are empty (counted as abstentions: no label is "
+        "offered)"
+    )
+    if error is not None and alpha > error:
+        text += (
+            f"; alpha {alpha:g} exceeds the model's val_test error rate {error:.3f}, so the "
+            f"sets may leave out confident answers: use an alpha below {error:.3f} or a "
+            "threshold policy"
+        )
+    return [text]
 
 
 def guarantees_of(result: dict[str, Any]) -> dict[str, Any]:

@@ -29,9 +29,12 @@ from rigor.policies.base import (
     bound,
     cell,
     common,
+    complement,
+    empty_sets,
     guarantees_of,
     infeasible_lambda,
     mean_ci,
+    risk_above,
     set_report,
 )
 
@@ -164,7 +167,20 @@ def rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
     crc = guarantees_of(result).get("crc")
     if crc is None:
         return []
-    return [(f"CRC, alpha {crc['alpha']:g}", "1", cell(crc["fnr"]), cell(crc["set_size"]))]
+    name, answered = f"CRC, alpha {crc['alpha']:g}", cell(complement(crc["empty"]))
+    return [(name, answered, cell(crc["fnr"]), cell(crc["set_size"]))]
+
+
+def caveats(result: dict[str, Any]) -> list[str]:
+    """The FNR on val_test above alpha (its whole CI), and empty sets."""
+    crc = guarantees_of(result).get("crc")
+    if crc is None:
+        return []
+    error = 1 - result["accuracy"]["estimate"] if "accuracy" in result else None
+    label = f"CRC at alpha {crc['alpha']:g}"
+    fix = "val_test may not be exchangeable with val_calib; check the splits"
+    out = risk_above(label, crc["fnr"], crc["alpha"], "false-negative rate", fix)
+    return out + empty_sets(label, crc["empty"], crc["alpha"], error)
 
 
 POLICY = Policy(
@@ -180,4 +196,5 @@ POLICY = Policy(
     rows=rows,
     report=report,
     report_key="crc",
+    caveats=caveats,
 )

@@ -38,6 +38,7 @@ from rigor.policies.base import (
     platt_gate,
     ratio_ci,
     record_schema,
+    risk_above,
 )
 
 STAGE_B_RECORD = {
@@ -237,6 +238,16 @@ def rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
     return [("Platt gate", cell(gate["coverage"]), cell(gate["selective_risk"]), "1")]
 
 
+def caveats(result: dict[str, Any]) -> list[str]:
+    """The gate's selective risk on val_test above its target (its whole CI)."""
+    gate = guarantees_of(result).get("platt_gate", {})
+    if "selective_risk" not in gate:
+        return []
+    fix = "raise calibration.target_risk or calibrate on more data"
+    risk, target = gate["selective_risk"], gate["target_risk"]
+    return risk_above("Platt gate", risk, target, "selective risk", fix)
+
+
 GUARANTEE = (
     "empirical: Platt-calibrated gate; selective risk <= target_risk on val_calib; no "
     "finite-sample guarantee on new data"
@@ -257,4 +268,5 @@ POLICY = Policy(
     record_schema=RECORD_SCHEMA,
     report=report,
     report_key="platt_gate",
+    caveats=caveats,
 )

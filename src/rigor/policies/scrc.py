@@ -38,9 +38,11 @@ from rigor.policies.base import (
     guarantees_of,
     heads,
     infeasible_lambda,
+    interval,
     mean_ci,
     ratio_ci,
     record_schema,
+    risk_above,
 )
 from rigor.policies.crc import best_corrected_risk, crc_lambda, fnr_losses, lac_sets
 
@@ -281,6 +283,25 @@ def rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
     return [(name, coverage, fnr, cell(scrc["set_size_accepted"]))]
 
 
+def caveats(result: dict[str, Any]) -> list[str]:
+    """The FNR among accepted above alpha, or the share accepted below the target coverage
+    (each on val_test, its whole CI)."""
+    scrc = guarantees_of(result).get("scrc")
+    if scrc is None:
+        return []
+    label = f"SCRC-I at alpha {scrc['alpha']:g}"
+    fix = "SCRC-I is approximate in finite samples; calibrate on more data or lower scrc_alpha"
+    out = risk_above(label, scrc["fnr_accepted"], scrc["alpha"], "FNR among accepted", fix)
+    coverage, target = scrc["coverage"], scrc["target_coverage"]
+    if coverage["ci_upper"] < target:
+        out.append(
+            f"{label}: val_test accepts {interval(coverage)} of samples, below the target "
+            f"coverage {target:g} (the whole CI): check that val_test is exchangeable with "
+            "val_calib"
+        )
+    return out
+
+
 POLICY = Policy(
     kind="scrc",
     guarantee=GUARANTEE,
@@ -311,4 +332,5 @@ POLICY = Policy(
     record_schema=RECORD_SCHEMA,
     report=report,
     report_key="scrc",
+    caveats=caveats,
 )

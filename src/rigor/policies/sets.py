@@ -45,7 +45,9 @@ from rigor.policies.base import (
     cell,
     common,
     complement,
+    empty_sets,
     guarantees_of,
+    interval,
     record_schema,
     set_report,
 )
@@ -289,8 +291,26 @@ def rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
     """One row per set variant: everyone answered, miscoverage, set size."""
     out: list[tuple[str, ...]] = []
     for name, sets in guarantees_of(result).get("sets", {}).items():
-        miss = cell(complement(sets["coverage"]))
-        out.append((f"sets: {name}, alpha {sets['alpha']:g}", "1", miss, cell(sets["set_size"])))
+        miss, answered = cell(complement(sets["coverage"])), cell(complement(sets["empty"]))
+        label = f"sets: {name}, alpha {sets['alpha']:g}"
+        out.append((label, answered, miss, cell(sets["set_size"])))
+    return out
+
+
+def caveats(result: dict[str, Any]) -> list[str]:
+    """Per variant: coverage on val_test below 1 - alpha (its whole CI), and empty sets."""
+    error = 1 - result["accuracy"]["estimate"] if "accuracy" in result else None
+    out = []
+    for name, sets in guarantees_of(result).get("sets", {}).items():
+        label = f"{name.upper()} sets at alpha {sets['alpha']:g}"
+        nominal, coverage = 1 - sets["alpha"], sets["coverage"]
+        if coverage["ci_upper"] < nominal:
+            out.append(
+                f"{label}: val_test coverage {interval(coverage)} lies below the nominal "
+                f"{nominal:g} (the whole CI): val_test may not be exchangeable with val_calib "
+                "(another site, patient or time), or val_calib is small; check the splits"
+            )
+        out += empty_sets(label, sets["empty"], sets["alpha"], error)
     return out
 
 
@@ -314,4 +334,5 @@ POLICY = Policy(
     record_schema=RECORD_SCHEMA,
     report=report,
     report_key="sets",
+    caveats=caveats,
 )

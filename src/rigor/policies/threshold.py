@@ -16,7 +16,7 @@ import numpy as np
 
 from rigor.errors import UsageError
 from rigor.metrics.scores import policy_confidence, softmax
-from rigor.policies.base import ALPHA, PROB, THRESHOLDS, Decisions, Policy, cell
+from rigor.policies.base import ALPHA, PROB, THRESHOLDS, Decisions, Policy, cell, risk_above
 
 POSITIVE = 1  # binary tasks: class 1 is the positive class
 
@@ -111,6 +111,19 @@ def rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
     return [("threshold", cell(plain["coverage"]), cell(plain["selective_risk"]), "1")]
 
 
+def caveats(result: dict[str, Any]) -> list[str]:
+    """The selective risk on val_test above the target (its whole CI)."""
+    if "policy" not in result:
+        return []
+    plain = result["policy"]
+    fix = (
+        "the target holds on val_calib only; raise calibration.target_risk or calibrate on "
+        "more data"
+    )
+    risk, target = plain["selective_risk"], plain["target_risk"]
+    return risk_above("threshold", risk, target, "selective risk", fix)
+
+
 POLICY = Policy(
     kind="threshold",
     guarantee="empirical: selective risk <= target_risk on val_calib; no finite-sample "
@@ -127,4 +140,5 @@ POLICY = Policy(
     build=lambda records: records[THRESHOLDS],  # thresholds.json is the policy record
     apply=apply,
     rows=rows,
+    caveats=caveats,
 )

@@ -36,6 +36,7 @@ from rigor.probe.ridge import (
     make_folds,
     pearson_report,
 )
+from rigor.probe.screen import probe_screen
 from rigor.runs.predict import save_npz
 from rigor.training.optim import Precision
 from rigor.training.prepare import Prepared, prepare, write_run_inputs
@@ -334,4 +335,6 @@ def _write_run(
         weights=None if source is None else f"run:{source.run_id}/{source.weights}",
         encoder={k: v for k, v in report["encoder"].items() if k != "dim"},
     )
-    return write_manifest(run_dir, build_manifest(run_dir, prepared, outputs))
+    path = write_manifest(run_dir, build_manifest(run_dir, prepared, outputs))
+    print(probe_screen(report, run_dir), file=sys.stderr)
+    return path

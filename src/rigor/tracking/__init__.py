@@ -15,6 +15,7 @@ from typing import IO, Any, TypeVar
 
 from rigor.config.models import LoggingConfig
 from rigor.io import atomic_write_bytes, atomic_write_text
+from rigor.tracking.tensorboard import Events
 
 T = TypeVar("T")
 
@@ -51,6 +52,30 @@ def progress_enabled(mode: str) -> bool:
     if mode != "auto":
         return mode == "always"
     return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+class Progress:
+    """A line on stderr every ``every`` seconds of a long loop (the same on a terminal and
+    in a piped Slurm log): ``eval: 120/500 tasks, 31 s, about 98 s left``."""
+
+    def __init__(self, total: int, stage: str, unit: str, every: float = 5.0) -> None:
+        self.total, self.stage, self.unit, self.every = total, stage, unit, every
+        self.done = 0
+        self.started = self.last = time.perf_counter()
+
+    def tick(self) -> None:
+        """Count one item before it starts; print when ``every`` seconds have passed."""
+        now = time.perf_counter()
+        if now - self.last >= self.every and self.done:
+            took = now - self.started
+            left = took / self.done * (self.total - self.done)
+            print(
+                f"{self.stage}: {self.done}/{self.total} {self.unit}, {took:.0f} s, about "
+                f"{left:.0f} s left",
+                file=sys.stderr,
+            )
+            self.last = now
+        self.done += 1
 
 
 class Tracker:
@@ -164,32 +189,6 @@ class Tracker:
         self._appending.clear()
         if self.events is not None:
             self.events.close()
-
-
-class Events:
-    """TensorBoard scalars through torch's ``SummaryWriter``: each finite value at its step.
-    ``purge_step`` (a resumed run's first step) marks a restart there, so TensorBoard drops
-    the earlier run's later events."""
-
-    def __init__(self, logdir: Path, purge_step: int = 0) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(logdir), purge_step=purge_step or None)
-
-    def scalars(self, step: int, values: dict[str, Any]) -> None:
-        """The finite numbers among ``values`` at ``step``."""
-        wall_time = time.time()
-        for key, value in values.items():
-            if isinstance(value, int | float) and math.isfinite(value):
-                self.writer.add_scalar(key, value, step, walltime=wall_time)
-
-    def flush(self) -> None:
-        """Every event added so far, on disk."""
-        self.writer.flush()
-
-    def close(self) -> None:
-        """Flush and close the file (again: nothing)."""
-        self.writer.close()
 
 
 def _clean(value: Any) -> Any:

@@ -13,6 +13,7 @@ from rigor.io import atomic_write_json
 from rigor.manifest import write_manifest
 from rigor.manifest.rundir import RunLock, create_run_dir
 from rigor.runs.checkpoint import load_checkpoint
+from rigor.tracking.tensorboard import write_hparams
 from rigor.training.distributed import DistInfo, barrier, broadcast, init_distributed
 from rigor.training.predictions import write_predictions
 from rigor.training.prepare import Prepared, prepare, write_run_inputs
@@ -101,6 +102,8 @@ def _finish(run_dir: Path, prepared: Prepared, session: Session, summary: dict[s
         extra["adapter"] = [summary["adapter"]["path"]]
     metrics = {**summary.pop("final"), **outputs["metrics"]}
     atomic_write_json(run_dir / "metrics.json", {"metrics": metrics, "training": summary})
+    if prepared.resolved.config.logging.tensorboard:
+        write_hparams(run_dir / "logs" / "tb", prepared.resolved.resolved, metrics)
     record = RunOutputs(
         metrics=metrics,
         summary=summary,

@@ -186,7 +186,9 @@ class Session:
             self.epoch_sums["samples"] = self.epoch_sums.get("samples", 0.0) + result.samples
             for key, value in result.losses.items():
                 self.epoch_sums[key] = self.epoch_sums.get(key, 0.0) + value * result.samples
-            if self.tracker.should_log_step(self.step):
+            # every log_every_n_steps, and each epoch's last step (a short run logs too)
+            last = self.epoch_step >= self.steps_per_epoch
+            if self.tracker.should_log_step(self.step) or (last and self.main):
                 speed = result.samples / max(time.perf_counter() - started, 1e-9)
                 extra = {"lr": result.lr, "grad_norm": result.grad_norm, "samples_per_s": speed}
                 self.tracker.log_step(self.step, result.losses | extra)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +52,15 @@ def explain(
     }
     arrays: dict[str, np.ndarray] = {"ids": np.asarray(samples["ids"])}
     files: list[str] = []
-    for task, target, described in jobs:
+    started = time.perf_counter()
+    for index, (task, target, described) in enumerate(jobs):
+        print(
+            f"xai: {task} ({index + 1}/{len(jobs)}): {options.method} on {summary['n']} "
+            f"{options.split} samples"
+            + (", then the randomization test" if options.randomization else "")
+            + f" ({time.perf_counter() - started:.0f} s so far)",
+            file=sys.stderr,
+        )
         result, maps = _explain_task(ctx, options, samples, task, target)
         summary["tasks"][task] = {"target": described, **result}
         arrays[f"maps_{task}"] = maps.astype(np.float16)
@@ -64,6 +74,7 @@ def explain(
     outputs = ["xai/attributions.npz", "xai/summary.json", *files, *logs]
     stage_options = {"ids": ids, "job_id": job_id, **options.model_dump(exclude={"worker"})}
     finish_stage(ctx, "xai", stage_options, outputs, _flat(summary))
+    print(f"xai: done in {time.perf_counter() - started:.0f} s: {out}/", file=sys.stderr)
     return out / "summary.json"
 
 

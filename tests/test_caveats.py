@@ -29,7 +29,7 @@ def test_sets_below_nominal_and_empty_sets_are_flagged_with_their_numbers() -> N
     found = task_caveats("digit", result, logits, labels, None, {})
     assert any("0.856 [0.811, 0.893] lies below the nominal 0.9" in w for w in found)
     empty = next(w for w in found if "empty" in w)
-    assert "14.4% of val_test sets are empty" in empty
+    assert "sets at alpha 0.1: empty for LAC 14.4% of val_test samples" in empty
     assert "alpha 0.1 exceeds the model's val_test error rate 0.050" in empty
     fine = _result(_ci(0.91, 0.88, 0.94), _ci(0.0, 0.0, 0.0), 0.8)
     assert task_caveats("digit", fine, logits, labels, None, {}) == []
@@ -160,3 +160,20 @@ def test_a_long_loop_prints_progress_lines_when_piped(capsys: pytest.CaptureFixt
     for _ in range(4):
         quiet.tick()
     assert capsys.readouterr().err == ""
+
+
+def test_the_policy_table_counts_empty_sets_as_abstentions() -> None:
+    """The demo's LAC row: 14.4% of sets empty, so 85.6% answered, and none of the
+    non-empty sets misses its label."""
+    from rigor.evaluation.report_guarantees import policy_table
+
+    lac = {
+        "alpha": 0.1,
+        "coverage": _ci(0.856, 0.811, 0.893),
+        "empty": _ci(0.144, 0.107, 0.189),
+        "miss_answered": _ci(0.0, 0.0, 0.0),
+        "set_size": _ci(0.856, 0.811, 0.893),
+    }
+    table = policy_table({"guarantees": {"sets": {"lac": lac}}})
+    row = "| sets: lac, alpha 0.1 | 0.856 [0.811, 0.893] | 0.000 [0.000, 0.000] | 0.856"
+    assert row in table

@@ -80,6 +80,11 @@ def test_eval_reports_every_policy_side_by_side(calibrated: Path, run_script) ->
     table = (run / "eval" / "digit_policies.md").read_text()
     for name in ("threshold", "Platt gate", "cascade", "sets: raps", "CRC", "SCRC-I"):
         assert f"| {name}" in table
+    lac, sizes = found["sets"]["lac"], (1 - probs <= q_hat).sum(axis=1)
+    assert lac["empty"]["estimate"] == pytest.approx((sizes == 0).mean())
+    missed = (sizes > 0) & ~covered
+    assert lac["miss_answered"]["estimate"] == pytest.approx(missed.sum() / (sizes > 0).sum())
+    assert f"| sets: lac, alpha 0.1 | {1 - lac['empty']['estimate']:.3f} [" in table
     platt = json.loads((run / "calibration" / "platt.json").read_text())
     exits = sigmoid(platt["a"] * test["gate_digit"].astype(np.float64) + platt["b"])
     exits = exits >= platt["threshold"]

@@ -36,7 +36,7 @@ def calibrate_screen(
         fitted, ece = record["fitted_on"], record["ece"]
         lines += [
             f"  {record['task']}: temperature {record['temperature']:.3g} "
-            f"({record['temperature_fit']}), ECE {interval(ece['before'])} -> "
+            f"({record['temperature_fit']['status']}), ECE {interval(ece['before'])} -> "
             f"{interval(ece['after'])}  (n = {fitted['n']})",
             f"  threshold {record['threshold']:.4g}: answers {fitted['coverage']:.3f} of "
             f"val_calib at selective risk {fitted['selective_risk']:.4f} (target "

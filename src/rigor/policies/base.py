@@ -188,14 +188,17 @@ def mean_ci(values: np.ndarray, options: Any) -> dict[str, Any]:
 
 
 def set_report(sets: np.ndarray, labels: np.ndarray, options: Any) -> dict[str, Any]:
-    """Coverage, mean set size and the shares of singleton and empty sets, with CIs."""
+    """Coverage, mean set size, the shares of singleton and empty sets, and the share of
+    non-empty sets that miss the label (an empty set is an abstention), with CIs."""
     size = sets.sum(axis=1)
     covered = sets[np.arange(len(labels)), labels]
+    answered = size > 0
     return {
         "coverage": mean_ci(covered, options),
         "set_size": mean_ci(size, options),
         "singleton": mean_ci(size == 1, options),
         "empty": mean_ci(size == 0, options),
+        "miss_answered": ratio_ci(answered & ~covered, answered, options),
     }
 
 
@@ -230,16 +233,14 @@ def risk_above(name: str, node: dict[str, Any], nominal: float, what: str, fix: 
     ]
 
 
-def empty_sets(name: str, node: dict[str, Any], alpha: float, error: float | None) -> list[str]:
-    """A warning when some prediction sets are empty (counted as abstentions in the table),
-    saying when alpha exceeds the model's val_test error rate (then a set may be empty
-    exactly where the model is confident)."""
-    share = node["estimate"]
-    if share <= 0:
-        return []
+def empty_sets(name: str, shares: str, alpha: float, error: float | None) -> list[str]:
+    """The warning for prediction sets that are empty for some samples (``shares``: how
+    many, e.g. ``14.4%`` or ``LAC 14.4%, APS 7.0%``), counted as abstentions in the policy
+    table; saying when alpha exceeds the model's val_test error rate (then a set may be
+    empty exactly where the model is confident)."""
     text = (
-        f"{name}: {share:.1%} of val_test sets are empty (counted as abstentions: no label is "
-        "offered)"
+        f"{name}: empty for {shares} of val_test samples (counted as abstentions: no label "
+        "is offered)"
     )
     if error is not None and alpha > error:
         text += (

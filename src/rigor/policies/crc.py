@@ -157,6 +157,7 @@ def report(
         "alpha": crc["alpha"],
         "lambda": crc["lambda"],
         "fnr": mean_ci(~sets[np.arange(len(labels)), labels], options),
+        "fnr_answered": sizes["miss_answered"],
         "set_size": sizes["set_size"],
         "empty": sizes["empty"],
     }
@@ -168,7 +169,7 @@ def rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
     if crc is None:
         return []
     name, answered = f"CRC, alpha {crc['alpha']:g}", cell(complement(crc["empty"]))
-    return [(name, answered, cell(crc["fnr"]), cell(crc["set_size"]))]
+    return [(name, answered, cell(crc["fnr_answered"]), cell(crc["set_size"]))]
 
 
 def caveats(result: dict[str, Any]) -> list[str]:
@@ -180,7 +181,8 @@ def caveats(result: dict[str, Any]) -> list[str]:
     label = f"CRC at alpha {crc['alpha']:g}"
     fix = "val_test may not be exchangeable with val_calib; check the splits"
     out = risk_above(label, crc["fnr"], crc["alpha"], "false-negative rate", fix)
-    return out + empty_sets(label, crc["empty"], crc["alpha"], error)
+    share = crc["empty"]["estimate"]
+    return out + (empty_sets(label, f"{share:.1%}", crc["alpha"], error) if share > 0 else [])
 
 
 POLICY = Policy(

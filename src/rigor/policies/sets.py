@@ -291,26 +291,32 @@ def rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
     """One row per set variant: everyone answered, miscoverage, set size."""
     out: list[tuple[str, ...]] = []
     for name, sets in guarantees_of(result).get("sets", {}).items():
-        miss, answered = cell(complement(sets["coverage"])), cell(complement(sets["empty"]))
+        miss, answered = cell(sets["miss_answered"]), cell(complement(sets["empty"]))
         label = f"sets: {name}, alpha {sets['alpha']:g}"
         out.append((label, answered, miss, cell(sets["set_size"])))
     return out
 
 
 def caveats(result: dict[str, Any]) -> list[str]:
-    """Per variant: coverage on val_test below 1 - alpha (its whole CI), and empty sets."""
+    """Per variant, coverage on val_test below 1 - alpha (its whole CI); and, in one
+    warning for every variant, empty sets."""
     error = 1 - result["accuracy"]["estimate"] if "accuracy" in result else None
+    found = guarantees_of(result).get("sets", {})
     out = []
-    for name, sets in guarantees_of(result).get("sets", {}).items():
-        label = f"{name.upper()} sets at alpha {sets['alpha']:g}"
+    for name, sets in found.items():
         nominal, coverage = 1 - sets["alpha"], sets["coverage"]
         if coverage["ci_upper"] < nominal:
             out.append(
-                f"{label}: val_test coverage {interval(coverage)} lies below the nominal "
-                f"{nominal:g} (the whole CI): val_test may not be exchangeable with val_calib "
-                "(another site, patient or time), or val_calib is small; check the splits"
+                f"{name.upper()} sets at alpha {sets['alpha']:g}: val_test coverage "
+                f"{interval(coverage)} lies below the nominal {nominal:g} (the whole CI): "
+                "val_test may not be exchangeable with val_calib (another site, patient or "
+                "time), or val_calib is small; check the splits"
             )
-        out += empty_sets(label, sets["empty"], sets["alpha"], error)
+    empty = {name: sets["empty"]["estimate"] for name, sets in found.items()}
+    shares = ", ".join(f"{name.upper()} {share:.1%}" for name, share in empty.items() if share > 0)
+    if shares:
+        alpha = next(iter(found.values()))["alpha"]
+        out += empty_sets(f"sets at alpha {alpha:g}", shares, alpha, error)
     return out
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from rigor.policies.base import interval as ci_text
 from rigor.policies.caveats import calib_size_caveats, temperature_caveats
 from rigor.policies.registry import POLICIES
 
@@ -56,7 +57,7 @@ def interval_caveats(task: str, interval: dict[str, Any]) -> list[str]:
         return []
     return [
         f"{task} interval at alpha {interval['alpha']:g}: val_test coverage "
-        f"{coverage['estimate']:.3f} [{coverage['ci_lower']:.3f}, {coverage['ci_upper']:.3f}] "
-        f"lies below the nominal {nominal:g} (the whole CI): spots of one patient are not "
-        "exchangeable with another's; calibrate on more patients"
+        f"{ci_text(coverage)} lies below the nominal {nominal:g} (the whole CI): samples of "
+        "one group (patient, slide) are not exchangeable with another's; calibrate on more "
+        "groups"
     ]

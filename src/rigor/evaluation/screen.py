@@ -45,7 +45,9 @@ def _regression(task: str, result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def eval_screen(report: dict[str, Any], folder: Path, most_tasks: int = 8) -> str:
+def eval_screen(
+    report: dict[str, Any], folder: Path, most_tasks: int = 8, most_warnings: int = 12
+) -> str:
     """eval's summary: per task the headline metrics with CIs, the threshold policy, every
     warning; then where the files are (at most ``most_tasks`` tasks are listed: a per-gene
     run has hundreds)."""
@@ -57,6 +59,8 @@ def eval_screen(report: dict[str, Any], folder: Path, most_tasks: int = 8) -> st
     if len(tasks) > most_tasks:
         lines.append(f"  ... and {len(tasks) - most_tasks} more tasks (eval/metrics.csv)")
     warnings = [w for _, result in tasks for w in result.get("warnings", [])]
-    lines += [f"  warning: {w}" for w in warnings]
+    lines += [f"  warning: {w}" for w in warnings[:most_warnings]]
+    if len(warnings) > most_warnings:
+        lines.append(f"  ... and {len(warnings) - most_warnings} more warnings (eval/metrics.json)")
     lines.append(f"  files: {folder}/ (metrics.json, metrics.csv, figures, policy tables)")
     return "\n".join(lines)

@@ -74,20 +74,13 @@ def evaluate(
         progress = Progress(len(ctx.manifest["dataset"]["tasks"]), "eval", "tasks")
         for task, spec in ctx.manifest["dataset"]["tasks"].items():
             progress.tick()
-            logits, targets = predictions[f"logits_{task}"], predictions[f"targets_{task}"]
             if spec["kind"] == "classification":
                 task_policy = policy if policy and policy["task"] == task else None
                 result, files = _classification(
                     ctx, task, spec, predictions, task_policy, records, options
                 )
             else:
-                groups = predictions.get("groups")
-                result, files = regression_report(task, logits, targets, groups, options), []
-                if intervals is not None and task in intervals["tasks"]:
-                    result["interval"] = interval_report(
-                        logits, targets, groups, intervals, task, options
-                    )
-                    result["warnings"] = interval_caveats(task, result["interval"])
+                result, files = _regression(task, predictions, intervals, options), []
             report["tasks"][task] = result
             outputs += files
     atomic_write_json(out / "metrics.json", report)
@@ -100,6 +93,24 @@ def evaluate(
     finish_stage(ctx, "eval", stage_options, outputs, _summary(report))
     print(eval_screen(report, out), file=sys.stderr)
     return out / "metrics.json"
+
+
+def _regression(
+    task: str,
+    predictions: dict[str, np.ndarray],
+    intervals: dict[str, Any] | None,
+    options: Any,
+) -> dict[str, Any]:
+    """The regression report of one task, with its interval on val_test when calibrate
+    fitted one, and the warnings."""
+    logits, targets = predictions[f"logits_{task}"], predictions[f"targets_{task}"]
+    groups = predictions.get("groups")
+    result = regression_report(task, logits, targets, groups, options)
+    result["warnings"] = []
+    if intervals is not None and task in intervals["tasks"]:
+        result["interval"] = interval_report(logits, targets, groups, intervals, task, options)
+        result["warnings"] = interval_caveats(task, result["interval"])
+    return result
 
 
 def _classification(

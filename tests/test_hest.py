@@ -48,6 +48,8 @@ def test_reader_returns_the_generated_tiles_and_counts(hest_root: Path) -> None:
     assert len(dataset) == PATIENTS * TILES and list(dataset.tasks) == list(GENES)
     assert dataset.ids[TILES + 3] == "TILES-P01:P01-tile03"
     assert dataset.groups[TILES + 3] == "P01"  # the patient named in the metadata
+    side = int(np.ceil(np.sqrt(TILES)))  # the generator lays each sample's tiles on a grid
+    assert dataset.raw.coords[TILES + 3].tolist() == [3 % side * 32, 3 // side * 32]
     tiles = list(iter_tiles(PATIENTS, TILES, 32))
     for row in (0, TILES + 3, len(dataset) - 1):
         _, image, error = dataset[row]
@@ -107,6 +109,8 @@ def test_gene_panels_from_a_file_and_missing_genes(hest_root: Path, tmp_path: Pa
         ("negative", r"TILES-P02.h5ad: 1 negative count\(s\), first -3 for gene EPCAM at spot"),
         ("duplicate_obs", r"TILES-P02.h5ad: obs_names \(spot barcodes\): 1 duplicate"),
         ("duplicate_gene", r"TILES-P02.h5ad: var_names \(genes of the panel\): 1 duplicate"),
+        ("coords_shape", r"patches/TILES-P02.h5: coords is \(8, 3\) int64; expected \(8, 2\)"),
+        ("coords_nan", r"patches/TILES-P02.h5: coords row 5 is not finite"),
     ],
 )
 def test_malformed_folders_exit_2_naming_the_file(
@@ -137,6 +141,17 @@ def test_malformed_folders_exit_2_naming_the_file(
         else:
             table.var_names = [*table.var_names[:-1], "EPCAM"]
         table.write_h5ad(path)
+    elif breakage.startswith("coords"):
+        import h5py
+
+        with h5py.File(root / "patches" / "TILES-P02.h5", "a") as handle:
+            del handle["coords"]
+            bad = (
+                np.zeros((8, 3), dtype=np.int64) if breakage == "coords_shape" else np.zeros((8, 2))
+            )
+            if breakage == "coords_nan":
+                bad[5, 1] = np.nan
+            handle.create_dataset("coords", data=bad)
     elif breakage == "truncated":
         data = (root / "patches" / "TILES-P02.h5").read_bytes()
         (root / "patches" / "TILES-P02.h5").write_bytes(data[: len(data) // 3])
@@ -214,6 +229,28 @@ def test_top_variable_panel_is_picked_on_train_and_followed_by_every_stage(
     assert code == 0
     header = (run / "predict" / "val_test.csv").read_text().splitlines()[0].split(",")
     assert [c for c in header if c in GENES] == panel["genes"]
+    _check_spots(run)
+
+
+def _check_spots(run: Path) -> None:
+    """Predictions (the run's, and predict's CSV) carry each spot's sample, barcode and
+    pixel coordinates: the generator's grid position of the tile."""
+    import csv
+
+    side = int(np.ceil(np.sqrt(TILES)))
+    with np.load(run / "predictions" / "val_test.npz") as data:
+        ids, samples, barcodes, coords = (data[k] for k in ("ids", "sample", "barcode", "coords"))
+    assert len(ids) > 0
+    for sample_id, sample, barcode, (x, y) in zip(ids, samples, barcodes, coords, strict=True):
+        assert sample_id == f"{sample}:{barcode}"
+        tile = int(barcode.rsplit("tile", 1)[1])
+        assert (x, y) == (tile % side * 32, tile // side * 32)
+    with open(run / "predict" / "val_test.csv", newline="") as handle:
+        rows = {row["id"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == set(ids.tolist())
+    for sample_id, (x, y) in zip(ids, coords, strict=True):
+        row = rows[str(sample_id)]
+        assert (float(row["x"]), float(row["y"])) == (x, y) and row["sample"] in sample_id
 
 
 @pytest.mark.slow  # trains with uncertainty weighting, then eval, export and predict

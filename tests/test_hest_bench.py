@@ -281,6 +281,12 @@ def test_the_score_is_the_published_protocols_recomputed_independently(
 
         assert encoder["weights_sha256"] == sha256_file(weights)
         assert [s["test"] for s in report["splits"]] == [f["test_groups"] for f in report["folds"]]
+        with np.load(manifest.parent / "probe" / "predictions.npz") as data:  # spots located
+            ids, samples, barcodes, coords = (
+                data[k] for k in ("ids", "sample", "barcode", "coords")
+            )
+        assert [f"{s}:{b}" for s, b in zip(samples, barcodes, strict=True)] == ids.tolist()
+        assert coords.shape == (len(ids), 2) and np.isfinite(coords).all()
 
 
 @pytest.mark.slow  # four probe runs in subprocesses, then a rerun that reuses them all

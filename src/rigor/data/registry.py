@@ -65,6 +65,7 @@ class RawData:
     fingerprint: str | None = None
     files: FileList | None = None
     masks: np.ndarray | None = None  # (N, H, W) bool ground-truth relevance, native size
+    coords: np.ndarray | None = None  # (N, 2) spots' (x, y) pixels on their slide (HEST)
     hash_index: Path | None = None
     fingerprint_record: dict[str, Any] = field(default_factory=dict)
     file_state: FileState | None = None  # per-file identities and digests behind fingerprint

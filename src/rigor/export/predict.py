@@ -21,6 +21,7 @@ from rigor.io import atomic_write_text
 from rigor.models.registry import AUX, GATE
 from rigor.policies.base import kind_of
 from rigor.policies.registry import POLICIES, apply_policy
+from rigor.runs.predict import spot_arrays
 
 
 def _model(bundle: Bundle, config: Config) -> torch.nn.Module:
@@ -128,7 +129,7 @@ def predict_with_bundle(
     settle()  # set up: collection back on for the batches
     outputs, ids, truth = _outputs(bundle, config, dataset, rows)
     labels = truth if split is not None else None
-    columns: dict[str, list[str]] = {"id": list(ids)}
+    columns: dict[str, list[str]] = {"id": list(ids)} | _spot_columns(dataset, ids)
     summary: dict[str, Any] = {"n": len(ids)}
     if bundle.policy is not None:
         second = _stage_b(bundle, stage_b, dataset, rows, ids)
@@ -148,6 +149,21 @@ def predict_with_bundle(
     target = output or root.parent / "predict" / f"{split or 'inputs'}.csv"
     atomic_write_text(target, _table(columns))
     return target, summary
+
+
+def _spot_columns(dataset: ImageDataset, ids: list[str]) -> dict[str, list[str]]:
+    """``sample``, ``barcode``, ``x`` and ``y`` (pixels on the slide) of spot data (HEST),
+    so predictions can be put back on the tissue; nothing for other data."""
+    spots = spot_arrays(dataset, ids)
+    if not spots:
+        return {}
+    x, y = spots["coords"][:, 0], spots["coords"][:, 1]
+    return {
+        "sample": spots["sample"].tolist(),
+        "barcode": spots["barcode"].tolist(),
+        "x": [f"{v:g}" for v in x],
+        "y": [f"{v:g}" for v in y],
+    }
 
 
 def _interval_columns(bundle: Bundle, task: str, values: np.ndarray) -> dict[str, list[str]]:

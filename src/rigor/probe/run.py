@@ -37,7 +37,7 @@ from rigor.probe.ridge import (
     pearson_report,
 )
 from rigor.probe.screen import probe_screen
-from rigor.runs.predict import save_npz
+from rigor.runs.predict import save_npz, spot_arrays
 from rigor.training.optim import Precision
 from rigor.training.prepare import Prepared, prepare, write_run_inputs
 
@@ -307,6 +307,7 @@ def _write_run(
             "fold": fold,
             "ids": np.asarray(prepared.dataset.ids)[rows[tested]],
             "groups": np.asarray(prepared.dataset.groups)[rows[tested]],
+            **spot_arrays(prepared.dataset, np.asarray(prepared.dataset.ids)[rows[tested]]),
             "predicted": values,
             "targets": targets[tested],
             "genes": np.asarray(report["genes"]),

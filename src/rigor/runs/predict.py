@@ -102,3 +102,21 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(handle, **arrays)  # type: ignore[arg-type]
 
     atomic_write_with(path, write)
+
+
+def spot_arrays(dataset: Any, ids: Any) -> dict[str, np.ndarray]:
+    """Where each predicted row sits, for spot data (a reader with coordinates: HEST): its
+    ``sample`` id, ``barcode`` and ``coords`` (x, y pixels on the slide; NaN when the
+    patches file has none). Empty for other data."""
+    coords = getattr(getattr(dataset, "raw", None), "coords", None)
+    if coords is None:
+        return {}
+    names = [str(sample_id) for sample_id in ids]
+    row_of = {sample_id: row for row, sample_id in enumerate(dataset.ids)}
+    rows = np.asarray([row_of[name] for name in names], dtype=np.int64)
+    parts = [name.split(":", 1) for name in names]
+    return {
+        "sample": np.asarray([part[0] for part in parts], dtype=str),
+        "barcode": np.asarray([part[-1] for part in parts], dtype=str),
+        "coords": np.asarray(coords, dtype=np.float64)[rows].reshape(len(rows), 2),
+    }

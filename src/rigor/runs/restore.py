@@ -20,7 +20,7 @@ from rigor.models.build import build_model
 from rigor.models.registry import RigorModel
 from rigor.runs.checkpoint import load_checkpoint
 from rigor.runs.device import pick_device
-from rigor.runs.predict import predict, prediction_arrays
+from rigor.runs.predict import predict, prediction_arrays, spot_arrays
 
 if TYPE_CHECKING:
     from rigor.stages import RunContext
@@ -94,4 +94,4 @@ def predict_split(ctx: RunContext, split: str) -> dict[str, np.ndarray]:
     )
     preds = predict(model.to(device), loader, device, pipeline)
     arrays = {"ids": preds["ids"], "groups": preds["groups"]}
-    return arrays | prediction_arrays(preds)
+    return arrays | spot_arrays(dataset, preds["ids"]) | prediction_arrays(preds)

@@ -10,7 +10,7 @@ import numpy as np
 
 from rigor.data.dataset import skipped_record
 from rigor.runs.checkpoint import load_checkpoint
-from rigor.runs.predict import predict, prediction_arrays, save_npz
+from rigor.runs.predict import predict, prediction_arrays, save_npz, spot_arrays
 from rigor.training.loop import split_metrics
 from rigor.training.prepare import Prepared, make_loader
 from rigor.training.session import Session
@@ -44,7 +44,7 @@ def write_predictions(run_dir: Path, prepared: Prepared, session: Session) -> di
             "groups": preds["groups"],
             "tasks": np.asarray(sorted(preds["targets"])),
         }
-        arrays |= prediction_arrays(preds)
+        arrays |= spot_arrays(prepared.dataset, preds["ids"]) | prediction_arrays(preds)
         rel = f"predictions/{split}.npz"
         save_npz(run_dir / rel, arrays)
         paths.append(rel)

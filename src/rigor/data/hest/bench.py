@@ -222,6 +222,7 @@ def build_hest_bench(cfg: DataConfig) -> RawData:
             found.refs, json.dumps({"ids": ids, "genes": keep, "splits": splits, **transform})
         ),
         extra_record=record,
+        coords=np.concatenate(found.coords),
     )
 
 

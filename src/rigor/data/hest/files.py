@@ -20,7 +20,8 @@ from rigor.errors import UsageError
 class SampleTable:
     """What the samples' files hold, gathered without reading a pixel: each patch's file and
     row, id (``sample:barcode``) and split group, the panel's expression, the files to
-    fingerprint, the genes each sample lacks, and the patches' native size."""
+    fingerprint, the genes each sample lacks, the patches' native size and each patch's pixel
+    coordinates on its slide (NaN where the ``.h5`` has none)."""
 
     files: list[Path] = field(default_factory=list)
     rows: list[tuple[int, int]] = field(default_factory=list)
@@ -28,6 +29,7 @@ class SampleTable:
     groups: list[str] = field(default_factory=list)
     blocks: list[np.ndarray] = field(default_factory=list)
     refs: list[ImageRef] = field(default_factory=list)
+    coords: list[np.ndarray] = field(default_factory=list)
     missing: dict[str, list[str]] = field(default_factory=dict)
     native: tuple[int, int] | None = None
 
@@ -43,7 +45,7 @@ class SampleTable:
     ) -> list[str]:
         """Read one sample's patch index and expression; returns the genes it lacks."""
         assert cfg.hest is not None
-        barcodes, size = read_patch_index(h5)
+        barcodes, size, coords = read_patch_index(h5)
         if self.native is not None and size != self.native and not cfg.transforms.image_size:
             raise UsageError(
                 f"{h5}: patches are {size}, earlier samples' {self.native}; "
@@ -57,13 +59,15 @@ class SampleTable:
         self.files.append(h5)
         self.ids += [f"{sample}:{barcode}" for barcode in barcodes]
         self.groups += [group] * len(barcodes)
+        self.coords.append(coords)
         self.blocks.append(expression)
         self.refs += [ImageRef(path, f"sample {sample}") for path in (h5, h5ad, *extra)]
         return lacking
 
 
-def read_patch_index(path: Path) -> tuple[list[str], tuple[int, int]]:
-    """Barcodes (decoded) and the (H, W) of the patches of one ``.h5``, without the pixels."""
+def read_patch_index(path: Path) -> tuple[list[str], tuple[int, int], np.ndarray]:
+    """Barcodes (decoded), the (H, W) of the patches and their (x, y) pixel coordinates on
+    the slide (``coords``; NaN when the file has none) of one ``.h5``, without the pixels."""
     import h5py
 
     if not path.is_file():
@@ -80,6 +84,7 @@ def read_patch_index(path: Path) -> tuple[list[str], tuple[int, int]]:
                 )
             size = (int(img.shape[1]), int(img.shape[2]))
             count = int(img.shape[0])
+            coords = handle["coords"][:] if "coords" in handle else None
     except OSError as err:
         raise UsageError(f"{path}: not a readable HDF5 file ({err})") from None
     if not count:
@@ -88,7 +93,21 @@ def read_patch_index(path: Path) -> tuple[list[str], tuple[int, int]]:
     if len(barcodes) != count:
         raise UsageError(f"{path}: {count} patches but {len(barcodes)} barcodes")
     _check_unique(barcodes, f"{path}: barcode")
-    return barcodes, size
+    return barcodes, size, _coords(coords, count, path)
+
+
+def _coords(raw: np.ndarray | None, count: int, path: Path) -> np.ndarray:
+    """(count, 2) float64 pixel coordinates; NaN when absent; exit 2 when malformed."""
+    if raw is None:
+        return np.full((count, 2), np.nan)
+    values = np.asarray(raw)
+    if values.shape != (count, 2) or not np.issubdtype(values.dtype, np.number):
+        raise UsageError(f"{path}: coords is {values.shape} {values.dtype}; expected ({count}, 2)")
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        row = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
+        raise UsageError(f"{path}: coords row {row} is not finite")
+    return values
 
 
 def _check_unique(names: list[str], where: str) -> None:

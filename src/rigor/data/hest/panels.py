@@ -22,7 +22,7 @@ def spot_index(cfg: DataConfig) -> tuple[list[str], list[str]]:
     ids: list[str] = []
     groups: list[str] = []
     for sample in sample_ids(root, cfg.hest):
-        barcodes, _ = read_patch_index(root / "patches" / f"{sample}.h5")
+        barcodes, _, _ = read_patch_index(root / "patches" / f"{sample}.h5")
         ids += [f"{sample}:{barcode}" for barcode in barcodes]
         groups += [sample_group(root, sample, cfg.hest)] * len(barcodes)
     return ids, groups

@@ -228,6 +228,7 @@ def build_hest(cfg: DataConfig) -> RawData:
         groups=found.groups,
         reader=reader,
         files=FileList(found.refs, json.dumps({"ids": found.ids, "genes": keep, **transform})),
+        coords=np.concatenate(found.coords),
         extra_record={"samples": samples, "genes": keep, "dropped_genes": dropped, **transform},
     )
 

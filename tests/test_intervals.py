@@ -65,6 +65,46 @@ def test_coverage_holds_over_random_resplits_per_gene() -> None:
         assert 1 - alpha - 0.03 <= float(np.mean(covered)) <= 1 - alpha + 0.03
 
 
+def test_the_patient_quantile_weighs_patients_not_spots() -> None:
+    """One spot per patient: the spot rule exactly. A patient with many spots does not
+    outweigh eighteen with few. Too few patients for alpha: infinite."""
+    from rigor.calibration.intervals import group_quantile, patients_needed
+
+    rng = np.random.default_rng(3)
+    scores = rng.exponential(1.0, 40)
+    for alpha in (0.05, 0.1, 0.2):
+        assert group_quantile(scores, np.arange(40), alpha) == conformal_quantile(scores, alpha)
+    residuals = np.r_[np.full(1000, 100.0), np.full(18 * 10, 1.0)]
+    groups = np.r_[np.zeros(1000, int), np.repeat(np.arange(1, 19), 10)]
+    assert conformal_quantile(residuals, 0.1) == 100.0  # the big patient's spots decide
+    assert group_quantile(residuals, groups, 0.1) == 1.0  # 18 of 19 (+1) patients: 0.9
+    assert patients_needed(0.1) == 9 and patients_needed(0.2) == 4
+    assert group_quantile(np.ones(80), np.repeat(np.arange(8), 10), 0.1) == math.inf
+    assert group_quantile(np.ones(90), np.repeat(np.arange(9), 10), 0.1) == 1.0
+
+
+def test_patient_intervals_hold_for_new_patients_where_spot_intervals_fall_short() -> None:
+    """Patients of two kinds: many well-predicted spots, or few badly predicted ones. Over
+    400 random draws of 19 calibration patients and a new patient, the patient-level
+    interval covers a new patient's spot at least 1 - alpha of the time; the spot-level one,
+    dominated by the well-predicted patients' many spots, falls far short."""
+    from rigor.calibration.intervals import group_quantile
+
+    rng = np.random.default_rng(11)
+    alpha, covered = 0.1, {"spot": [], "patient": []}
+    for _ in range(400):
+        big = rng.random(20) < 0.5  # the 20th patient is the new one
+        sizes = np.where(big, 200, 10)
+        scales = np.where(big, 0.5, 2.0) * rng.uniform(0.8, 1.25, 20)
+        spots = [np.abs(rng.normal(0, s, n)) for s, n in zip(scales, sizes, strict=True)]
+        calib, groups = np.concatenate(spots[:19]), np.repeat(np.arange(19), sizes[:19])
+        new = spots[19]
+        covered["spot"].append((new <= conformal_quantile(calib, alpha)).mean())
+        covered["patient"].append((new <= group_quantile(calib, groups, alpha)).mean())
+    assert np.mean(covered["patient"]) >= 1 - alpha - 0.01
+    assert np.mean(covered["spot"]) < 1 - alpha - 0.1
+
+
 @pytest.mark.slow  # trains, then four stages
 def test_tiles_chain_reports_and_writes_intervals(
     tmp_path: Path, run_script: Callable[..., int], capsys: pytest.CaptureFixture[str]
@@ -82,6 +122,7 @@ def test_tiles_chain_reports_and_writes_intervals(
     truth, predicted = calib["targets_EPCAM"].astype(float), calib["logits_EPCAM"].astype(float)
     residual = np.abs(truth - predicted.reshape(-1))
     assert intervals["tasks"]["EPCAM"]["q_hat"] == conformal_quantile(residual, 0.1)
+    _check_patient_intervals(manifest, run_script, capsys, residual, calib["groups"])
     assert run_script("eval", *flags, "--n-resamples", "50") == 0
     report = json.loads((manifest.parent / "eval" / "metrics.json").read_text())
     epcam = report["tasks"]["EPCAM"]["interval"]
@@ -111,6 +152,31 @@ def test_tiles_chain_reports_and_writes_intervals(
         assert run_script("predict", "--bundle", str(bundle), "--split", "val_test") == 3
         err = capsys.readouterr().err
         assert "intervals.json" in err and "$.tasks.EPCAM.q_hat" in err and message in err
+
+
+def _check_patient_intervals(  # type: ignore[no-untyped-def]
+    manifest: Path, run_script, capsys, residual: np.ndarray, groups: np.ndarray
+) -> None:
+    """interval_method: patient refuses a val_calib with too few patients for alpha
+    (naming how many it needs), and otherwise fits the patient-level quantile."""
+    from rigor.calibration.intervals import group_quantile, patients_needed
+
+    flags = ["--from-manifest", str(manifest), "--env-policy", "ignore"]
+    patient = ["--set", "calibration.interval_method=patient"]
+    count = len(np.unique(groups))
+    capsys.readouterr()
+    code = run_script("calibrate", *flags, *patient, "--set", "calibration.interval_alpha=0.02")
+    assert count < patients_needed(0.02) == 49 and code == 2
+    assert f"needs val_calib to hold at least 49 patients (split groups); it holds {count}" in (
+        capsys.readouterr().err
+    )
+    alpha = 0.5  # reachable with any number of patients
+    sets = ["--set", f"calibration.interval_alpha={alpha}"]
+    assert run_script("calibrate", *flags, *patient, *sets) == 0
+    fitted = json.loads((manifest.parent / "calibration" / "intervals.json").read_text())
+    assert fitted["method"].startswith("hierarchical") and fitted["fitted_on"]["groups"] == count
+    assert fitted["tasks"]["EPCAM"]["q_hat"] == group_quantile(residual, groups, alpha)
+    assert run_script("calibrate", *flags) == 0  # back to the spot-level fit for what follows
 
 
 def _forge(bundle: Path, rel: str, text: str) -> None:

@@ -52,3 +52,33 @@ def calibrate_screen(
     lines += [f"  warning: {w}" for w in warnings]
     lines.append(f"  files: {folder}/")
     return "\n".join(lines)
+
+
+def interval_warnings(intervals: dict[str, Any]) -> list[str]:
+    """Spot-level intervals fitted on spots of few patients (their guarantee is for spots,
+    not for a new patient), and intervals left unbounded by too few samples."""
+    from rigor.calibration.intervals import METHODS, patients_needed
+
+    out = []
+    fitted, alpha = intervals["fitted_on"], intervals["alpha"]
+    groups = fitted.get("groups")
+    if intervals["method"] == METHODS["spot"] and groups is not None and groups < fitted["n"]:
+        enough = groups >= patients_needed(alpha)
+        out.append(
+            f"spot-level intervals treat val_calib's {fitted['n']} spots as exchangeable, but "
+            f"they come from {groups} patients (split groups): on a new patient the coverage "
+            "can fall short of 1 - alpha; "
+            + (
+                "calibration.interval_method: patient gives the guarantee for a new patient"
+                if enough
+                else f"patient-level intervals at alpha {alpha:g} need at least "
+                f"{patients_needed(alpha)} patients in val_calib (give it more groups)"
+            )
+        )
+    unbounded = [task for task, node in intervals["tasks"].items() if node["q_hat"] is None]
+    if unbounded:
+        out.append(
+            f"{len(unbounded)} interval(s) unbounded at alpha {alpha:g} (too few val_calib "
+            f"samples): {', '.join(unbounded[:5])}; raise calibration.interval_alpha"
+        )
+    return out

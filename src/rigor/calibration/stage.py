@@ -14,9 +14,9 @@ from rigor.calibration.bundle_policy import THRESHOLDS, build_policy
 from rigor.calibration.cascade_run import resolve_stage_b
 from rigor.calibration.guarantee_schema import validate_record
 from rigor.calibration.guarantees import guarantee_records
-from rigor.calibration.intervals import regression_intervals
+from rigor.calibration.intervals import METHODS, patients_needed, regression_intervals
 from rigor.calibration.schema import validate_thresholds
-from rigor.calibration.screen import calibrate_screen, classifier_warnings
+from rigor.calibration.screen import calibrate_screen, classifier_warnings, interval_warnings
 from rigor.calibration.temperature import choose_temperature
 from rigor.config import apply_overrides
 from rigor.errors import UsageError
@@ -71,7 +71,8 @@ def calibrate(
             warnings = classifier_warnings(record, dict(writes))
             summary |= _summary(record)
         if "regression" in kinds:
-            intervals = _intervals(ctx, options.interval_alpha)
+            intervals = _intervals(ctx, options.interval_alpha, options.interval_method)
+            warnings += interval_warnings(intervals)
             writes.append((INTERVALS, intervals))
             summary["interval_alpha"] = intervals["alpha"]
         summary["warnings"] = warnings
@@ -103,8 +104,9 @@ def _require_rows(ctx: RunContext) -> None:
         )
 
 
-def _intervals(ctx: RunContext, alpha: float) -> dict[str, Any]:
-    """calibration/intervals.json: q_hat per regression task from val_calib residuals."""
+def _intervals(ctx: RunContext, alpha: float, method: str) -> dict[str, Any]:
+    """calibration/intervals.json: q_hat per regression task from val_calib residuals (over
+    the spots, or over the split groups: exit 2 when these are too few for alpha)."""
     tasks = [
         t
         for t, spec in ctx.manifest["dataset"]["tasks"].items()
@@ -113,12 +115,22 @@ def _intervals(ctx: RunContext, alpha: float) -> dict[str, Any]:
     with np.load(ctx.path(READS), allow_pickle=False) as data:
         predictions = {t: data[f"logits_{t}"].astype(np.float64) for t in tasks}
         targets = {t: data[f"targets_{t}"].astype(np.float64) for t in tasks}
+        groups = data["groups"] if "groups" in data.files else None
+    count = len(np.unique(groups)) if groups is not None else None
+    if method == "patient" and (count is None or count < patients_needed(alpha)):
+        raise UsageError(
+            f"calibration.interval_method: patient at alpha {alpha:g} needs val_calib to hold "
+            f"at least {patients_needed(alpha)} patients (split groups); it holds {count}: give "
+            "val_calib more groups in data.splits, raise calibration.interval_alpha, or use "
+            "interval_method: spot (whose guarantee holds for spots, not a new patient)"
+        )
+    fitted_on = {"split": "val_calib", "n": int(len(next(iter(targets.values()))))}
     record = {
         "schema_version": 1,
-        "method": "split conformal, absolute residual |y - y_hat|",
+        "method": METHODS[method],
         "alpha": alpha,
-        "fitted_on": {"split": "val_calib", "n": int(len(next(iter(targets.values()))))},
-        "tasks": regression_intervals(predictions, targets, alpha),
+        "fitted_on": fitted_on | ({"groups": count} if count is not None else {}),
+        "tasks": regression_intervals(predictions, targets, alpha, groups, method),
     }
     validate_record("intervals", record, INTERVALS)
     return record

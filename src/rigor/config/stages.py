@@ -94,6 +94,11 @@ class CalibrationConfig(Section):
         description="Regression tasks: miscoverage alpha of each task's split-conformal "
         "interval (absolute residual on val_calib); 1 - alpha is the coverage it guarantees.",
     )
+    interval_method: Literal["spot", "patient"] = Field(
+        description="Regression intervals: spot (the quantile over val_calib's spots: holds "
+        "for spots exchangeable with them) or patient (over its split groups, each weighing "
+        "the same: holds for a spot of a new patient; needs (1 - alpha) / alpha groups).",
+    )
     policy: PolicyKind = Field(
         description="The one policy export.py puts in the bundle: threshold, gate (Platt), "
         "cascade, sets (conformal), crc or scrc, or none (no abstention; needs no "

@@ -224,12 +224,30 @@ def test_top_variable_panel_is_picked_on_train_and_followed_by_every_stage(
     assert panel["genes"] == expected and panel["computed_on"]["spots"] == len(train_ids)
     flags = ["--from-manifest", str(manifest_path), "--env-policy", "ignore"]
     assert run_script("eval", *flags, "--recompute", "--n-resamples", "20") == 0
+    _check_histology_outputs(run, panel["genes"])
     assert run_script("export", *flags) == 0
     code = run_script("predict", "--bundle", str(run / "bundle"), "--split", "val_test")
     assert code == 0
     header = (run / "predict" / "val_test.csv").read_text().splitlines()[0].split(",")
     assert [c for c in header if c in GENES] == panel["genes"]
     _check_spots(run)
+
+
+def _check_histology_outputs(run: Path, genes: list[str]) -> None:
+    """eval's per-gene table (Pearson with its CI as in metrics.json), a scatter per gene
+    and a map per val_test sample and gene."""
+    report = json.loads((run / "eval" / "metrics.json").read_text())["tasks"]
+    table = (run / "eval" / "genes.md").read_text()
+    for gene in genes:
+        pearson = report[gene]["per_target"][0]["pearson"]
+        assert f"| {gene} | {pearson['estimate']:.3f} [{pearson['ci_lower']:.3f}, " in table
+        assert (run / "eval" / f"{gene}_scatter.png").stat().st_size > 5000
+    with np.load(run / "predictions" / "val_test.npz") as data:
+        samples = sorted(set(data["sample"].tolist()))
+    maps = sorted(p.name for p in (run / "eval" / "maps").iterdir())
+    assert maps == sorted(f"{s}_{g}.png" for s in samples for g in genes)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert f"eval/maps/{maps[0]}" in manifest["sha256"]  # recorded like every output
 
 
 def _check_spots(run: Path) -> None:
@@ -289,3 +307,18 @@ def test_a_gene_name_with_a_dot_trains_and_predicts_end_to_end(
     assert run_script("predict", "--bundle", str(run / "bundle"), "--split", "val_test") == 0
     header = (run / "predict" / "val_test.csv").read_text().splitlines()[0].split(",")
     assert "AC009501.4" in header
+
+
+def test_figure_genes_are_the_named_ones_or_the_best_by_pearson() -> None:
+    from rigor.evaluation.report_histology import figure_genes
+
+    scores = {"A": 0.2, "B": float("nan"), "C": 0.7, "D": 0.5}
+    report = {
+        "tasks": {g: {"per_target": [{"pearson": {"estimate": v}}]} for g, v in scores.items()}
+    }
+    genes = list(scores)
+    assert figure_genes(report, genes, 2) == ["C", "D"]
+    assert figure_genes(report, genes, 9) == ["C", "D", "A", "B"]  # NaN last
+    assert figure_genes(report, genes, ["B", "A"]) == ["B", "A"]
+    with pytest.raises(UsageError, match=r"evaluation.figure_genes: \['Z'\] are not"):
+        figure_genes(report, genes, ["A", "Z"])

@@ -3,7 +3,7 @@ worker service), MAE pretraining and the frozen-encoder probe."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -21,6 +21,10 @@ class EvaluationConfig(Section):
     risks: list[float] = Field(description="Risks r of Coverage@Risk(r).")
     n_bins: int = Field(
         ge=2, le=100, description="Bins of ECE, adaptive ECE and reliability plots."
+    )
+    figure_genes: Annotated[int, Field(ge=0)] | list[str] = Field(
+        description="Regression runs: the genes eval draws (predicted against measured, and "
+        "maps per val_test sample for spot data): a list of names, or the K best by Pearson."
     )
 
 

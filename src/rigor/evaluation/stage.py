@@ -23,6 +23,7 @@ from rigor.evaluation.report_guarantees import (
     guarantees_report,
     policy_table,
 )
+from rigor.evaluation.report_histology import histology_outputs
 from rigor.evaluation.report_regression import interval_report, regression_report
 from rigor.evaluation.screen import eval_screen
 from rigor.io import atomic_write_json, atomic_write_text, read_json
@@ -83,6 +84,7 @@ def evaluate(
                 result, files = _regression(task, predictions, intervals, options), []
             report["tasks"][task] = result
             outputs += files
+        outputs += histology_outputs(ctx, report, predictions, options.figure_genes)
     atomic_write_json(out / "metrics.json", report)
     atomic_write_text(out / "metrics.csv", _csv(report))
     outputs = ["eval/metrics.json", "eval/metrics.csv", *outputs]

@@ -231,6 +231,7 @@ def test_top_variable_panel_is_picked_on_train_and_followed_by_every_stage(
     header = (run / "predict" / "val_test.csv").read_text().splitlines()[0].split(",")
     assert [c for c in header if c in GENES] == panel["genes"]
     _check_spots(run)
+    _check_new_sample(run, hest_root, panel["genes"], run_script)
 
 
 def _check_histology_outputs(run: Path, genes: list[str]) -> None:
@@ -248,6 +249,48 @@ def _check_histology_outputs(run: Path, genes: list[str]) -> None:
     assert maps == sorted(f"{s}_{g}.png" for s in samples for g in genes)
     manifest = json.loads((run / "manifest.json").read_text())
     assert f"eval/maps/{maps[0]}" in manifest["sha256"]  # recorded like every output
+
+
+def _check_new_sample(  # type: ignore[no-untyped-def]
+    run: Path, root: Path, genes: list[str], run_script
+) -> None:
+    """predict --hest-sample on a val_test sample's .h5 (with and without its expression):
+    a row per spot with barcode and coordinates, the .h5ad with obsm["spatial"], maps, and
+    with the expression Pearson per gene as computed by hand from the CSV."""
+    import csv
+    import io
+    from contextlib import redirect_stdout
+
+    import anndata
+
+    from rigor.metrics.regression import pearson
+
+    with np.load(run / "predictions" / "val_test.npz") as data:
+        sample = str(data["sample"][0])
+    h5, h5ad = root / "patches" / f"{sample}.h5", root / "st" / f"{sample}.h5ad"
+    out = io.StringIO()
+    bundle = ["--bundle", str(run / "bundle"), "--hest-sample", str(h5)]
+    with redirect_stdout(out):
+        assert run_script("predict", *bundle, "--expression", str(h5ad)) == 0
+    path, summary = out.getvalue().strip().splitlines()
+    rows = list(csv.DictReader(io.StringIO(Path(path).read_text())))
+    assert len(rows) == TILES and {"sample", "barcode", "x", "y"} <= set(rows[0])
+    for gene in genes:
+        predicted = np.array([float(r[gene]) for r in rows])
+        measured = np.array([float(r[f"{gene}_true"]) for r in rows])
+        expected = pearson(predicted, measured)
+        found = json.loads(summary)["genes"][gene]["pearson"]["estimate"]
+        assert found == pytest.approx(expected, abs=1e-5)  # the CSV holds 6 decimals
+    table = anndata.read_h5ad(Path(path).with_suffix(".h5ad"))
+    assert list(table.obs_names) == [r["barcode"] for r in rows] and list(table.var_names) == genes
+    spatial = np.array([[float(r["x"]), float(r["y"])] for r in rows])
+    assert np.array_equal(table.obsm["spatial"], spatial) and "measured" in table.layers
+    assert len(json.loads(summary)["maps"]) == min(4, len(genes))
+    assert run_script("predict", *bundle) == 0  # no expression: predictions and maps only
+    plain = list(csv.DictReader(io.StringIO(Path(path).read_text())))
+    assert len(plain) == TILES and not any(k.endswith("_true") for k in plain[0])
+    assert run_script("predict", "--bundle", str(run / "bundle"), "--split", "val_test",
+                      "--expression", str(h5ad)) == 2  # fmt: skip
 
 
 def _check_spots(run: Path) -> None:

@@ -18,8 +18,6 @@ from rigor.plotting.pool import draw
 from rigor.policies.base import cell
 from rigor.stages import RunContext
 
-UNITS = {"log1p": "log1p counts", "raw": "counts"}
-
 
 def gene_table(report: dict[str, Any], genes: list[str]) -> str:
     """Markdown: per gene, Pearson, MAE and the interval's coverage (each with its CI) and
@@ -78,7 +76,7 @@ def histology_outputs(
     atomic_write_text(ctx.path("eval/genes.md"), gene_table(report, genes))
     files = ["eval/genes.md"]
     details = ctx.manifest["dataset"].get("details", {})
-    unit = UNITS.get(str(details.get("expression")), "target units")
+    unit = spatial.unit_of(details.get("expression"))
     groups = predictions.get("groups")
     groups = np.asarray(groups).astype(str) if groups is not None else np.full(1, "all")
     chosen = figure_genes(report, genes, wanted)

@@ -17,6 +17,7 @@ from rigor.config.models import Config, TopVariableConfig
 from rigor.data.dataset import ImageDataset
 from rigor.errors import UsageError
 from rigor.export.load import Bundle, load_bundle
+from rigor.export.slide import sample_dataset, slide_outputs
 from rigor.io import atomic_write_text
 from rigor.models.registry import AUX, GATE
 from rigor.policies.base import kind_of
@@ -111,24 +112,32 @@ def predict_with_bundle(
     split: str | None = None,
     output: Path | None = None,
     stage_b: Path | None = None,
+    sample: tuple[Path, Path | None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Predict ``inputs`` (image files) or a ``split``; write a CSV and return it with a summary.
+    """Predict ``inputs`` (image files), a ``split``, or a new HEST ``sample`` (its patches'
+    ``.h5`` and, optionally, its measured expression); write a CSV and return it with a
+    summary.
 
-    Columns: ``id``; for the policy's task ``class``, ``confidence``, ``abstained``
-    (``stage`` for a cascade, ``set`` and ``set_size`` for set policies, and ``label`` for a
-    split); for every regression task ``<task>`` (and ``<task>_true``).
+    Columns: ``id`` (with ``sample``, ``barcode``, ``x``, ``y`` for spots); for the policy's
+    task ``class``, ``confidence``, ``abstained`` (``stage`` for a cascade, ``set`` and
+    ``set_size`` for set policies, and ``label`` for a split); for every regression task
+    ``<task>`` (and ``<task>_true``). A sample also gets an ``.h5ad`` and maps beside the CSV.
     """
     bundle = load_bundle(root)
     config = run_config(json.loads((root / bundle.record["config"]).read_text()))[0]
     if split is not None:
         dataset, rows = _split_rows(bundle, config, split)
+    elif sample is not None:
+        dataset, _ = sample_dataset(bundle, config, *sample)
+        rows = list(range(len(dataset)))
     elif inputs:
         dataset, rows = _file_rows(bundle, config, inputs)
     else:
-        raise UsageError("give --input PATH... or --split NAME")
+        raise UsageError("give --input PATH..., --split NAME or --hest-sample PATCHES.h5")
     settle()  # set up: collection back on for the batches
     outputs, ids, truth = _outputs(bundle, config, dataset, rows)
-    labels = truth if split is not None else None
+    measured = sample is not None and sample[1] is not None
+    labels = truth if split is not None or measured else None
     columns: dict[str, list[str]] = {"id": list(ids)} | _spot_columns(dataset, ids)
     summary: dict[str, Any] = {"n": len(ids)}
     if bundle.policy is not None:
@@ -146,8 +155,11 @@ def predict_with_bundle(
             truth_values = labels[task].astype(np.float64)
             columns[f"{task}_true"] = [f"{v:.6f}" for v in truth_values]
             summary.setdefault("mae", {})[task] = float(np.abs(values - truth_values).mean())
-    target = output or root.parent / "predict" / f"{split or 'inputs'}.csv"
+    name = split or (sample[0].stem if sample is not None else "inputs")
+    target = output or root.parent / "predict" / f"{name}.csv"
     atomic_write_text(target, _table(columns))
+    if sample is not None:
+        summary |= slide_outputs(target, bundle, config, dataset, ids, outputs, labels)
     return target, summary
 
 
@@ -287,8 +299,22 @@ def predict_screen(path: Path, summary: dict[str, Any]) -> str:
                 else ""
             )
         )
-    maes = list(summary.get("mae", {}).items())
-    lines += [f"  {task}: MAE {value:.4g}" for task, value in maes[:8]]
-    if len(maes) > 8:
-        lines.append(f"  ... and {len(maes) - 8} more tasks (the summary JSON on stdout)")
+    scored = summary.get("genes")
+    if scored:  # a new sample with its measured expression
+        rows = [
+            f"  {gene}: Pearson {_ci(node['pearson'])}, MAE {_ci(node['mae'])}"
+            for gene, node in scored.items()
+        ]
+    else:
+        rows = [f"  {task}: MAE {value:.4g}" for task, value in summary.get("mae", {}).items()]
+    lines += rows[:8]
+    if len(rows) > 8:
+        lines.append(f"  ... and {len(rows) - 8} more tasks (the summary JSON on stdout)")
+    if "spot_table" in summary:
+        table, maps = summary["spot_table"], len(summary["maps"])
+        lines.append(f"  spots with coordinates: {table}; {maps} maps beside it")
     return "\n".join(lines)
+
+
+def _ci(node: dict[str, Any]) -> str:
+    return f"{node['estimate']:.3f} [{node['ci_lower']:.3f}, {node['ci_upper']:.3f}]"

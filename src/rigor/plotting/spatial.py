@@ -1,6 +1,7 @@
 """Histology figures a pathologist reads: predicted against measured expression of one gene
 (a point per spot, coloured by patient, with the identity line), and maps of measured,
-predicted and residual expression at the spots' coordinates on one sample's slide."""
+predicted and residual expression at the spots' coordinates on one sample's slide.
+matplotlib is imported when a figure is drawn (in the plot workers), not with the module."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from rigor.plotting.plots import plt, save
+UNITS = {"log1p": "log1p counts", "raw": "counts", "log1p_normalized": "log1p normalized"}
+
+
+def unit_of(expression: object) -> str:
+    """The axis label of a HEST expression transform (``data.hest.expression``)."""
+    return UNITS.get(str(expression), "target units")
 
 
 def gene_scatter(
@@ -23,6 +29,7 @@ def gene_scatter(
     """Predicted against measured values of ``gene``, one colour per patient (group), with
     the identity line and Pearson's r in the title."""
     from rigor.metrics.regression import pearson
+    from rigor.plotting.plots import plt, save
 
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     names = sorted(set(groups.tolist()))
@@ -44,6 +51,24 @@ def gene_scatter(
     save(fig, path)
 
 
+def predicted_map(
+    coords: np.ndarray, predicted: np.ndarray, gene: str, sample: str, unit: str, path: Path
+) -> None:
+    """Predicted ``gene`` at each spot's (x, y) on a new sample's slide (no measurement)."""
+    from rigor.plotting.plots import plt, save
+
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    size = max(4.0, 4000.0 / max(len(coords), 1))
+    shown = ax.scatter(coords[:, 0], coords[:, 1], c=predicted, cmap="viridis", s=size, marker="s")
+    fig.colorbar(shown, ax=ax, shrink=0.8, label=unit)
+    ax.set_title(f"{sample}: {gene} predicted, {len(coords)} spots", fontsize=10)
+    ax.set_xlabel("x (pixels)")
+    ax.set_ylabel("y (pixels)")
+    ax.set_aspect("equal")
+    ax.invert_yaxis()
+    save(fig, path)
+
+
 def spatial_maps(
     coords: np.ndarray,
     measured: np.ndarray,
@@ -57,6 +82,8 @@ def spatial_maps(
     """Measured, predicted and residual (predicted - measured) ``gene`` at each spot's
     (x, y) on the slide: measured and predicted share one colour scale, the residual a
     diverging one centred on 0; image coordinates (y down)."""
+    from rigor.plotting.plots import plt, save
+
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.4), sharex=True, sharey=True)
     low = float(min(measured.min(), predicted.min()))
     high = float(max(measured.max(), predicted.max()))

@@ -245,6 +245,16 @@ def _check_histology_outputs(run: Path, genes: list[str]) -> None:
         assert (run / "eval" / f"{gene}_scatter.png").stat().st_size > 5000
     with np.load(run / "predictions" / "val_test.npz") as data:
         samples = sorted(set(data["sample"].tolist()))
+        sample_of = data["sample"]
+        first = (data[f"logits_{genes[0]}"].reshape(-1), data[f"targets_{genes[0]}"])
+    per_sample = report[genes[0]]["per_sample"]  # beside the pooled numbers
+    assert sorted(per_sample) == samples and sum(n["n"] for n in per_sample.values()) == len(
+        sample_of
+    )
+    rows = sample_of == samples[0]
+    by_hand = np.abs(first[0][rows] - first[1][rows]).mean()
+    assert per_sample[samples[0]]["mae"] == pytest.approx(by_hand, rel=1e-6)
+    assert set(report[genes[0]]["per_group"]) <= {s.removeprefix("TILES-") for s in samples}
     maps = sorted(p.name for p in (run / "eval" / "maps").iterdir())
     assert maps == sorted(f"{s}_{g}.png" for s in samples for g in genes)
     manifest = json.loads((run / "manifest.json").read_text())

@@ -105,3 +105,22 @@ def _mae(a: np.ndarray, b: np.ndarray) -> float:
 
 def _rmse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(((a - b) ** 2).mean()))
+
+
+def split_scores(
+    predicted: np.ndarray, targets: np.ndarray, labels: np.ndarray
+) -> dict[str, dict[str, float | int | None]]:
+    """Per sample (slide) or per patient: its spots' count, Pearson's r (null when constant)
+    and MAE of the first output, beside the pooled numbers."""
+    values = np.asarray(predicted, np.float64).reshape(len(targets), -1)[:, 0]
+    truth = np.asarray(targets, np.float64).reshape(len(targets), -1)[:, 0]
+    out: dict[str, dict[str, float | int | None]] = {}
+    for name in sorted(set(labels.tolist())):
+        rows = labels == name
+        r = pearson(values[rows], truth[rows]) if rows.sum() > 1 else float("nan")
+        out[name] = {
+            "n": int(rows.sum()),
+            "pearson": r if np.isfinite(r) else None,
+            "mae": float(np.abs(values[rows] - truth[rows]).mean()),
+        }
+    return out

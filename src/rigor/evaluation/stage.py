@@ -24,7 +24,7 @@ from rigor.evaluation.report_guarantees import (
     policy_table,
 )
 from rigor.evaluation.report_histology import histology_outputs
-from rigor.evaluation.report_regression import interval_report, regression_report
+from rigor.evaluation.report_regression import interval_report, regression_report, split_scores
 from rigor.evaluation.screen import eval_screen
 from rigor.io import atomic_write_json, atomic_write_text, read_json
 from rigor.plotting.pool import PlotPool
@@ -108,6 +108,9 @@ def _regression(
     logits, targets = predictions[f"logits_{task}"], predictions[f"targets_{task}"]
     groups = predictions.get("groups")
     result = regression_report(task, logits, targets, groups, options)
+    for key, labels in (("per_sample", predictions.get("sample")), ("per_group", groups)):
+        if labels is not None:
+            result[key] = split_scores(logits, targets, np.asarray(labels).astype(str))
     result["warnings"] = []
     if intervals is not None and task in intervals["tasks"]:
         result["interval"] = interval_report(logits, targets, groups, intervals, task, options)

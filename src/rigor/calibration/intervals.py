@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from rigor.policies.base import finite_or_none
 from rigor.policies.sets import conformal_quantile
 
 METHODS = {
@@ -74,5 +75,5 @@ def regression_intervals(
             q_hat = group_quantile(residuals, groups, alpha)
         else:
             q_hat = conformal_quantile(residuals, alpha)
-        intervals[task] = {"q_hat": q_hat if math.isfinite(q_hat) else None, "n": residuals.size}
+        intervals[task] = {"q_hat": finite_or_none(q_hat), "n": residuals.size}
     return intervals

@@ -138,6 +138,11 @@ def kind_of(policy: dict[str, Any]) -> str:
     return str(policy.get("kind", "threshold"))
 
 
+def finite_or_none(value: float) -> float | None:
+    """A fitted value as JSON holds it: an infinite one (unreachable) is null."""
+    return value if math.isfinite(value) else None
+
+
 def bound(value: float | None, default: float) -> float:
     """A fitted bound, with null read as ``default`` (an infinite one)."""
     return default if value is None else float(value)

@@ -31,6 +31,7 @@ from rigor.policies.base import (
     common,
     complement,
     empty_sets,
+    finite_or_none,
     guarantees_of,
     infeasible_lambda,
     mean_ci,
@@ -109,7 +110,7 @@ def fit_section(probs: np.ndarray, labels: np.ndarray, risk: Any) -> dict[str, A
         "method": "lac",
         "alpha": risk.alpha,
         "grid": {"start": 0.0, "stop": 1.0, "points": risk.grid},
-        "lambda": lam if math.isfinite(lam) else None,
+        "lambda": finite_or_none(lam),
         "best_corrected_risk": best_corrected_risk(losses),
     }
 

@@ -35,6 +35,7 @@ from rigor.policies.base import (
     bound,
     cell,
     common,
+    finite_or_none,
     guarantees_of,
     heads,
     infeasible_lambda,
@@ -169,10 +170,6 @@ def selection_score(name: str, probs: np.ndarray, gate: np.ndarray | None) -> np
     return np.asarray(probs.max(axis=1))
 
 
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 def fit(
     task: str,
     logits: np.ndarray,
@@ -195,8 +192,8 @@ def fit(
         curve.append(
             {
                 "coverage": coverage,
-                "selection_threshold": _finite(point["selection_threshold"]),
-                "lambda": _finite(point["lambda"]),
+                "selection_threshold": finite_or_none(point["selection_threshold"]),
+                "lambda": finite_or_none(point["lambda"]),
             }
         )
     return {
@@ -210,9 +207,9 @@ def fit(
         "alpha": risk.scrc_alpha,
         "grid": {"start": 0.0, "stop": 1.0, "points": risk.grid},
         "fitted_on": {"split": "val_calib", "n": int(len(labels))},
-        "selection_threshold": _finite(fitted["selection_threshold"]),
+        "selection_threshold": finite_or_none(fitted["selection_threshold"]),
         "n_selected": fitted["n_selected"],
-        "lambda": _finite(fitted["lambda"]),
+        "lambda": finite_or_none(fitted["lambda"]),
         "best_corrected_risk": fitted["best_corrected_risk"],
         "assumptions": "val_calib and new samples exchangeable; lambda_1 estimated on the same "
         "samples as lambda_2, so the risk bound is approximate in finite samples (SCRC-I)",

@@ -46,6 +46,7 @@ from rigor.policies.base import (
     common,
     complement,
     empty_sets,
+    finite_or_none,
     guarantees_of,
     interval,
     record_schema,
@@ -174,13 +175,9 @@ def fit_set_policy(
         "k_reg": k_reg,
         "lam": lam,
         "alpha": alpha,
-        "q_hat": q_hat if math.isfinite(q_hat) else None,
+        "q_hat": finite_or_none(q_hat),
         "n": int(len(y)),
     }
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def fit(
@@ -215,7 +212,8 @@ def fit(
         row: dict[str, Any] = {"alpha": alpha}
         for method in SET_METHODS:
             scores = label_scores(probs, method, k_reg=conformal.k_reg, lam=conformal.lam)
-            row[method] = _finite(conformal_quantile(true_label_scores(scores, labels), alpha))
+            true_scores = true_label_scores(scores, labels)
+            row[method] = finite_or_none(conformal_quantile(true_scores, alpha))
         curve.append(row)
     return {
         "schema_version": 1,

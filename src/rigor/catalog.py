@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rigor.errors import UsageError
+from rigor.manifest.report import flatten
 
 DEFAULT_COLUMNS = ("run_id", "stages", "created_at")
 _FILTER = re.compile(r"^(?P<key>[^<>=!]+?)\s*(?P<op>>=|<=|!=|=|>|<)\s*(?P<value>.*)$")
@@ -49,7 +50,7 @@ class Run:
         """The resolved config, flattened to dotted keys."""
         if self._config is None:
             path = self.folder / "config_resolved.json"
-            self._config = _flatten(_read(path)) if path.is_file() else {}
+            self._config = flatten(_read(path)) if path.is_file() else {}
         return self._config
 
     def eval_report(self) -> dict[str, Any]:
@@ -84,17 +85,6 @@ def _read(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as err:
         raise UsageError(f"{path}: cannot be read as JSON ({err})") from None
     return data if isinstance(data, dict) else {}
-
-
-def _flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out |= _flatten(value, name + ".")
-        else:
-            out[name] = value
-    return out
 
 
 def _path(node: Any, parts: list[str]) -> Any:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from rigor.probe.ridge import (
 )
 from rigor.probe.screen import probe_screen
 from rigor.runs.predict import save_npz, spot_arrays
+from rigor.tracking import Progress
 from rigor.training.optim import Precision
 from rigor.training.prepare import Prepared, prepare, write_run_inputs
 
@@ -203,28 +202,11 @@ def _extract(
         prepared.model.backbone, inference.channels_last, inference.compile
     )
     autocast = Precision(precision, prepared.device).autocast
+    # a line every 10 s of extraction: patches done, rate, time left
+    progress = Progress(len(prepared.dataset), "features", "patches", every=10.0)
     return feats.extract(
-        encoder, loader, prepared.device, encoder_input, autocast, _progress(len(prepared.dataset))
+        encoder, loader, prepared.device, encoder_input, autocast, progress.reached
     )
-
-
-def _progress(total: int) -> Callable[[int], None]:
-    """A line on stderr every 10 s of feature extraction: patches done, rate, time left."""
-    started = last = time.perf_counter()
-
-    def report(done: int) -> None:
-        nonlocal last
-        now = time.perf_counter()
-        if now - last >= 10.0 and done < total:
-            rate = done / (now - started)
-            left = (total - done) / max(rate, 1e-9)
-            print(
-                f"features: {done}/{total} patches, {rate:.0f}/s, {left:.0f} s left",
-                file=sys.stderr,
-            )
-            last = now
-
-    return report
 
 
 def _test_groups(prepared: Prepared, source: Source | None, groups: np.ndarray) -> list[str]:

@@ -108,7 +108,7 @@ def spot_arrays(dataset: Any, ids: Any) -> dict[str, np.ndarray]:
     """Where each predicted row sits, for spot data (a reader with coordinates: HEST): its
     ``sample`` id, ``barcode`` and ``coords`` (x, y pixels on the slide; NaN when the
     patches file has none). Empty for other data."""
-    coords = getattr(getattr(dataset, "raw", None), "coords", None)
+    coords = dataset.raw.coords
     if coords is None:
         return {}
     names = [str(sample_id) for sample_id in ids]

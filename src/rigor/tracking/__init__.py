@@ -56,25 +56,31 @@ def progress_enabled(mode: str) -> bool:
 
 class Progress:
     """A line on stderr every ``every`` seconds of a long loop (the same on a terminal and
-    in a piped Slurm log): ``eval: 120/500 tasks, 31 s, about 98 s left``."""
+    in a piped Slurm log): ``eval: 120/500 tasks, 4/s, 31 s, about 98 s left``."""
 
     def __init__(self, total: int, stage: str, unit: str, every: float = 5.0) -> None:
         self.total, self.stage, self.unit, self.every = total, stage, unit, every
         self.done = 0
         self.started = self.last = time.perf_counter()
 
-    def tick(self) -> None:
-        """Count one item before it starts; print when ``every`` seconds have passed."""
+    def reached(self, done: int) -> None:
+        """``done`` items are finished; print when ``every`` seconds have passed."""
+        self.done = done
         now = time.perf_counter()
-        if now - self.last >= self.every and self.done:
+        if now - self.last >= self.every and 0 < done < self.total:
             took = now - self.started
-            left = took / self.done * (self.total - self.done)
+            rate = done / max(took, 1e-9)
+            left = (self.total - done) / rate
             print(
-                f"{self.stage}: {self.done}/{self.total} {self.unit}, {took:.0f} s, about "
-                f"{left:.0f} s left",
+                f"{self.stage}: {done}/{self.total} {self.unit}, {rate:.0f}/s, {took:.0f} s, "
+                f"about {left:.0f} s left",
                 file=sys.stderr,
             )
             self.last = now
+
+    def tick(self) -> None:
+        """One more item starts (the ones before it are finished)."""
+        self.reached(self.done)
         self.done += 1
 
 

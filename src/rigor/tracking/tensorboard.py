@@ -38,16 +38,6 @@ class Events:
         self.writer.close()
 
 
-def _flat(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _finite_numbers(values: dict[str, Any]) -> dict[str, float]:
     return {
         key: float(value)
@@ -61,19 +51,15 @@ def write_hparams(logdir: Path, config: dict[str, Any], metrics: dict[str, Any])
     final metrics, in ``logdir/hparams``: TensorBoard's HPARAMS view, opened on a folder of
     runs, then compares the runs by them."""
     from torch.utils.tensorboard import SummaryWriter
-    from torch.utils.tensorboard.summary import hparams
+
+    from rigor.manifest.report import flatten
 
     params = {
         key: value if isinstance(value, int | float | str | bool) else json.dumps(value)
-        for key, value in _flat(config).items()
+        for key, value in flatten(config).items()
     }
-    finals = _finite_numbers(metrics)
-    experiment, start, end = hparams(params, finals)
-    with SummaryWriter(str(logdir / "hparams")) as writer:
-        for summary in (experiment, start, end):
-            writer.file_writer.add_summary(summary)
-        for key, value in finals.items():
-            writer.add_scalar(key, value)
+    with SummaryWriter(str(logdir / "hparams")) as writer:  # its records, in this folder
+        writer.add_hparams(params, _finite_numbers(metrics), run_name=".")
 
 
 class StageEvents:

@@ -28,7 +28,7 @@ from rigor.plotting import figures
 from rigor.plotting.pool import PlotPool, draw
 from rigor.policies.threshold import choose, sweep
 from rigor.stages import RunContext, finish_stage, open_run
-from rigor.tracking.tensorboard import last_step, log_stage
+from rigor.tracking import report_stage
 
 READS = "predictions/val_calib.npz"
 INTERVALS = "calibration/intervals.json"
@@ -84,9 +84,12 @@ def calibrate(
             else:
                 atomic_write_json(ctx.path(rel), content)
             outputs.append(rel)
-    if ctx.config.logging.tensorboard:
-        values = {k: v for k, v in summary.items() if k != "warnings"}
-        log_stage(ctx.run_dir, "calibrate", last_step(ctx.manifest), values, outputs)
+    values = {k: v for k, v in summary.items() if k != "warnings"}
+    mirrored = report_stage(
+        ctx.config, ctx.manifest_path, ctx.manifest, "calibrate", values, outputs
+    )
+    if mirrored is not None:
+        summary["mlflow"] = mirrored
     finish_stage(ctx, "calibrate", {"reads": [READS], **options.model_dump()}, outputs, summary)
     folder = ctx.run_dir / "calibration"
     print(calibrate_screen(options.policy, record, intervals, warnings, folder), file=sys.stderr)

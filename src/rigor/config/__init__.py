@@ -20,8 +20,9 @@ from rigor.io import sha256_json
 
 __all__ = ["Config", "ResolvedConfig", "load_config", "config_json_schema", "config_hash"]
 
-# Settings that say where a run is written, not what it computes: left out of the hash.
-_HASH_EXCLUDED = (("run", "output_root"),)
+# Settings that say where a run is written or mirrored, not what it computes: left out of
+# the hash.
+_HASH_EXCLUDED = (("run", "output_root"), ("logging", "mlflow"))
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,12 @@ class ResolvedConfig:
 
     @property
     def hash(self) -> str:
-        """sha256 of the resolved config without its output location."""
+        """sha256 of the resolved config without where it is written or mirrored."""
         return config_hash(self.resolved)
 
 
 def config_hash(resolved: Mapping[str, Any]) -> str:
-    """sha256 of a resolved config dict, ignoring where the run is written."""
+    """sha256 of a resolved config dict, ignoring where the run is written or mirrored."""
     data = copy.deepcopy(dict(resolved))
     for path in _HASH_EXCLUDED:
         node = data

@@ -227,6 +227,20 @@ class SchedulerConfig(Section):
     gamma: float = Field(gt=0, le=1, description="Decay factor (step).")
 
 
+class MlflowConfig(Section):
+    """Where a run is mirrored to MLflow (the manifest stays the source of truth)."""
+
+    tracking_uri: str | None = Field(
+        description=(
+            "MLflow tracking URI (sqlite:///results/mlflow.db, http://127.0.0.1:5000); "
+            "null: no mirror. Left out of the config hash."
+        )
+    )
+    experiment: str | None = Field(
+        min_length=1, description="MLflow experiment; null: run.name (a sweep's points share it)."
+    )
+
+
 class LoggingConfig(Section):
     """What the tracking helper writes."""
 
@@ -235,6 +249,7 @@ class LoggingConfig(Section):
     progress: Literal["auto", "always", "never"] = Field(
         description="Progress bars: auto shows them only on an interactive terminal outside CI."
     )
+    mlflow: MlflowConfig = Field(description="An MLflow mirror of the run and its later stages.")
 
 
 class EnvConfig(Section):

@@ -31,8 +31,8 @@ from rigor.plotting.pool import PlotPool
 from rigor.policies.base import record_name
 from rigor.policies.registry import POLICIES
 from rigor.stages import BEST, RunContext, finish_stage, open_run
-from rigor.tracking import Progress
-from rigor.tracking.tensorboard import estimates, last_step, log_stage
+from rigor.tracking import Progress, report_stage
+from rigor.tracking.tensorboard import estimates
 
 READS = "predictions/val_test.npz"
 POLICY = "calibration/thresholds.json"
@@ -89,10 +89,12 @@ def evaluate(
     atomic_write_text(out / "metrics.csv", _csv(report))
     outputs = ["eval/metrics.json", "eval/metrics.csv", *outputs]
     stage_options = {"reads": reads, "recompute": recompute, **options.model_dump()}
-    if ctx.config.logging.tensorboard:  # the numbers and figures, beside training's
-        values = estimates(report["tasks"])
-        log_stage(ctx.run_dir, "eval", last_step(ctx.manifest), values, outputs)
-    finish_stage(ctx, "eval", stage_options, outputs, _summary(report))
+    summary = _summary(report)
+    values = estimates(report["tasks"])  # the numbers and figures, beside training's
+    mirrored = report_stage(ctx.config, ctx.manifest_path, ctx.manifest, "eval", values, outputs)
+    if mirrored is not None:
+        summary["mlflow"] = mirrored
+    finish_stage(ctx, "eval", stage_options, outputs, summary)
     print(eval_screen(report, out), file=sys.stderr)
     return out / "metrics.json"
 

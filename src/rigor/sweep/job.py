@@ -11,6 +11,8 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,8 @@ def _run(spec: dict[str, Any], status_path: Path, main: bool) -> int:
 
         kind = RUN_KINDS[spec["task"]]
         extra = {"resume": spec["resume"]} if kind.resumable and spec.get("resume") else {}
-        manifest = kind.task_function()(resolved, env_policy=spec["env_policy"], **extra)
+        with _sweep_tag(status_path.parent.parent.name):  # the MLflow mirror tags the point
+            manifest = kind.task_function()(resolved, env_policy=spec["env_policy"], **extra)
         result |= {"status": "ok", "exit_code": 0, "manifest": str(manifest), "error": None}
     except RigorError as err:
         result |= {"status": "failed", "exit_code": err.exit_code, "manifest": None}
@@ -66,6 +69,20 @@ def _run(spec: dict[str, Any], status_path: Path, main: bool) -> int:
     if result["error"]:
         print(f"error: sweep point {spec['index']}: {result['error']}", file=sys.stderr)
     return int(result["exit_code"])
+
+
+@contextmanager
+def _sweep_tag(sweep_id: str) -> Iterator[None]:
+    """``RIGOR_SWEEP`` set to the sweep's id while the point trains, as it was after."""
+    before = os.environ.get("RIGOR_SWEEP")
+    os.environ["RIGOR_SWEEP"] = sweep_id
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RIGOR_SWEEP", None)
+        else:
+            os.environ["RIGOR_SWEEP"] = before
 
 
 def main(argv: list[str] | None = None) -> int:

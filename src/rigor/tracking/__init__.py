@@ -13,9 +13,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from rigor.config.models import LoggingConfig
+from rigor.config.models import Config, LoggingConfig
 from rigor.io import atomic_write_bytes, atomic_write_text
-from rigor.tracking.tensorboard import Events
+from rigor.tracking.mirror import Mirror, mirror_stage
+from rigor.tracking.tensorboard import Events, last_step, log_stage
 
 T = TypeVar("T")
 
@@ -84,13 +85,36 @@ class Progress:
         self.done += 1
 
 
+def report_stage(
+    config: Config,
+    manifest_path: Path,
+    manifest: dict[str, Any],
+    stage: str,
+    values: dict[str, Any],
+    outputs: list[str],
+) -> dict[str, Any] | None:
+    """A later stage's numbers and figures beside the training's: in TensorBoard (when on)
+    and on the run's MLflow mirror (when set); returns what the stage's summary keeps of the
+    mirror (None without one)."""
+    run_dir = manifest_path.parent
+    if config.logging.tensorboard:
+        log_stage(run_dir, stage, last_step(manifest), values, outputs)
+    return mirror_stage(config, manifest, manifest_path, stage, values, outputs)
+
+
 class Tracker:
-    """Writes ``logs/steps.jsonl``, ``logs/epochs.csv`` and TensorBoard events under a run."""
+    """Writes ``logs/steps.jsonl``, ``logs/epochs.csv`` and TensorBoard events under a run,
+    and each epoch's row to the run's MLflow ``mirror`` (when one is open)."""
 
     def __init__(
-        self, run_dir: Path, cfg: LoggingConfig, start_step: int = 0, folder: str = "logs"
+        self,
+        run_dir: Path,
+        cfg: LoggingConfig,
+        start_step: int = 0,
+        folder: str = "logs",
+        mirror: Mirror | None = None,
     ) -> None:
-        self.cfg = cfg
+        self.cfg, self.mirror = cfg, mirror or Mirror.off()
         self.logs = run_dir / folder
         self.logs.mkdir(parents=True, exist_ok=True)
         self.steps_path = self.logs / "steps.jsonl"
@@ -141,6 +165,7 @@ class Tracker:
             self._replace(self.epochs_path, buffer.getvalue())
         self._last_epoch = epoch
         self._scalars(step, values)
+        self.mirror.metrics(step, {"epoch": epoch, **values})
         self.flush()
 
     def truncate_steps(self, last_step: int) -> None:

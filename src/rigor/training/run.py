@@ -11,8 +11,10 @@ from rigor.config import ResolvedConfig
 from rigor.errors import RunBusyError
 from rigor.io import atomic_write_json
 from rigor.manifest import write_manifest
+from rigor.manifest.provenance import git_info
 from rigor.manifest.rundir import RunLock, create_run_dir
 from rigor.runs.checkpoint import load_checkpoint
+from rigor.tracking.mirror import Mirror, run_tags
 from rigor.tracking.tensorboard import write_hparams
 from rigor.training.distributed import DistInfo, barrier, broadcast, init_distributed
 from rigor.training.predictions import write_predictions
@@ -53,12 +55,14 @@ def train(
         print(f"run {run_id}: writing to {run_dir}{where}", file=sys.stderr)
     run_dir = broadcast(run_dir if info.main else None, info)
     lock, completed = _lock(run_dir, info), False
+    mirror = Mirror.off()
     try:
         if info.main:
             if checkpoint is not None:
                 remove_temporaries(run_dir)
             write_run_inputs(run_dir, prepared)
-        session = Session(run_dir, prepared, state)
+            mirror = _mirror(run_dir, prepared)
+        session = Session(run_dir, prepared, state, mirror)
         settle()  # collection back on for the epochs, without the set-up's million objects
         try:
             summary = session.run()
@@ -70,6 +74,9 @@ def train(
         finally:
             session.flush()  # nothing is still being written when the lock is released
         completed = True
+    except BaseException as err:
+        mirror.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
     finally:
         lock.release(completed)
     barrier(info)
@@ -91,9 +98,20 @@ def _lock(run_dir: Path, info: DistInfo) -> RunLock:
     return lock
 
 
+def _mirror(run_dir: Path, prepared: Prepared) -> Mirror:
+    """The run's MLflow mirror (``logging.mlflow``), tagged with where the manifest goes."""
+    resolved = prepared.resolved
+    settings = resolved.config.logging.mlflow
+    if settings.tracking_uri is None:
+        return Mirror.off()
+    tags = run_tags(run_dir.name, resolved.hash, git_info()["commit"], run_dir / "manifest.json")
+    return Mirror.open(settings, resolved.config.run.name, run_dir.name, tags, resolved.resolved)
+
+
 def _finish(run_dir: Path, prepared: Prepared, session: Session, summary: dict[str, Any]) -> None:
     """Predictions of the best checkpoint (while the last checkpoint is written), then, with
-    every checkpoint on disk, metrics.json and the manifest, written last."""
+    every checkpoint on disk, metrics.json and the manifest, written last; the MLflow mirror
+    gets the final metrics, then the manifest, and is marked finished."""
     outputs = write_predictions(run_dir, prepared, session)
     session.flush()
     extra = {}
@@ -101,6 +119,11 @@ def _finish(run_dir: Path, prepared: Prepared, session: Session, summary: dict[s
         summary["adapter"] = _write_adapter(run_dir, prepared, session)
         extra["adapter"] = [summary["adapter"]["path"]]
     metrics = {**summary.pop("final"), **outputs["metrics"]}
+    # val_select's numbers are in the epochs' history already (the best one is best/...)
+    final = {key: value for key, value in metrics.items() if not key.endswith("/val_select")}
+    session.mirror.metrics(summary["steps"], final)
+    if session.mirror.record() is not None:
+        summary["mlflow"] = session.mirror.record()
     atomic_write_json(run_dir / "metrics.json", {"metrics": metrics, "training": summary})
     if prepared.resolved.config.logging.tensorboard:
         write_hparams(run_dir / "logs" / "tb", prepared.resolved.resolved, metrics)
@@ -112,6 +135,8 @@ def _finish(run_dir: Path, prepared: Prepared, session: Session, summary: dict[s
         extra_artifacts=extra,
     )
     write_manifest(run_dir, build_manifest(run_dir, prepared, record))
+    session.mirror.artifacts(run_dir, ["manifest.json", "metrics.json", "config.yaml"])
+    session.mirror.end("FINISHED")
 
 
 def _write_adapter(run_dir: Path, prepared: Prepared, session: Session) -> dict[str, Any]:

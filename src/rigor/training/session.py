@@ -22,6 +22,7 @@ from rigor.runs.checkpoint import (
 from rigor.runs.device import peak_memory
 from rigor.runs.predict import predict
 from rigor.tracking import NullTracker, Tracker, epoch_line, monitor_to_key
+from rigor.tracking.mirror import Mirror
 from rigor.training.distributed import sum_over_ranks
 from rigor.training.loop import Stepper, UncertaintyWeights, split_metrics
 from rigor.training.prepare import Prepared, make_loader
@@ -32,7 +33,13 @@ from rigor.training.seeding import plan_epochs, start_epoch
 class Session:
     """One training session: owns the loop state and writes logs and checkpoints."""
 
-    def __init__(self, run_dir: Path, prepared: Prepared, state: dict[str, Any] | None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        prepared: Prepared,
+        state: dict[str, Any] | None,
+        mirror: Mirror | None = None,
+    ) -> None:
         cfg = prepared.resolved.config
         self.run_dir, self.prepared, self.cfg = run_dir, prepared, cfg
         self.epoch_started = time.perf_counter()  # reset as each epoch starts (run)
@@ -83,8 +90,11 @@ class Session:
         if state is not None:
             self._restore(state)
         self.first_epoch = self.epoch  # for the time per epoch of this session
+        self.mirror = mirror or Mirror.off()  # the run's MLflow run (rank 0, when set)
         self.tracker: Tracker | NullTracker = (
-            Tracker(run_dir, cfg.logging, start_step=self.step) if self.main else NullTracker()
+            Tracker(run_dir, cfg.logging, start_step=self.step, mirror=self.mirror)
+            if self.main
+            else NullTracker()
         )
         self.tracker.truncate_steps(self.step)
 

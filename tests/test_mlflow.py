@@ -1,0 +1,287 @@
+"""The MLflow mirror (``logging.mlflow``): a real SQLite store read through MLflow's client,
+a real ``mlflow server`` on 127.0.0.1 read over its REST API, a sweep's points in one
+experiment, and an unreachable server that only warns."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SMOKE
+
+from rigor.manifest.report import flatten
+
+CALIBRATE = ["--target-risk", "0.95", "--set", "calibration.min_coverage=0.05"]
+
+
+def _train(run_script, capsys, out: Path, uri: str, *sets: str) -> tuple[Path, str]:  # type: ignore[no-untyped-def]
+    """Train the smoke config mirrored to ``uri``; the manifest's path (stdout's one line)
+    and stderr."""
+    flags = ["--set", f"run.output_root={out}", "--set", f"logging.mlflow.tracking_uri={uri}"]
+    for item in sets:
+        flags += ["--set", item]
+    capsys.readouterr()
+    assert run_script("train", "--config", str(SMOKE), *flags, "--env-policy", "ignore") == 0
+    printed = capsys.readouterr()
+    lines = printed.out.strip().splitlines()
+    assert len(lines) == 1, lines  # MLflow printed nothing on stdout
+    return Path(lines[0]), printed.err
+
+
+def _later_stages(run_script, manifest: Path) -> None:  # type: ignore[no-untyped-def]
+    assert run_script("calibrate", "--from-manifest", str(manifest), *CALIBRATE) == 0
+    assert run_script("eval", "--from-manifest", str(manifest)) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _epoch_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "logs" / "epochs.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_run_and_its_later_stages_land_on_one_mlflow_run(
+    tmp_path: Path, run_script, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
+) -> None:
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    manifest_path, _ = _train(run_script, capsys, tmp_path, uri, "logging.mlflow.experiment=digits")
+    _later_stages(run_script, manifest_path)
+    run_dir = manifest_path.parent
+    manifest = json.loads(manifest_path.read_text())
+    resolved = json.loads((run_dir / "config_resolved.json").read_text())
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("digits")
+    assert experiment.artifact_location == (tmp_path / "store" / "mlartifacts").as_uri()
+    (run,) = client.search_runs([experiment.experiment_id])
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED" and run.info.run_name == run_dir.name
+    tags = run.data.tags
+    assert tags["rigor.run_id"] == run_dir.name
+    assert tags["rigor.config_hash"] == manifest["config_hash"]
+    assert tags["rigor.git_commit"] == (manifest["git"]["commit"] or "none")
+    assert tags["rigor.manifest"] == str(manifest_path.resolve())
+    # every resolved config key, as the run ran it
+    params = run.data.params
+    assert len(params) == len(flatten(resolved))
+    assert params["training.lr"] == json.dumps(resolved["training"]["lr"])
+    assert params["model.channels"] == "[8, 16]" and params["run.name"] == "smoke"
+    # one point per epoch, at the epoch's last step, equal to epochs.csv
+    rows = _epoch_rows(run_dir)
+    history = client.get_metric_history(run_id, "acc/val_select")
+    assert [h.step for h in history] == [int(row["step"]) for row in rows]
+    assert [h.value for h in history] == pytest.approx(
+        [float(row["acc/val_select"]) for row in rows], rel=1e-6
+    )
+    assert [h.value for h in client.get_metric_history(run_id, "epoch")] == [0, 1]
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert run.data.metrics["acc/val_test"] == pytest.approx(metrics["acc/val_test"], rel=1e-6)
+    # eval's and calibrate's numbers, at the training's last step
+    report = json.loads((run_dir / "eval" / "metrics.json").read_text())["tasks"]["digit"]
+    (accuracy,) = client.get_metric_history(run_id, "eval/digit/accuracy")
+    assert accuracy.value == pytest.approx(report["accuracy"]["estimate"], rel=1e-6)
+    assert accuracy.step == manifest["stages"][0]["summary"]["steps"]
+    stages = json.loads(manifest_path.read_text())["stages"]
+    after = client.get_run(run_id).data.metrics
+    assert after["calibrate/temperature"] == pytest.approx(stages[1]["summary"]["temperature"])
+    # the files, byte for byte, in the run folder's layout
+    for rel in ("eval/metrics.json", "calibration/reliability.png", "manifest.json"):
+        got = download_artifacts(
+            run_id=run_id, artifact_path=rel, dst_path=str(tmp_path / "got"), tracking_uri=uri
+        )
+        if rel != "manifest.json":  # the manifest gained the later stages since
+            assert Path(got).read_bytes() == (run_dir / rel).read_bytes(), rel
+    # the manifest says where its mirror is, for training and for each later stage
+    assert [stage["summary"]["mlflow"]["run_id"] for stage in stages] == [run_id] * 3
+    assert stages[0]["summary"]["mlflow"]["error"] is None
+
+
+@pytest.mark.slow
+def test_an_unreachable_mlflow_is_a_warning_and_a_later_stage_makes_the_run(
+    tmp_path: Path, run_script, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
+) -> None:
+    """Nothing listens on the port: training and eval warn and complete (the manifest
+    valid, the error recorded). When the store works again, the next stage that finds no
+    MLflow run for the rigor run makes it, with its tags and params."""
+    from mlflow import MlflowClient
+
+    from rigor.config.models import Config
+    from rigor.tracking.mirror import mirror_stage
+
+    down = f"http://127.0.0.1:{_free_port()}"
+    started = time.perf_counter()
+    manifest_path, err = _train(run_script, capsys, tmp_path, down)
+    took = time.perf_counter() - started
+    assert "warning: MLflow at " + down in err
+    record = json.loads(manifest_path.read_text())["stages"][0]["summary"]["mlflow"]
+    assert record["run_id"] is None and "could not open the run" in record["error"]
+    assert record["tracking_uri"] == down and record["experiment"] == "smoke"
+    assert took < 60, took  # bounded retries, not MLflow's minutes of backoff
+    assert run_script("eval", "--from-manifest", str(manifest_path)) == 0
+    assert "warning: MLflow at " + down in capsys.readouterr().err
+    manifest = json.loads(manifest_path.read_text())
+    assert "could not open the run" in manifest["stages"][1]["summary"]["mlflow"]["error"]
+    assert run_script("manifest", "verify", str(manifest_path)) == 0
+
+    resolved = json.loads((manifest_path.parent / "config_resolved.json").read_text())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    resolved["logging"]["mlflow"]["tracking_uri"] = uri
+    values = {"digit/accuracy": 0.5, "digit/n": 270, "digit/bad": float("nan")}
+    got = mirror_stage(
+        Config.model_validate(resolved),
+        manifest,
+        manifest_path,
+        "eval",
+        values,
+        ["eval/metrics.json"],
+    )
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert got is not None and got["run_id"] == run.info.run_id and got["error"] is None
+    assert run.data.tags["rigor.run_id"] == manifest_path.parent.name
+    assert run.data.params["run.name"] == "smoke"
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics == {"eval/digit/accuracy": 0.5, "eval/digit/n": 270.0}
+    (listed,) = client.list_artifacts(run.info.run_id, "eval")
+    assert listed.path == "eval/metrics.json"
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """``mlflow server`` on a free port of 127.0.0.1 with a SQLite store and served
+    artifacts; its whole process group is stopped after the test."""
+    import httpx
+
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'server.db'}",
+        "--artifacts-destination",
+        str(tmp_path / "served"),
+    ]
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(command, stdout=log, stderr=log, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, (tmp_path / "server.log").read_text()
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+
+
+def _rest(base: str, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    import httpx
+
+    response = httpx.request(method, f"{base}/api/2.0/mlflow/{path}", timeout=30, **kwargs)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+@pytest.mark.slow
+def test_a_local_mlflow_server_holds_the_run_over_rest(
+    tmp_path: Path, run_script, capsys, mlflow_server: str  # type: ignore[no-untyped-def]
+) -> None:
+    import httpx
+
+    base = mlflow_server
+    manifest_path, err = _train(
+        run_script, capsys, tmp_path, base, "logging.mlflow.experiment=served"
+    )
+    assert f"mlflow: {base}/#/experiments/" in err
+    _later_stages(run_script, manifest_path)
+    run_dir = manifest_path.parent
+
+    found = _rest(base, "GET", "experiments/get-by-name", params={"experiment_name": "served"})
+    experiment_id = found["experiment"]["experiment_id"]
+    query = {"experiment_ids": [experiment_id], "filter": f"tags.`rigor.run_id` = '{run_dir.name}'"}
+    (run,) = _rest(base, "POST", "runs/search", json=query)["runs"]
+    run_id = run["info"]["run_id"]
+    assert run["info"]["status"] == "FINISHED"
+    tags = {tag["key"]: tag["value"] for tag in run["data"]["tags"]}
+    assert tags["rigor.manifest"] == str(manifest_path.resolve())
+    params = {param["key"]: param["value"] for param in run["data"]["params"]}
+    assert params["training.epochs"] == "2"
+    history = _rest(
+        base, "GET", "metrics/get-history", params={"run_id": run_id, "metric_key": "loss/train"}
+    )["metrics"]
+    rows = _epoch_rows(run_dir)
+    assert [m["value"] for m in history] == pytest.approx(
+        [float(row["loss/train"]) for row in rows], rel=1e-6
+    )
+    listed = _rest(base, "GET", "artifacts/list", params={"run_id": run_id, "path": "eval"})
+    assert "eval/metrics.json" in {entry["path"] for entry in listed["files"]}
+    served = httpx.get(
+        f"{base}/get-artifact", params={"path": "eval/metrics.json", "run_uuid": run_id}
+    )
+    assert served.content == (run_dir / "eval" / "metrics.json").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_sweeps_points_share_one_experiment(
+    tmp_path: Path, run_script  # type: ignore[no-untyped-def]
+) -> None:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    flags = ["--set", f"run.output_root={tmp_path}", "--set", f"logging.mlflow.tracking_uri={uri}"]
+    code = run_script(
+        "sweep",
+        "--config",
+        str(SMOKE),
+        *flags,
+        "--grid",
+        "training.lr=1e-3,1e-2",
+        "--env-policy",
+        "ignore",
+    )
+    assert code == 0
+    (folder,) = (tmp_path / "sweeps").iterdir()
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert len(runs) == 2
+    assert {run.data.tags["rigor.sweep"] for run in runs} == {folder.name}
+    assert sorted(run.data.params["training.lr"] for run in runs) == ["0.001", "0.01"]
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    assert "RIGOR_SWEEP" not in os.environ

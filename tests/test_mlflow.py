@@ -40,7 +40,7 @@ def _train(run_script, capsys, out: Path, uri: str, *sets: str) -> tuple[Path, s
 
 def _later_stages(run_script, manifest: Path) -> None:  # type: ignore[no-untyped-def]
     assert run_script("calibrate", "--from-manifest", str(manifest), *CALIBRATE) == 0
-    assert run_script("eval", "--from-manifest", str(manifest)) == 0
+    assert run_script("eval", "--from-manifest", str(manifest), "--n-resamples", "100") == 0
 
 
 def _free_port() -> int:
@@ -49,11 +49,67 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def test_names_and_params_are_what_mlflow_accepts() -> None:
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, validate_param_and_metric_name
+
+    from rigor.tracking.mirror import config_params, finite_metrics, metric_name
+
+    for key in ("acc/val_test", "eval/digit/coverage@0.9", "a//b/", "/x", "..", "ρ=1"):
+        name = metric_name(key)
+        assert validate_param_and_metric_name(name) and Path(name).as_posix() == name, name
+    assert metric_name("eval/digit/coverage@0.9") == "eval/digit/coverage_0.9"
+    assert finite_metrics({"a": 1, "b": float("inf"), "c": True, "d": "x", "e": 0.5}) == {
+        "a": 1.0,
+        "e": 0.5,
+    }
+    params = config_params({"t": {"lr": 0.001, "tags": ["a", "b"], "s": "x" * 7000, "n": None}})
+    assert params["t.lr"] == "0.001" and params["t.tags"] == '["a", "b"]'
+    assert params["t.n"] == "null" and len(params["t.s"]) == MAX_PARAM_VAL_LENGTH
+
+
+def test_a_mirror_logs_to_a_sqlite_store_and_reopens_its_run(tmp_path: Path) -> None:
+    """The mirror itself against a real SQLite store: one MLflow run per rigor run id
+    (opening it again finds it), params once, metrics at their steps, files in their
+    folders, and the status it is given."""
+    from mlflow import MlflowClient
+
+    from rigor.config.models import MlflowConfig
+    from rigor.tracking.mirror import Mirror
+
+    settings = MlflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'db' / 'm.db'}", experiment=None)
+    tags = {"rigor.run_id": "R1", "rigor.config_hash": "abc"}
+    resolved = {"training": {"lr": 0.01}, "run": {"name": "demo"}}
+    mirror = Mirror.open(settings, "demo", "R1", tags, resolved)
+    assert mirror.error is None and mirror.record()["experiment"] == "demo"
+    mirror.metrics(3, {"loss/train": 0.5, "acc@top1": 0.9, "bad": float("nan")})
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "m.json").write_text("{}")
+    mirror.artifacts(tmp_path, ["eval/m.json", "eval/missing.png"])
+    mirror.end("FAILED")
+    again = Mirror.open(settings, "demo", "R1", tags, resolved)
+    assert again.run_id == mirror.run_id
+    again.metrics(4, {"loss/train": 0.25})
+    again.end("FINISHED")
+
+    client = MlflowClient(settings.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params == {
+        "training.lr": "0.01",
+        "run.name": "demo",
+    }
+    history = client.get_metric_history(run.info.run_id, "loss/train")
+    assert [(h.step, h.value) for h in history] == [(3, 0.5), (4, 0.25)]
+    assert set(run.data.metrics) == {"loss/train", "acc_top1"}
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "eval")] == ["eval/m.json"]
+    assert Mirror.off().record() is None
+
+
 def _epoch_rows(run_dir: Path) -> list[dict[str, str]]:
     with open(run_dir / "logs" / "epochs.csv", newline="") as handle:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_a_run_and_its_later_stages_land_on_one_mlflow_run(
     tmp_path: Path, run_script, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
 ) -> None:
@@ -256,6 +312,15 @@ def test_a_local_mlflow_server_holds_the_run_over_rest(
         f"{base}/get-artifact", params={"path": "eval/metrics.json", "run_uuid": run_id}
     )
     assert served.content == (run_dir / "eval" / "metrics.json").read_bytes()
+    # xai adds its numbers and figures too
+    assert run_script("xai", "--from-manifest", str(manifest_path), "--env-policy", "ignore") == 0
+    xai = json.loads((run_dir / "xai" / "summary.json").read_text())["tasks"]["digit"]
+    (run,) = _rest(base, "POST", "runs/search", json=query)["runs"]
+    metrics = {metric["key"]: metric["value"] for metric in run["data"]["metrics"]}
+    expected = xai["randomization"]["spearman_full_randomized"]
+    assert metrics["xai/digit/randomization/spearman_full_randomized"] == pytest.approx(expected)
+    listed = _rest(base, "GET", "artifacts/list", params={"run_id": run_id, "path": "xai"})
+    assert {"xai/summary.json", "xai/grid_digit.png"} <= {e["path"] for e in listed["files"]}
 
 
 @pytest.mark.slow
@@ -285,3 +350,33 @@ def test_a_sweeps_points_share_one_experiment(
     assert sorted(run.data.params["training.lr"] for run in runs) == ["0.001", "0.01"]
     assert {run.info.status for run in runs} == {"FINISHED"}
     assert "RIGOR_SWEEP" not in os.environ
+
+
+@pytest.mark.slow
+def test_a_probe_run_is_mirrored_with_its_pearson(tmp_path: Path, run_script) -> None:  # type: ignore[no-untyped-def]
+    from mlflow import MlflowClient
+
+    from rigor.data.hest.write import write_tiles_hest
+
+    write_tiles_hest(tmp_path / "hest", 10, 8, 32)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [
+        f"data.root={tmp_path / 'hest'}",
+        f"run.output_root={tmp_path}",
+        "evaluation.n_resamples=50",
+        f"logging.mlflow.tracking_uri={uri}",
+    ]
+    args = [a for item in sets for a in ("--set", item)]
+    config = str(Path(SMOKE).parent / "tiles_hest.yaml")
+    assert run_script("probe", "--config", config, *args, "--env-policy", "ignore") == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    report = json.loads((run_dir / "probe" / "report.json").read_text())
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tiles_hest").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["rigor.run_id"] == run_dir.name
+    expected = report["pearson_mean"]["estimate"]
+    assert run.data.metrics["probe/pearson_mean"] == pytest.approx(expected, rel=1e-6)
+    listed = {entry.path for entry in client.list_artifacts(run.info.run_id, "probe")}
+    assert listed == {"probe/report.json"}
+    summary = json.loads((run_dir / "manifest.json").read_text())["stages"][0]["summary"]
+    assert summary["mlflow"]["run_id"] == run.info.run_id

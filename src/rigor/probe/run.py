@@ -37,6 +37,7 @@ from rigor.probe.ridge import (
 from rigor.probe.screen import probe_screen
 from rigor.runs.predict import save_npz, spot_arrays
 from rigor.tracking import Progress
+from rigor.tracking.mirror import Mirror, ending, run_mirror
 from rigor.training.optim import Precision
 from rigor.training.prepare import Prepared, prepare, write_run_inputs
 
@@ -271,9 +272,8 @@ def _write_run(
     cached: tuple[Path, dict[str, Any]],
     arrays: tuple[np.ndarray, FoldPredictions, np.ndarray],
 ) -> Path:
-    """The run folder: configs, splits, features, predictions, report; the manifest last."""
-    from rigor.training.run_record import RunOutputs, build_manifest
-
+    """The run folder: configs, splits, features, predictions, report; the manifest last,
+    mirrored to MLflow when ``logging.mlflow`` says so."""
     cfg = prepared.resolved.config
     run_id, run_dir = create_run_dir(
         Path(cfg.run.output_root), f"{cfg.run.name}-probe", prepared.resolved.hash
@@ -298,6 +298,28 @@ def _write_run(
     source_record = None if source is None else {"run_id": source.run_id, "kind": source.kind}
     atomic_write_json(run_dir / REPORT, report | {"source": source_record})
     metrics = _metrics(report)
+    with ending(run_mirror(run_dir, prepared.resolved)) as mirror:
+        mirror.metrics(0, metrics)
+        path = _write_record(run_dir, prepared, source, report, metrics, artifacts, mirror)
+        mirror.artifacts(run_dir, [REPORT, "metrics.json", "manifest.json"])
+    print(probe_screen(report, run_dir), file=sys.stderr)
+    return path
+
+
+def _write_record(
+    run_dir: Path,
+    prepared: Prepared,
+    source: Source | None,
+    report: dict[str, Any],
+    metrics: dict[str, Any],
+    artifacts: list[str],
+    mirror: Mirror,
+) -> Path:
+    """metrics.json and the manifest (with where the MLflow mirror went), written last."""
+    from rigor.training.run_record import RunOutputs, build_manifest
+
+    cfg = prepared.resolved.config
+    source_record = None if source is None else {"run_id": source.run_id, "kind": source.kind}
     atomic_write_json(run_dir / "metrics.json", {"metrics": metrics})
     summary = {
         "source": source_record,
@@ -318,6 +340,6 @@ def _write_run(
         weights=None if source is None else f"run:{source.run_id}/{source.weights}",
         encoder={k: v for k, v in report["encoder"].items() if k != "dim"},
     )
-    path = write_manifest(run_dir, build_manifest(run_dir, prepared, outputs))
-    print(probe_screen(report, run_dir), file=sys.stderr)
-    return path
+    if mirror.record() is not None:
+        summary["mlflow"] = mirror.record()
+    return write_manifest(run_dir, build_manifest(run_dir, prepared, outputs))

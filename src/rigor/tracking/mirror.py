@@ -18,10 +18,11 @@ import posixpath
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from rigor.config import ResolvedConfig
 from rigor.config.models import Config, MlflowConfig
 
 # MLflow's client retries an HTTP call 7 times with a doubling backoff (minutes against a
@@ -265,6 +266,30 @@ def run_tags(
     if os.environ.get("RIGOR_SWEEP"):
         tags["rigor.sweep"] = os.environ["RIGOR_SWEEP"]
     return tags
+
+
+def run_mirror(run_dir: Path, resolved: ResolvedConfig) -> Mirror:
+    """A new run's MLflow mirror (``logging.mlflow``; off when unset), tagged with where its
+    manifest goes."""
+    settings = resolved.config.logging.mlflow
+    if settings.tracking_uri is None:
+        return Mirror.off()
+    from rigor.manifest.provenance import git_info
+
+    tags = run_tags(run_dir.name, resolved.hash, git_info()["commit"], run_dir / "manifest.json")
+    return Mirror.open(settings, resolved.config.run.name, run_dir.name, tags, resolved.resolved)
+
+
+@contextlib.contextmanager
+def ending(mirror: Mirror) -> Iterator[Mirror]:
+    """``mirror``, marked finished when the block completes and failed (killed, on Ctrl-C)
+    when it raises."""
+    try:
+        yield mirror
+    except BaseException as err:
+        mirror.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    mirror.end("FINISHED")
 
 
 def mirror_stage(

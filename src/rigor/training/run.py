@@ -11,10 +11,9 @@ from rigor.config import ResolvedConfig
 from rigor.errors import RunBusyError
 from rigor.io import atomic_write_json
 from rigor.manifest import write_manifest
-from rigor.manifest.provenance import git_info
 from rigor.manifest.rundir import RunLock, create_run_dir
 from rigor.runs.checkpoint import load_checkpoint
-from rigor.tracking.mirror import Mirror, run_tags
+from rigor.tracking.mirror import Mirror, run_mirror
 from rigor.tracking.tensorboard import write_hparams
 from rigor.training.distributed import DistInfo, barrier, broadcast, init_distributed
 from rigor.training.predictions import write_predictions
@@ -61,7 +60,7 @@ def train(
             if checkpoint is not None:
                 remove_temporaries(run_dir)
             write_run_inputs(run_dir, prepared)
-            mirror = _mirror(run_dir, prepared)
+            mirror = run_mirror(run_dir, prepared.resolved)
         session = Session(run_dir, prepared, state, mirror)
         settle()  # collection back on for the epochs, without the set-up's million objects
         try:
@@ -96,16 +95,6 @@ def _lock(run_dir: Path, info: DistInfo) -> RunLock:
     if busy is not None:
         raise RunBusyError(busy)
     return lock
-
-
-def _mirror(run_dir: Path, prepared: Prepared) -> Mirror:
-    """The run's MLflow mirror (``logging.mlflow``), tagged with where the manifest goes."""
-    resolved = prepared.resolved
-    settings = resolved.config.logging.mlflow
-    if settings.tracking_uri is None:
-        return Mirror.off()
-    tags = run_tags(run_dir.name, resolved.hash, git_info()["commit"], run_dir / "manifest.json")
-    return Mirror.open(settings, resolved.config.run.name, run_dir.name, tags, resolved.resolved)
 
 
 def _finish(run_dir: Path, prepared: Prepared, session: Session, summary: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from rigor.io import atomic_write_json, atomic_write_with
 from rigor.models.build import backbone_spec
 from rigor.stages import BEST, RunContext, finish_stage, open_run
 from rigor.tracking import Tracker
+from rigor.tracking.mirror import mirror_stage
 from rigor.xai import render, sanity
 from rigor.xai.attributions import attribute, find_layer, gaussian_blur
 
@@ -73,7 +74,13 @@ def explain(
     logs = sorted(str(p.relative_to(ctx.run_dir)) for p in (out / "logs").rglob("*") if p.is_file())
     outputs = ["xai/attributions.npz", "xai/summary.json", *files, *logs]
     stage_options = {"ids": ids, "job_id": job_id, **options.model_dump(exclude={"worker"})}
-    finish_stage(ctx, "xai", stage_options, outputs, _flat(summary))
+    flat = _flat(summary)
+    shown = [rel for rel in outputs if rel.endswith((".png", ".json")) and "/logs/" not in rel]
+    values = {key.removeprefix("xai/"): value for key, value in flat.items()}
+    mirrored = mirror_stage(ctx.config, ctx.manifest, ctx.manifest_path, "xai", values, shown)
+    finish_stage(
+        ctx, "xai", stage_options, outputs, flat | ({"mlflow": mirrored} if mirrored else {})
+    )
     print(f"xai: done in {time.perf_counter() - started:.0f} s: {out}/", file=sys.stderr)
     return out / "summary.json"
 

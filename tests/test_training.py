@@ -253,10 +253,15 @@ def test_a_resumed_runs_tensorboard_drops_the_killed_runs_later_steps(tmp_path: 
     logs from step 6 again, and TensorBoard shows each step once, the resumed run's value."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from rigor.config.models import LoggingConfig
+    from rigor.config.models import LoggingConfig, MlflowConfig
     from rigor.tracking import Tracker
 
-    cfg = LoggingConfig(log_every_n_steps=1, tensorboard=True, progress="never")
+    cfg = LoggingConfig(
+        log_every_n_steps=1,
+        tensorboard=True,
+        progress="never",
+        mlflow=MlflowConfig(tracking_uri=None, experiment=None),
+    )
     first = Tracker(tmp_path, cfg)
     for step in range(1, 9):
         first.log_step(step, {"loss/train": float(step), "lr": float("nan")})
@@ -277,10 +282,15 @@ def test_epochs_csv_appends_rows_and_rewrites_on_replay_or_new_columns(tmp_path:
     """Rows that continue the file are appended; the file is always what a rewrite of every
     row would give (a resumed run's replayed epoch replaces the old row, a new column
     rewrites the header)."""
-    from rigor.config.models import LoggingConfig
+    from rigor.config.models import LoggingConfig, MlflowConfig
     from rigor.tracking import Tracker
 
-    cfg = LoggingConfig(log_every_n_steps=1, tensorboard=False, progress="never")
+    cfg = LoggingConfig(
+        log_every_n_steps=1,
+        tensorboard=False,
+        progress="never",
+        mlflow=MlflowConfig(tracking_uri=None, experiment=None),
+    )
     path = tmp_path / "logs" / "epochs.csv"
     tracker = Tracker(tmp_path, cfg)
     tracker.log_epoch(0, 5, {"loss/train": 0.5, "acc/val_select": 0.25})
@@ -314,7 +324,7 @@ def test_a_resumed_tracker_drops_rows_a_crash_cut_off(tmp_path: Path) -> None:
     """A row cut off by a crash (no line end: the machine went down mid-write) is dropped
     when the run resumes, so the next row is not glued to it and the step log still parses;
     whole rows keep their bytes."""
-    from rigor.config.models import LoggingConfig
+    from rigor.config.models import LoggingConfig, MlflowConfig
     from rigor.tracking import Tracker
 
     logs = tmp_path / "logs"
@@ -322,7 +332,12 @@ def test_a_resumed_tracker_drops_rows_a_crash_cut_off(tmp_path: Path) -> None:
     header = b"epoch,step,loss/train\r\n0,5,0.5\r\n"
     (logs / "epochs.csv").write_bytes(header + b"1,10,0.2")
     (logs / "steps.jsonl").write_bytes(b'{"step": 5, "loss/train": 0.5}\n{"step": 1')
-    cfg = LoggingConfig(log_every_n_steps=1, tensorboard=False, progress="never")
+    cfg = LoggingConfig(
+        log_every_n_steps=1,
+        tensorboard=False,
+        progress="never",
+        mlflow=MlflowConfig(tracking_uri=None, experiment=None),
+    )
     tracker = Tracker(tmp_path, cfg, start_step=5)
     tracker.truncate_steps(5)
     tracker.log_step(6, {"loss/train": 0.25})
@@ -348,10 +363,15 @@ def test_tensorboard_restart_drops_the_killed_runs_later_steps(tmp_path: Path) -
     step once, with the resumed run's values; a step's values share one event."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from rigor.config.models import LoggingConfig
+    from rigor.config.models import LoggingConfig, MlflowConfig
     from rigor.tracking import Tracker
 
-    cfg = LoggingConfig(log_every_n_steps=1, tensorboard=True, progress="never")
+    cfg = LoggingConfig(
+        log_every_n_steps=1,
+        tensorboard=True,
+        progress="never",
+        mlflow=MlflowConfig(tracking_uri=None, experiment=None),
+    )
     killed = Tracker(tmp_path, cfg)
     for step in range(1, 9):
         killed.log_step(step, {"loss/train": float(step), "lr": math.nan})

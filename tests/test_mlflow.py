@@ -380,3 +380,33 @@ def test_a_probe_run_is_mirrored_with_its_pearson(tmp_path: Path, run_script) ->
     assert listed == {"probe/report.json"}
     summary = json.loads((run_dir / "manifest.json").read_text())["stages"][0]["summary"]
     assert summary["mlflow"]["run_id"] == run.info.run_id
+
+
+@pytest.mark.slow
+def test_an_mae_pretraining_run_is_mirrored(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from rigor.config import load_config
+    from rigor.pretraining.run import pretrain
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [
+        f"run.output_root={tmp_path}",
+        "training.epochs=2",
+        "training.max_steps_per_epoch=2",
+        "scheduler.warmup_epochs=1",
+        f"logging.mlflow.tracking_uri={uri}",
+        "logging.mlflow.experiment=mae",
+    ]
+    config = Path(SMOKE).parent / "digits_mae.yaml"
+    path = pretrain(load_config(config, sets=sets, environ={}), env_policy="ignore")
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("mae").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["rigor.run_id"] == path.parent.name
+    best = json.loads((path.parent / "metrics.json").read_text())["metrics"]
+    key = "best/loss/mae/val_select"
+    assert run.data.metrics[key] == pytest.approx(best[key])
+    history = client.get_metric_history(run.info.run_id, "loss/mae/train")
+    assert [h.step for h in history] == [int(row["step"]) for row in _epoch_rows(path.parent)]
+    listed = {entry.path for entry in client.list_artifacts(run.info.run_id, "pretrain")}
+    assert listed == {"pretrain/reconstructions.png"}

@@ -32,6 +32,7 @@ from rigor.pretraining.mae import MAE
 from rigor.runs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rigor.runs.device import peak_memory
 from rigor.tracking import Tracker, epoch_line
+from rigor.tracking.mirror import Mirror, ending, run_mirror
 from rigor.training.optim import Precision
 from rigor.training.prepare import Prepared, make_loader, prepare, write_run_inputs
 from rigor.training.resume import check_same_splits, find_resume, remove_temporaries
@@ -110,20 +111,33 @@ def _pretrain_into(
     With adapters (ExPLoRA), they are merged into the encoder with peft before it is saved,
     so the saved encoder is a plain DINOv3 model that any fine-tune loads."""
     write_run_inputs(run_dir, prepared)
-    summary, best_value = _fit(run_dir, prepared, mae, state)
-    from transformers.utils import logging as hf_logging
+    with ending(run_mirror(run_dir, prepared.resolved)) as mirror:
+        summary, best_value = _fit(run_dir, prepared, mae, state, mirror)
+        from transformers.utils import logging as hf_logging
 
-    if prepared.resolved.config.model.peft.method != "none":
-        from rigor.models.adapters import merge_adapters
+        if prepared.resolved.config.model.peft.method != "none":
+            from rigor.models.adapters import merge_adapters
 
-        summary["merged_layers"] = merge_adapters(encoder)
-    hf_logging.disable_progress_bar()
-    encoder.save_pretrained(str(run_dir / HF_DIR), safe_serialization=True)
-    save_figure(run_dir / FIGURE, prepared, mae)
-    metrics = {f"best/{VAL_KEY}": best_value}
-    atomic_write_json(run_dir / "metrics.json", {"metrics": metrics, "training": summary})
+            summary["merged_layers"] = merge_adapters(encoder)
+        hf_logging.disable_progress_bar()
+        encoder.save_pretrained(str(run_dir / HF_DIR), safe_serialization=True)
+        save_figure(run_dir / FIGURE, prepared, mae)
+        metrics = {f"best/{VAL_KEY}": best_value}
+        mirror.metrics(summary["steps"], metrics)
+        if mirror.record() is not None:
+            summary["mlflow"] = mirror.record()
+        path = _write_record(run_dir, prepared, metrics, summary)
+        mirror.artifacts(run_dir, ["manifest.json", "metrics.json", "config.yaml", FIGURE])
+    return path
+
+
+def _write_record(
+    run_dir: Path, prepared: Prepared, metrics: dict[str, Any], summary: dict[str, Any]
+) -> Path:
+    """metrics.json, then the manifest, written last."""
     from rigor.training.run_record import RunOutputs, build_manifest
 
+    atomic_write_json(run_dir / "metrics.json", {"metrics": metrics, "training": summary})
     weights = sorted(
         str(p.relative_to(run_dir)) for p in (run_dir / HF_DIR).rglob("*") if p.is_file()
     )
@@ -152,7 +166,7 @@ class _Loop:
 
 
 def _fit(
-    run_dir: Path, prepared: Prepared, mae: MAE, state: dict[str, Any] | None
+    run_dir: Path, prepared: Prepared, mae: MAE, state: dict[str, Any] | None, mirror: Mirror
 ) -> tuple[dict[str, Any], float]:
     """The epochs (from ``state`` when resuming); keeps the best weights (lowest val_select
     loss) in ``mae`` at the end."""
@@ -168,7 +182,7 @@ def _fit(
         first, step, samples, best_epoch = _restore(mae, plan, masks, state)
         best = load_checkpoint(run_dir / "checkpoints" / "best.pt", force=True, required=MAE_KEYS)
         best_state = best["model"]
-    tracker = Tracker(run_dir, cfg.logging, start_step=step)
+    tracker = Tracker(run_dir, cfg.logging, start_step=step, mirror=mirror)
     tracker.truncate_steps(step)
     loop = _Loop(mae=mae, plan=plan, prepared=prepared, tracker=tracker, masks=masks, step=step)
     loop.samples = samples

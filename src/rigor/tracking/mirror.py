@@ -4,7 +4,7 @@ and figures, all on one MLflow run found by its ``rigor.run_id`` tag.
 
 The manifest stays the source of truth. MLflow being unreachable (a server down, a store
 that cannot be written) is a warning on stderr and a note in the stage's summary, never a
-failed run: the first failure turns the mirror off for the rest of the process.
+failed run: the first failure turns the mirror off for the rest of the stage.
 """
 
 from __future__ import annotations
@@ -222,19 +222,14 @@ class Mirror:
                 lambda p=path, f=folder: self.client.log_artifact(self.run_id, str(p), f),
             )
 
-    def tag(self, tags: dict[str, str]) -> None:
-        """Set ``tags`` on the run."""
-        if self.client is None:
-            return
-        from mlflow.entities import RunTag
-
-        rows = [RunTag(k, v) for k, v in tags.items()]
-        self._guard("set tags", lambda: self.client.log_batch(self.run_id, tags=rows))
-
     def end(self, status: str) -> None:
         """Mark the run ``FINISHED``, ``FAILED`` or ``KILLED``."""
         if self.client is not None:
             self._guard("end the run", lambda: self.client.set_terminated(self.run_id, status))
+
+    def failed(self, err: BaseException) -> None:
+        """Mark the run ``KILLED`` (Ctrl-C) or ``FAILED`` (any other error)."""
+        self.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
 
     def record(self) -> dict[str, Any] | None:
         """What the manifest keeps of the mirror: where it went, or why it did not."""
@@ -287,7 +282,7 @@ def ending(mirror: Mirror) -> Iterator[Mirror]:
     try:
         yield mirror
     except BaseException as err:
-        mirror.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        mirror.failed(err)
         raise
     mirror.end("FINISHED")
 

@@ -74,7 +74,7 @@ def train(
             session.flush()  # nothing is still being written when the lock is released
         completed = True
     except BaseException as err:
-        mirror.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        mirror.failed(err)
         raise
     finally:
         lock.release(completed)

@@ -1,6 +1,7 @@
 """The MLflow mirror (``logging.mlflow``): a real SQLite store read through MLflow's client,
-a real ``mlflow server`` on 127.0.0.1 read over its REST API, a sweep's points in one
-experiment, and an unreachable server that only warns."""
+a real ``mlflow server`` on 127.0.0.1 read over its REST API, a probe run, and an
+unreachable server that only warns. A sweep's points sharing one experiment are checked in
+tests/test_sweep.py, MAE pretraining's mirror in tests/test_pretrain.py."""
 
 from __future__ import annotations
 
@@ -324,35 +325,6 @@ def test_a_local_mlflow_server_holds_the_run_over_rest(
 
 
 @pytest.mark.slow
-def test_a_sweeps_points_share_one_experiment(
-    tmp_path: Path, run_script  # type: ignore[no-untyped-def]
-) -> None:
-    from mlflow import MlflowClient
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    flags = ["--set", f"run.output_root={tmp_path}", "--set", f"logging.mlflow.tracking_uri={uri}"]
-    code = run_script(
-        "sweep",
-        "--config",
-        str(SMOKE),
-        *flags,
-        "--grid",
-        "training.lr=1e-3,1e-2",
-        "--env-policy",
-        "ignore",
-    )
-    assert code == 0
-    (folder,) = (tmp_path / "sweeps").iterdir()
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
-    assert len(runs) == 2
-    assert {run.data.tags["rigor.sweep"] for run in runs} == {folder.name}
-    assert sorted(run.data.params["training.lr"] for run in runs) == ["0.001", "0.01"]
-    assert {run.info.status for run in runs} == {"FINISHED"}
-    assert "RIGOR_SWEEP" not in os.environ
-
-
-@pytest.mark.slow
 def test_a_probe_run_is_mirrored_with_its_pearson(tmp_path: Path, run_script) -> None:  # type: ignore[no-untyped-def]
     from mlflow import MlflowClient
 
@@ -380,33 +352,3 @@ def test_a_probe_run_is_mirrored_with_its_pearson(tmp_path: Path, run_script) ->
     assert listed == {"probe/report.json"}
     summary = json.loads((run_dir / "manifest.json").read_text())["stages"][0]["summary"]
     assert summary["mlflow"]["run_id"] == run.info.run_id
-
-
-@pytest.mark.slow
-def test_an_mae_pretraining_run_is_mirrored(tmp_path: Path) -> None:
-    from mlflow import MlflowClient
-
-    from rigor.config import load_config
-    from rigor.pretraining.run import pretrain
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sets = [
-        f"run.output_root={tmp_path}",
-        "training.epochs=2",
-        "training.max_steps_per_epoch=2",
-        "scheduler.warmup_epochs=1",
-        f"logging.mlflow.tracking_uri={uri}",
-        "logging.mlflow.experiment=mae",
-    ]
-    config = Path(SMOKE).parent / "digits_mae.yaml"
-    path = pretrain(load_config(config, sets=sets, environ={}), env_policy="ignore")
-    client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("mae").experiment_id])
-    assert run.info.status == "FINISHED" and run.data.tags["rigor.run_id"] == path.parent.name
-    best = json.loads((path.parent / "metrics.json").read_text())["metrics"]
-    key = "best/loss/mae/val_select"
-    assert run.data.metrics[key] == pytest.approx(best[key])
-    history = client.get_metric_history(run.info.run_id, "loss/mae/train")
-    assert [h.step for h in history] == [int(row["step"]) for row in _epoch_rows(path.parent)]
-    listed = {entry.path for entry in client.list_artifacts(run.info.run_id, "pretrain")}
-    assert listed == {"pretrain/reconstructions.png"}

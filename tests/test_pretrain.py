@@ -90,6 +90,7 @@ def test_pretrain_run_writes_an_encoder_that_a_fine_tune_loads(
         "training.epochs=3",
         "training.max_steps_per_epoch=4",
         "scheduler.warmup_epochs=1",
+        f"logging.mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
     ]
     path = pretrain(load_config(MAE_CONFIG, sets=sets, environ={}), env_policy="ignore")
     manifest = load_manifest(path)
@@ -105,6 +106,17 @@ def test_pretrain_run_writes_an_encoder_that_a_fine_tune_loads(
     assert summary["steps"] == 12 and summary["objective"] == "mae"
     best = min(float(row.split(",")[3]) for row in epochs[1:])
     assert manifest["metrics"]["best/loss/mae/val_select"] == pytest.approx(best)
+    # its MLflow mirror: each epoch's row at its step, the best value, the figure
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("digits_mae").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["rigor.run_id"] == path.parent.name
+    history = client.get_metric_history(run.info.run_id, "loss/mae/val_select")
+    assert [h.step for h in history] == [int(row.split(",")[1]) for row in epochs[1:]]
+    assert run.data.metrics["best/loss/mae/val_select"] == pytest.approx(best)
+    listed = [entry.path for entry in client.list_artifacts(run.info.run_id, "pretrain")]
+    assert listed == ["pretrain/reconstructions.png"]
 
     # the saved encoder (read back with from_pretrained) is the best checkpoint's encoder
     from transformers import DINOv3ViTModel

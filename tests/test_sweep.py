@@ -80,9 +80,12 @@ def _summary(tmp_path: Path) -> tuple[Path, dict]:  # type: ignore[type-arg]
 def test_local_sweep_runs_every_point_and_ranks_on_val_select(
     tmp_path: Path, run_script, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
 ) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the points share one MLflow experiment
     code = smoke_sweep(
         run_script,
         tmp_path,
+        "--set",
+        f"logging.mlflow.tracking_uri={uri}",
         "--grid",
         "training.lr=1e-3,1e-2",
         "--grid",
@@ -111,6 +114,16 @@ def test_local_sweep_runs_every_point_and_ranks_on_val_select(
             ]["lr"]
             == point["overrides"]["training.lr"]
         )
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert {run.data.tags["rigor.sweep"] for run in runs} == {folder.name}
+    assert {run.data.tags["rigor.run_id"] for run in runs} == {
+        Path(point["manifest"]).parent.name for point in ok
+    }  # the failed points stopped before a run folder (and an MLflow run) existed
+    assert sorted(run.data.params["training.lr"] for run in runs) == ["0.001", "0.01"]
+    assert {run.info.status for run in runs} == {"FINISHED"}
     values = [p["metrics"]["best/acc/val_select"] for p in ok]
     best = summary["best"]
     assert best["metrics"]["best/acc/val_select"] == max(values) and best["rank"] == 1

@@ -29,6 +29,7 @@ from rigor.plotting.pool import PlotPool, draw
 from rigor.policies.threshold import choose, sweep
 from rigor.stages import RunContext, finish_stage, open_run
 from rigor.tracking import report_stage
+from rigor.tracking.mirror import note_mirror
 
 READS = "predictions/val_calib.npz"
 INTERVALS = "calibration/intervals.json"
@@ -85,11 +86,10 @@ def calibrate(
                 atomic_write_json(ctx.path(rel), content)
             outputs.append(rel)
     values = {k: v for k, v in summary.items() if k != "warnings"}
-    mirrored = report_stage(
+    reported = report_stage(
         ctx.config, ctx.manifest_path, ctx.manifest, "calibrate", values, outputs
     )
-    if mirrored is not None:
-        summary["mlflow"] = mirrored
+    note_mirror(summary, reported)
     finish_stage(ctx, "calibrate", {"reads": [READS], **options.model_dump()}, outputs, summary)
     folder = ctx.run_dir / "calibration"
     print(calibrate_screen(options.policy, record, intervals, warnings, folder), file=sys.stderr)

@@ -32,6 +32,7 @@ from rigor.policies.base import record_name
 from rigor.policies.registry import POLICIES
 from rigor.stages import BEST, RunContext, finish_stage, open_run
 from rigor.tracking import Progress, report_stage
+from rigor.tracking.mirror import note_mirror
 from rigor.tracking.tensorboard import estimates
 
 READS = "predictions/val_test.npz"
@@ -91,9 +92,9 @@ def evaluate(
     stage_options = {"reads": reads, "recompute": recompute, **options.model_dump()}
     summary = _summary(report)
     values = estimates(report["tasks"])  # the numbers and figures, beside training's
-    mirrored = report_stage(ctx.config, ctx.manifest_path, ctx.manifest, "eval", values, outputs)
-    if mirrored is not None:
-        summary["mlflow"] = mirrored
+    note_mirror(
+        summary, report_stage(ctx.config, ctx.manifest_path, ctx.manifest, "eval", values, outputs)
+    )
     finish_stage(ctx, "eval", stage_options, outputs, summary)
     print(eval_screen(report, out), file=sys.stderr)
     return out / "metrics.json"

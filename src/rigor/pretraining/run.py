@@ -124,8 +124,7 @@ def _pretrain_into(
         save_figure(run_dir / FIGURE, prepared, mae)
         metrics = {f"best/{VAL_KEY}": best_value}
         mirror.metrics(summary["steps"], metrics)
-        if mirror.record() is not None:
-            summary["mlflow"] = mirror.record()
+        mirror.note_in(summary)
         path = _write_record(run_dir, prepared, metrics, summary)
         mirror.artifacts(run_dir, ["manifest.json", "metrics.json", "config.yaml", FIGURE])
     return path

@@ -340,6 +340,5 @@ def _write_record(
         weights=None if source is None else f"run:{source.run_id}/{source.weights}",
         encoder={k: v for k, v in report["encoder"].items() if k != "dim"},
     )
-    if mirror.record() is not None:
-        summary["mlflow"] = mirror.record()
+    mirror.note_in(summary)
     return write_manifest(run_dir, build_manifest(run_dir, prepared, outputs))

@@ -128,8 +128,7 @@ class Mirror:
         tags = run_tags(run_id, manifest["config_hash"], commit, manifest_path)
         resolved = config.model_dump(mode="json")
         settings = config.logging.mlflow
-        mirror = cls.open(settings, config.run.name, run_id, tags, resolved, running=False)
-        return mirror
+        return cls.open(settings, config.run.name, run_id, tags, resolved, running=False)
 
     def _open(
         self, run_id: str, tags: dict[str, str], resolved: dict[str, Any], running: bool
@@ -231,6 +230,10 @@ class Mirror:
         """Mark the run ``KILLED`` (Ctrl-C) or ``FAILED`` (any other error)."""
         self.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
 
+    def note_in(self, summary: dict[str, Any]) -> None:
+        """Put :meth:`record` in a stage's ``summary`` as ``mlflow`` (nothing without a mirror)."""
+        note_mirror(summary, self.record())
+
     def record(self) -> dict[str, Any] | None:
         """What the manifest keeps of the mirror: where it went, or why it did not."""
         if self.uri is None:
@@ -242,6 +245,12 @@ class Mirror:
             "run_id": self.run_id if self.error is None else None,
             "error": self.error,
         }
+
+
+def note_mirror(summary: dict[str, Any], record: dict[str, Any] | None) -> None:
+    """``summary["mlflow"] = record`` when a mirror was configured (``record`` not None)."""
+    if record is not None:
+        summary["mlflow"] = record
 
 
 def run_tags(

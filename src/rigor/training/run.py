@@ -111,8 +111,7 @@ def _finish(run_dir: Path, prepared: Prepared, session: Session, summary: dict[s
     # val_select's numbers are in the epochs' history already (the best one is best/...)
     final = {key: value for key, value in metrics.items() if not key.endswith("/val_select")}
     session.mirror.metrics(summary["steps"], final)
-    if session.mirror.record() is not None:
-        summary["mlflow"] = session.mirror.record()
+    session.mirror.note_in(summary)
     atomic_write_json(run_dir / "metrics.json", {"metrics": metrics, "training": summary})
     if prepared.resolved.config.logging.tensorboard:
         write_hparams(run_dir / "logs" / "tb", prepared.resolved.resolved, metrics)

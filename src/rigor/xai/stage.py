@@ -17,7 +17,7 @@ from rigor.io import atomic_write_json, atomic_write_with
 from rigor.models.build import backbone_spec
 from rigor.stages import BEST, RunContext, finish_stage, open_run
 from rigor.tracking import Tracker
-from rigor.tracking.mirror import mirror_stage
+from rigor.tracking.mirror import mirror_stage, note_mirror
 from rigor.xai import render, sanity
 from rigor.xai.attributions import attribute, find_layer, gaussian_blur
 
@@ -77,10 +77,10 @@ def explain(
     flat = _flat(summary)
     shown = [rel for rel in outputs if rel.endswith((".png", ".json")) and "/logs/" not in rel]
     values = {key.removeprefix("xai/"): value for key, value in flat.items()}
-    mirrored = mirror_stage(ctx.config, ctx.manifest, ctx.manifest_path, "xai", values, shown)
-    finish_stage(
-        ctx, "xai", stage_options, outputs, flat | ({"mlflow": mirrored} if mirrored else {})
+    note_mirror(
+        flat, mirror_stage(ctx.config, ctx.manifest, ctx.manifest_path, "xai", values, shown)
     )
+    finish_stage(ctx, "xai", stage_options, outputs, flat)
     print(f"xai: done in {time.perf_counter() - started:.0f} s: {out}/", file=sys.stderr)
     return out / "summary.json"
 
